@@ -1,0 +1,228 @@
+"""Driver base classes and the data types they exchange with the daemon.
+
+Every driver is an async class instantiated once per daemon with a
+:class:`DriverContext`. The daemon never hands a driver its own records: inputs are the
+small structs below. Optional abilities are separate mix-ins rather than a base class
+that grows with every feature.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator, ClassVar
+
+import msgspec
+
+
+class DriverContext(msgspec.Struct, kw_only=True):
+    """What a driver gets from the daemon: its own state directory and options."""
+
+    name: str
+    state_dir: str
+    options: dict[str, str] = {}
+    data_root: str = ""   # the daemon's data root, for drivers that keep data there
+    exec_root: str = ""   # the daemon's runtime root (sockets, netns files)
+
+    @property
+    def logger(self) -> logging.Logger:
+        return logging.getLogger(f"engine.driver.{self.name}")
+
+    def path(self, *parts: str) -> Path:
+        p = Path(self.state_dir).joinpath(*parts)
+        return p
+
+
+class Driver(abc.ABC):
+    """Common base: ``name`` is what users type (``--network host``)."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, ctx: DriverContext) -> None:
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        """Called once after construction; restore state here."""
+
+    async def stop(self) -> None:
+        """Called at daemon shutdown or when the plugin is disabled."""
+
+
+# ---------------------------------------------------------------- network
+
+
+class NetworkSpec(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    options: dict[str, str] = {}
+    ipam: dict[str, Any] = {}
+    internal: bool = False
+    labels: dict[str, str] = {}
+
+
+class Sandbox(msgspec.Struct, kw_only=True):
+    """The container's network namespace, as a driver sees it."""
+
+    container_id: str
+    netns_path: str | None  # None when the container shares the host's namespace
+    hostname: str = ""
+
+
+class EndpointInfo(msgspec.Struct, kw_only=True):
+    ip_address: str = ""
+    ip_prefix_len: int = 0
+    gateway: str = ""
+    mac_address: str = ""
+    ipv6_address: str = ""
+    dns: list[str] = []
+
+
+class NetworkDriver(Driver):
+    """A network driver.
+
+    ``needs_netns``: False means containers on this network share the host's network
+    namespace (``host``); True means the daemon creates a fresh namespace (with only
+    ``lo``) and the driver joins an endpoint into it.
+    """
+
+    needs_netns: ClassVar[bool] = True
+    scope: ClassVar[str] = "local"
+    # At most one network of this driver (host, none); created by the daemon at start.
+    singleton: ClassVar[bool] = False
+
+    async def create_network(self, network: NetworkSpec) -> None:
+        """Create the network (bridge device, IPAM pool...)."""
+
+    async def delete_network(self, network: NetworkSpec) -> None:
+        """Delete it; the daemon has checked no endpoint remains."""
+
+    async def join(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox,
+                   options: dict[str, Any]) -> EndpointInfo:
+        """Create an endpoint for the sandbox and plug it in."""
+        return EndpointInfo()
+
+    async def leave(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox) -> None:
+        """Undo :meth:`join`. Must succeed when the namespace is already gone."""
+
+
+# ---------------------------------------------------------------- volumes
+
+
+class VolumeInfo(msgspec.Struct, kw_only=True):
+    name: str
+    mountpoint: str = ""
+    created_at: str = ""
+    options: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    status: dict[str, Any] = {}
+
+
+class VolumeDriver(Driver):
+    """A volume driver: named volumes that outlive containers."""
+
+    scope: ClassVar[str] = "local"
+
+    @abc.abstractmethod
+    async def create(self, name: str, options: dict[str, str],
+                     labels: dict[str, str]) -> VolumeInfo: ...
+
+    @abc.abstractmethod
+    async def remove(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, name: str) -> VolumeInfo: ...
+
+    @abc.abstractmethod
+    async def list(self) -> list[VolumeInfo]: ...
+
+    @abc.abstractmethod
+    async def mount(self, name: str, mount_id: str) -> str:
+        """Make the volume available for one container; return the host path."""
+
+    @abc.abstractmethod
+    async def unmount(self, name: str, mount_id: str) -> None: ...
+
+
+# ---------------------------------------------------------------- logs
+
+
+class LogContext(msgspec.Struct, kw_only=True):
+    """Where one container's logs go. Passed to the writer in the monitor process."""
+
+    container_id: str
+    container_name: str = ""
+    image: str = ""
+    log_dir: str          # a directory owned by this container's log
+    options: dict[str, str] = {}
+    labels: dict[str, str] = {}
+
+
+class LogEntry(msgspec.Struct, array_like=True):
+    stream: str     # "stdout" | "stderr"
+    data: bytes     # one line, newline included when the container wrote one
+    time_ns: int    # wall clock, nanoseconds since the epoch
+
+
+class LogWriter(abc.ABC):
+    """Receives a container's output inside its monitor process.
+
+    Runs synchronously and must not block for long: a slow destination buffers or drops
+    (``mode=non-blocking``) instead of stalling the container.
+    """
+
+    @abc.abstractmethod
+    def write(self, stream: str, data: bytes, time_ns: int) -> None:
+        """``data`` is a raw chunk: any number of lines, the last one maybe partial."""
+
+    def close(self) -> None:
+        """Flush what is buffered (a trailing partial line included)."""
+
+
+class LogDriver(Driver):
+    """A log driver.
+
+    ``writer`` names a :class:`LogWriter` factory as ``"module:attribute"``. The monitor
+    process imports it and calls it with a :class:`LogContext`; it must import nothing
+    heavy (the monitor starts with every container).
+    """
+
+    writer: ClassVar[str] = ""
+    can_read: ClassVar[bool] = False
+
+    def validate_options(self, options: dict[str, str]) -> None:
+        """Raise ``InvalidArgument`` for an unknown or malformed ``--log-opt``."""
+
+    async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
+                   tail: int = -1, follow: bool = False) -> AsyncIterator[LogEntry]:
+        """Yield entries in order. ``tail=-1`` means all. With ``follow`` keep going
+        until cancelled."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    async def remove(self, log: LogContext) -> None:
+        """Delete what this driver keeps for the container."""
+
+
+class Registrar:
+    """What ``engine_register_drivers`` receives: a place to add driver classes."""
+
+    def __init__(self) -> None:
+        self.network: dict[str, type[NetworkDriver]] = {}
+        self.volume: dict[str, type[VolumeDriver]] = {}
+        self.log: dict[str, type[LogDriver]] = {}
+
+    def _add(self, table: dict, base: type, cls: type) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise TypeError(f"{cls!r} is not a {base.__name__}")
+        if not cls.name:
+            raise ValueError(f"{cls.__name__} has no name")
+        table[cls.name] = cls
+
+    def add_network_driver(self, cls: type[NetworkDriver]) -> None:
+        self._add(self.network, NetworkDriver, cls)
+
+    def add_volume_driver(self, cls: type[VolumeDriver]) -> None:
+        self._add(self.volume, VolumeDriver, cls)
+
+    def add_log_driver(self, cls: type[LogDriver]) -> None:
+        self._add(self.log, LogDriver, cls)

@@ -1,0 +1,50 @@
+"""Hook specifications for engine plugins.
+
+Hooks are synchronous and are only about registration: a plugin is handed a registrar
+and adds its driver classes to it. Drivers themselves are async classes (see
+``engine.sdk.drivers``) that receive a narrow :class:`~engine.sdk.drivers.DriverContext`,
+never the daemon's own records.
+
+A plugin module looks like this::
+
+    from engine.sdk import hookimpl, VolumeDriver
+
+    class MyDriver(VolumeDriver):
+        name = "mine"
+        ...
+
+    @hookimpl
+    def engine_register_drivers(registrar):
+        registrar.add_volume_driver(MyDriver)
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+PROJECT = "engine"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .drivers import Registrar
+
+
+@hookspec
+def engine_register_drivers(registrar: "Registrar") -> None:
+    """Called once when the plugin is enabled (at daemon start, or by ``plugin enable``).
+
+    Add driver classes with ``registrar.add_network_driver(cls)``,
+    ``registrar.add_volume_driver(cls)`` or ``registrar.add_log_driver(cls)``. Return
+    nothing. Raising marks the plugin as failed; the daemon goes on without it.
+    """
+
+
+@hookspec
+def engine_plugin_privileges() -> list[dict] | None:
+    """Privileges the plugin asks for, shown at install time.
+
+    Each item is ``{"Name": "network", "Description": ..., "Value": ["host"]}`` in the
+    shape of Docker's plugin privileges. Return None when the plugin needs none.
+    """
