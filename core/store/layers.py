@@ -1,0 +1,448 @@
+"""Layer snapshots and container read-write layers.
+
+Two drivers share one on-disk layout under ``root``::
+
+    driver                 the driver this root was created with ("overlay" or "vfs")
+    layers/<chain hex>/    diff/ (the snapshot), meta.json (a Layer record)
+    l/<short id>           symlink to ../layers/<chain hex>/diff (keeps mount options short)
+    containers/<id>/       diff/ (upper or rootfs), work/, merged/, meta.json
+    empty/                 the lower dir of a container that has no image
+    tmp/                   unpacking and deletion in progress
+
+``overlay`` stores each layer's own files (with overlay whiteouts) and mounts containers
+with overlayfs. ``vfs`` is the copying fallback for hosts without overlayfs: each layer
+directory holds the full root filesystem of its chain and a container's rootfs is a copy
+of its image's top layer, used in place without any mount.
+
+Layers appear atomically: they are unpacked into ``tmp/`` and renamed into place, and
+disappear atomically: renamed into ``tmp/`` before being deleted.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import msgspec
+
+from engine.sdk.errors import Conflict, EngineError, InvalidArgument, NotFound
+
+from . import archive
+from .compression import Source
+from .fsutil import atomic_write, atomic_write_json, fsync_dir, parse_digest
+
+Driver = Literal["overlay", "vfs"]
+
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_MNT_DETACH = 2
+# One page holds the whole option string of mount(2).
+_MOUNT_DATA_MAX = os.sysconf("SC_PAGESIZE") - 1
+
+
+class Layer(msgspec.Struct, frozen=True):
+    """One unpacked layer: its chain id names it, ``size`` is the bytes of its files."""
+
+    chain_id: str
+    diff_id: str
+    parent: str | None
+    size: int
+    link: str = ""
+
+
+class _RwMeta(msgspec.Struct):
+    container_id: str
+    parent: str | None
+
+
+def chain_id(parent: str | None, diff_id: str) -> str:
+    """The OCI chain id: the diff id for a base layer, else sha256(parent + " " + diff_id)."""
+    parse_digest(diff_id)
+    if parent is None:
+        return diff_id
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+
+
+# -- mount(2) through libc ------------------------------------------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str, data: str) -> None:
+    rc = _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(0),
+                     data.encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
+
+
+def _umount(target: str) -> None:
+    if _libc.umount2(target.encode(), 0) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EBUSY and _libc.umount2(target.encode(), _MNT_DETACH) == 0:
+        return
+    if err == errno.EINVAL:  # not a mount point (any more)
+        return
+    raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def overlay_supported(scratch: str | Path) -> bool:
+    """Try an overlay mount in a scratch directory; True when it works."""
+    if os.geteuid() != 0:
+        return False
+    base = Path(tempfile.mkdtemp(prefix="overlay-check-", dir=scratch))
+    try:
+        for d in ("lower", "upper", "work", "merged"):
+            (base / d).mkdir()
+        try:
+            _mount("overlay", str(base / "merged"), "overlay",
+                   f"lowerdir={base / 'lower'},upperdir={base / 'upper'},workdir={base / 'work'}")
+        except OSError:
+            return False
+        _umount(str(base / "merged"))
+        return True
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a root filesystem preserving owners, modes, links, devices and xattrs."""
+    proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EngineError(f"copying {src} failed: {proc.stderr.strip()}")
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            if os.path.isfile(os.path.join(dirpath, name)) and not os.path.islink(
+                    os.path.join(dirpath, name)):
+                total += st.st_size
+    return total
+
+
+class LayerStore:
+    """Unpacked layers keyed by chain id, and the read-write layers of containers."""
+
+    def __init__(self, root: str | Path, driver: str = "auto") -> None:
+        self.root = Path(root)
+        self._layers_dir = self.root / "layers"
+        self._links_dir = self.root / "l"
+        self._containers_dir = self.root / "containers"
+        self._tmp = self.root / "tmp"
+        self._empty = self.root / "empty"
+        for d in (self._layers_dir, self._links_dir, self._containers_dir, self._tmp,
+                  self._empty):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self._tmp.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.driver: Driver = self._choose_driver(driver)
+        self._lock = threading.RLock()
+        self._layers: dict[str, Layer] = {}
+        for meta in self._layers_dir.glob("*/meta.json"):
+            layer = msgspec.json.decode(meta.read_bytes(), type=Layer)
+            self._layers[layer.chain_id] = layer
+
+    def _choose_driver(self, wanted: str) -> Driver:
+        marker = self.root / "driver"
+        recorded = marker.read_text().strip() if marker.exists() else None
+        if wanted not in ("auto", "overlay", "vfs"):
+            raise InvalidArgument(f"unknown storage driver {wanted!r}")
+        if recorded is not None:
+            if wanted != "auto" and wanted != recorded:
+                raise InvalidArgument(
+                    f"storage at {self.root} was created with driver {recorded!r}, not {wanted!r}")
+            return recorded  # type: ignore[return-value]
+        if wanted == "auto":
+            chosen: Driver = "overlay" if overlay_supported(self._tmp) else "vfs"
+        elif wanted == "overlay" and not overlay_supported(self._tmp):
+            raise InvalidArgument("the overlay driver needs root and a kernel with overlayfs")
+        else:
+            chosen = wanted  # type: ignore[assignment]
+        atomic_write(marker, chosen.encode() + b"\n")
+        return chosen
+
+    # -- layers ------------------------------------------------------------------------
+
+    def _layer_dir(self, chain: str) -> Path:
+        return self._layers_dir / parse_digest(chain)
+
+    def diff_path(self, chain: str) -> Path:
+        """The directory holding a layer's files (its full rootfs with the vfs driver)."""
+        self.get(chain)
+        return self._layer_dir(chain) / "diff"
+
+    def exists(self, chain: str) -> bool:
+        with self._lock:
+            return chain in self._layers
+
+    def get(self, chain: str) -> Layer:
+        with self._lock:
+            try:
+                return self._layers[chain]
+            except KeyError:
+                raise NotFound(f"layer {chain} not found") from None
+
+    def list(self) -> list[Layer]:
+        with self._lock:
+            return list(self._layers.values())
+
+    def ancestry(self, chain: str | None) -> list[Layer]:
+        """The layer and its parents, top-most first."""
+        out: list[Layer] = []
+        while chain is not None:
+            layer = self.get(chain)
+            out.append(layer)
+            chain = layer.parent
+        return out
+
+    def register(self, src: Source, parent: str | None, *, diff_id: str | None = None) -> Layer:
+        """Unpack a layer blob on top of ``parent`` and return its Layer (reused if known).
+
+        When ``diff_id`` is given and the layer exists the blob is not read at all;
+        otherwise the unpacked diff id must equal it.
+        """
+        if parent is not None:
+            self.get(parent)
+        if diff_id is not None:
+            known = self._layers.get(chain_id(parent, diff_id))
+            if known is not None:
+                return known
+        work = Path(tempfile.mkdtemp(prefix="layer-", dir=self._tmp))
+        try:
+            diff = work / "diff"
+            diff.mkdir()
+            if self.driver == "vfs" and parent is not None:
+                _copy_tree(self._layer_dir(parent) / "diff", diff)
+            stats = archive.extract_layer(src, diff, whiteout_format=self.driver)
+            if diff_id is not None and stats.diff_id != diff_id:
+                raise InvalidArgument(
+                    f"layer content does not match its diff id: expected {diff_id},"
+                    f" got {stats.diff_id}")
+            chain = chain_id(parent, stats.diff_id)
+            link = parse_digest(chain)[:16]
+            layer = Layer(chain, stats.diff_id, parent, stats.size, link)
+            with self._lock:
+                if chain in self._layers:
+                    return self._layers[chain]
+                atomic_write_json(work / "meta.json", layer)
+                final = self._layer_dir(chain)
+                os.chmod(work, 0o700)
+                os.rename(work, final)
+                fsync_dir(self._layers_dir)
+                linkpath = self._links_dir / link
+                linkpath.unlink(missing_ok=True)
+                os.symlink(f"../layers/{final.name}/diff", linkpath)
+                self._layers[chain] = layer
+                return layer
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _users(self, chain: str) -> list[str]:
+        """Child layers and containers built directly on ``chain``."""
+        users = [f"layer {c}" for c, layer in self._layers.items() if layer.parent == chain]
+        for meta in self._containers_dir.glob("*/meta.json"):
+            rw = msgspec.json.decode(meta.read_bytes(), type=_RwMeta)
+            if rw.parent == chain:
+                users.append(f"container {rw.container_id}")
+        return users
+
+    def delete(self, chain: str) -> None:
+        """Delete one layer; Conflict while child layers or containers use it."""
+        with self._lock:
+            layer = self.get(chain)
+            users = self._users(chain)
+            if users:
+                raise Conflict(f"layer {chain} is in use by {', '.join(users)}")
+            doomed = Path(tempfile.mkdtemp(prefix="delete-", dir=self._tmp))
+            os.rename(self._layer_dir(chain), doomed / "layer")
+            (self._links_dir / layer.link).unlink(missing_ok=True)
+            del self._layers[chain]
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def release(self, chain: str, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Delete ``chain`` and then its parents while nothing uses them.
+
+        Layers in ``keep`` (still referenced by images) stop the walk. Returns the chain
+        ids deleted, top-most first.
+        """
+        deleted: list[str] = []
+        with self._lock:
+            current: str | None = chain
+            while current is not None and current not in keep and current in self._layers:
+                if self._users(current):
+                    break
+                parent = self._layers[current].parent
+                self.delete(current)
+                deleted.append(current)
+                current = parent
+        return deleted
+
+    def graph_driver(self, chain: str | None) -> dict:
+        """Docker's GraphDriver block for an image whose top layer is ``chain``."""
+        data: dict[str, str] = {}
+        if chain is not None:
+            dirs = [str(self._layer_dir(layer.chain_id) / "diff") for layer in self.ancestry(chain)]
+            data["UpperDir"] = dirs[0]
+            if self.driver == "overlay" and len(dirs) > 1:
+                data["LowerDir"] = ":".join(dirs[1:])
+            data["MergedDir" if self.driver == "vfs" else "WorkDir"] = (
+                dirs[0] if self.driver == "vfs" else str(self._layer_dir(chain) / "work"))
+        return {"Name": "overlay2" if self.driver == "overlay" else "vfs", "Data": data}
+
+    # -- container read-write layers ---------------------------------------------------
+
+    def _rw_dir(self, container_id: str) -> Path:
+        if not _CONTAINER_ID.match(container_id):
+            raise InvalidArgument(f"invalid container id {container_id!r}")
+        return self._containers_dir / container_id
+
+    def _rw_meta(self, container_id: str) -> _RwMeta:
+        meta = self._rw_dir(container_id) / "meta.json"
+        try:
+            return msgspec.json.decode(meta.read_bytes(), type=_RwMeta)
+        except FileNotFoundError:
+            raise NotFound(f"no read-write layer for container {container_id}") from None
+
+    def rw_path(self, container_id: str) -> Path:
+        """The upper dir (overlay) or the rootfs copy (vfs) of a container."""
+        return self._rw_dir(container_id) / "diff"
+
+    def create_rw(self, container_id: str, top: str | None) -> str:
+        """Prepare a container's read-write layer on top of layer ``top`` (or nothing)."""
+        final = self._rw_dir(container_id)
+        with self._lock:
+            if top is not None:
+                self.get(top)
+            if final.exists():
+                raise Conflict(f"read-write layer for container {container_id} already exists")
+            work = Path(tempfile.mkdtemp(prefix="rw-", dir=self._tmp))
+            try:
+                for d in ("diff", "work", "merged"):
+                    (work / d).mkdir()
+                if self.driver == "vfs" and top is not None:
+                    _copy_tree(self._layer_dir(top) / "diff", work / "diff")
+                atomic_write_json(work / "meta.json", _RwMeta(container_id, top))
+                os.chmod(work, 0o700)
+                os.rename(work, final)
+                fsync_dir(self._containers_dir)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        return str(final / "diff")
+
+    def lower_dirs(self, container_id: str) -> list[Path]:
+        """The image layer dirs below a container, top-most first."""
+        meta = self._rw_meta(container_id)
+        return [self._layer_dir(layer.chain_id) / "diff" for layer in self.ancestry(meta.parent)]
+
+    def is_mounted(self, container_id: str) -> bool:
+        return os.path.ismount(self._rw_dir(container_id) / "merged")
+
+    def mount(self, container_id: str) -> str:
+        """Mount a container's root filesystem and return its path (idempotent)."""
+        with self._lock:
+            meta = self._rw_meta(container_id)
+            base = self._rw_dir(container_id)
+            if self.driver == "vfs":
+                return str(base / "diff")
+            merged = base / "merged"
+            if os.path.ismount(merged):
+                return str(merged)
+            links = [layer.link for layer in self.ancestry(meta.parent)]
+            rest = f",upperdir={base / 'diff'},workdir={base / 'work'}"
+            absolute = ":".join(str(self._links_dir / link) for link in links) or str(self._empty)
+            data = f"lowerdir={absolute}{rest}"
+            if len(data) <= _MOUNT_DATA_MAX:
+                _mount("overlay", str(merged), "overlay", data)
+            else:
+                self._mount_relative(links, rest, merged)
+            return str(merged)
+
+    def _mount_relative(self, links: list[str], rest: str, merged: Path) -> None:
+        """Mount with lower dirs relative to the store root, from a child process."""
+        data = "lowerdir=" + ":".join(f"l/{link}" for link in links) + rest
+        if len(data) > _MOUNT_DATA_MAX:
+            raise InvalidArgument(f"too many layers to mount ({len(links)})")
+        proc = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", data, str(merged)],
+            cwd=self.root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise EngineError(f"mounting overlay failed: {proc.stderr.strip()}")
+
+    def unmount(self, container_id: str) -> None:
+        """Unmount a container's root filesystem if it is mounted."""
+        with self._lock:
+            merged = self._rw_dir(container_id) / "merged"
+            if self.driver == "overlay" and os.path.ismount(merged):
+                _umount(str(merged))
+
+    def remove_rw(self, container_id: str) -> None:
+        """Unmount and delete a container's read-write layer."""
+        with self._lock:
+            self._rw_meta(container_id)
+            self.unmount(container_id)
+            doomed = Path(tempfile.mkdtemp(prefix="delete-", dir=self._tmp))
+            os.rename(self._rw_dir(container_id), doomed / "rw")
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _base_rootfs(self, container_id: str) -> Path | None:
+        meta = self._rw_meta(container_id)
+        return None if meta.parent is None else self._layer_dir(meta.parent) / "diff"
+
+    def changes(self, container_id: str) -> list[tuple[str, int]]:
+        """Docker's ContainerChanges: ``(path, kind)`` with 0 modified, 1 added, 2 deleted."""
+        if self.driver == "vfs":
+            return archive.naive_changes(self._base_rootfs(container_id), self.rw_path(container_id))
+        return archive.changes(self.rw_path(container_id), self.lower_dirs(container_id))
+
+    def diff_tar(self, container_id: str, fileobj: BinaryIO) -> None:
+        """Write the container's changes as an OCI layer tar (for commit)."""
+        if self.driver == "vfs":
+            found = self.changes(container_id)
+            archive.write_changes_tar(self.rw_path(container_id), found, fileobj)
+        else:
+            self._rw_meta(container_id)
+            archive.write_diff_tar(self.rw_path(container_id), fileobj)
+
+    def export(self, container_id: str, fileobj: BinaryIO) -> None:
+        """Write the container's merged root filesystem as a tar (mounting it if needed)."""
+        was_mounted = self.driver == "vfs" or self.is_mounted(container_id)
+        path = self.mount(container_id)
+        try:
+            archive.tar_dir(path, fileobj)
+        finally:
+            if not was_mounted:
+                self.unmount(container_id)
+
+    def size_rw(self, container_id: str) -> int:
+        """Bytes of the files the container added or changed."""
+        if self.driver == "vfs":
+            root = self.rw_path(container_id)
+            total = 0
+            for path, kind in self.changes(container_id):
+                p = root / path.lstrip("/")
+                if kind != archive.CHANGE_DELETED and p.is_file() and not p.is_symlink():
+                    total += p.lstat().st_size
+            return total
+        self._rw_meta(container_id)
+        return _tree_size(self.rw_path(container_id))
