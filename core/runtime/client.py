@@ -1,0 +1,354 @@
+"""The daemon's side of the monitor: spawn one, then talk to it over its socket.
+
+:func:`create` and :func:`create_exec` spawn ``python -m engine.core.runtime.monitor``
+in a new session and wait for its one-line sync report (the blocking part runs in an
+executor). :class:`Monitor` speaks the socket protocol described in
+:mod:`engine.core.runtime.monitor`; it needs nothing but the state directory, so a
+restarted daemon finds its running containers again (live restore).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+MODULE = "engine.core.runtime.monitor"
+SOCKET_NAME = "monitor.sock"
+CONNECT_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 10.0
+START_TIMEOUT = 60.0
+SYNC_TIMEOUT = 60.0
+_SUN_PATH_MAX = 107
+
+
+class MonitorError(Exception):
+    """The monitor reported a failure (``exit_code`` as Docker: 125, 126, 127)."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+class MonitorUnavailable(MonitorError):
+    """The monitor is gone (or not answering) and left no exit record."""
+
+
+# --------------------------------------------------------------------- spawning
+
+
+def _log_tail(state_dir: str, limit: int = 2000) -> str:
+    try:
+        with open(os.path.join(state_dir, "monitor.log"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _read_sync(fd: int, timeout: float) -> bytes:
+    """Read the monitor's one-line report from the sync pipe (or EOF)."""
+    deadline = time.monotonic() + timeout
+    chunks = []
+    with select.epoll() as ep:
+        ep.register(fd, select.EPOLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not ep.poll(left):
+                raise MonitorUnavailable("the monitor did not report in time")
+            data = os.read(fd, 4096)
+            chunks.append(data)
+            # one line is the whole report (the container process may still hold a
+            # copy of the pipe until it execs, so EOF can come late)
+            if not data or b"\n" in data:
+                return b"".join(chunks)
+
+
+def spawn_monitor(args: list[str], state_dir: str, *, python: str = sys.executable,
+                  timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
+    """Run the monitor with ``args`` (without ``--sync-fd``) and return its report.
+
+    Synchronous: call it from an executor. Raises :class:`MonitorError` when the
+    monitor reports a failure or dies without a report.
+    """
+    os.makedirs(state_dir, exist_ok=True)
+    r, w = os.pipe()
+    try:
+        logfd = os.open(os.path.join(state_dir, "monitor.log"),
+                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            proc = subprocess.Popen(
+                [python, "-m", MODULE, *args, "--sync-fd", str(w)],
+                stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(w,),
+                start_new_session=True, cwd="/")
+        finally:
+            os.close(logfd)
+        os.close(w)
+        w = -1
+        proc.wait()  # the first process forks the real monitor and exits at once
+        raw = _read_sync(r, timeout)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    if not raw.strip():
+        tail = _log_tail(state_dir)
+        raise MonitorUnavailable("the monitor exited without a report"
+                                 + (f": {tail}" if tail else ""))
+    report = json.loads(raw.splitlines()[0])
+    if "message" in report and "pid" not in report:
+        raise MonitorError(str(report["message"]), int(report.get("exit_code", 125)))
+    return report
+
+
+async def create(*, container_id: str, bundle: str, state_dir: str,
+                 runtime: str = "builtin", runc_root: str | None = None,
+                 log_writer: str | None = None,
+                 log_context: dict[str, Any] | None = None, stdin_open: bool = False,
+                 stdin_once: bool = False, python: str = sys.executable) -> dict[str, Any]:
+    """Spawn the monitor of a container; return ``{"pid": N, "monitor_pid": M}``.
+
+    The container process exists but has not exec'd: :meth:`Monitor.start` runs it.
+    ``runc_root`` (runc only) defaults to ``.runc`` beside the state directory.
+    """
+    args = ["create", "--id", container_id, "--bundle", os.path.abspath(bundle),
+            "--state", os.path.abspath(state_dir), "--runtime", runtime]
+    if runc_root:
+        args += ["--runc-root", runc_root]
+    if log_writer:
+        args += ["--log-writer", log_writer,
+                 "--log-context", json.dumps(log_context or {})]
+    if stdin_open:
+        args.append("--stdin-open")
+    if stdin_once:
+        args.append("--stdin-once")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        None, functools.partial(spawn_monitor, args, state_dir, python=python))
+
+
+async def create_exec(*, exec_id: str, state_dir: str, target_pid: int,
+                      process: dict[str, Any], cgroups_path: str = "",
+                      runtime: str = "builtin", container_id: str | None = None,
+                      runc_root: str | None = None, stdin_open: bool = False,
+                      stdin_once: bool = True,
+                      python: str = sys.executable) -> dict[str, Any]:
+    """Spawn the monitor of an exec; ``process`` is an OCI process object.
+
+    Returns ``{"pid": N, "monitor_pid": M}``; with runc ``pid`` is 0 until started
+    (runc runs an exec at once, so the monitor defers it to :meth:`Monitor.start`).
+    """
+    os.makedirs(state_dir, exist_ok=True)
+    process_file = os.path.join(os.path.abspath(state_dir), "process.json")
+    tmp = process_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(process, f)
+    os.rename(tmp, process_file)
+    args = ["exec", "--id", exec_id, "--state", os.path.abspath(state_dir),
+            "--target-pid", str(target_pid), "--process", process_file,
+            "--runtime", runtime]
+    if cgroups_path:
+        args += ["--cgroups-path", cgroups_path]
+    if container_id:
+        args += ["--container-id", container_id]
+    if runc_root:
+        args += ["--runc-root", runc_root]
+    if stdin_open:
+        args.append("--stdin-open")
+    if stdin_once:
+        args.append("--stdin-once")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        None, functools.partial(spawn_monitor, args, state_dir, python=python))
+
+
+# --------------------------------------------------------------------- talking
+
+
+async def _open_unix(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to a unix socket, also when its path is too long for ``sun_path``
+    (through ``/proc/self/fd/N`` of an ``O_PATH`` handle on its directory)."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        return await asyncio.open_unix_connection(path)
+    dfd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(
+            sock, f"/proc/self/fd/{dfd}/{os.path.basename(path)}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dfd)
+    return await asyncio.open_unix_connection(sock=sock)
+
+
+class Monitor:
+    """A handle on the monitor whose state directory is ``state_dir``."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = os.path.abspath(state_dir)
+        self.socket_path = os.path.join(self.state_dir, SOCKET_NAME)
+
+    def __repr__(self) -> str:
+        return f"Monitor({self.state_dir!r})"
+
+    # ---- sync helpers (files only)
+
+    def _read_json(self, name: str) -> Any:
+        try:
+            with open(os.path.join(self.state_dir, name), "rb") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def read_exit(self) -> dict[str, Any] | None:
+        """The exit record (``exit.json``) once the process has exited, else None."""
+        record = self._read_json("exit.json")
+        return record if isinstance(record, dict) else None
+
+    def pid(self) -> int:
+        """The host pid of the container (or exec) process; 0 if not known."""
+        pid = self._read_json("pid")
+        return pid if isinstance(pid, int) else 0
+
+    def monitor_pid(self) -> int:
+        pid = self._read_json("monitor.pid")
+        return pid if isinstance(pid, int) else 0
+
+    def alive(self) -> bool:
+        """True while the monitor runs and serves its socket."""
+        pid = self.monitor_pid()
+        if pid <= 0 or not os.path.exists(self.socket_path):
+            return False
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        # the pid may have been recycled since: check it is our monitor
+        return MODULE.encode() in cmdline and b"\0--state\0" + os.fsencode(
+            self.state_dir) + b"\0" in cmdline
+
+    # ---- protocol
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(_open_unix(self.socket_path), CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise MonitorUnavailable(f"cannot reach the monitor at {self.socket_path}: "
+                                     f"{exc or type(exc).__name__}") from None
+
+    async def _request(self, request: dict[str, Any], timeout: float | None
+                       ) -> tuple[dict[str, Any], asyncio.StreamReader,
+                                  asyncio.StreamWriter]:
+        reader, writer = await self._connect()
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            writer.close()
+            raise MonitorUnavailable(f"monitor {request.get('op')}: "
+                                     f"{exc or type(exc).__name__}") from None
+        except BaseException:
+            writer.close()
+            raise
+        if not line:
+            writer.close()
+            raise MonitorUnavailable(f"monitor closed the connection on "
+                                     f"{request.get('op')}")
+        return json.loads(line), reader, writer
+
+    async def _call(self, request: dict[str, Any],
+                    timeout: float | None = REQUEST_TIMEOUT) -> dict[str, Any]:
+        reply, _reader, writer = await self._request(request, timeout)
+        writer.close()
+        if reply.get("ok") is False:
+            raise MonitorError(str(reply.get("message", "monitor error")),
+                               int(reply.get("exit_code") or 125))
+        return reply
+
+    async def start(self) -> int:
+        """Let the process exec; return its pid. Raises :class:`MonitorError` with
+        Docker's exit code when it cannot (``exec: "x": executable file not found``)."""
+        reply = await self._call({"op": "start"}, START_TIMEOUT)
+        return int(reply.get("pid") or 0)
+
+    async def attach(self, stdin: bool, stdout: bool, stderr: bool
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
+        """Attach to the streams: ``(reader, writer, tty)``. The reader yields raw
+        bytes with a tty, else stdcopy frames; bytes written go to the process's stdin
+        (``writer.write_eof()`` ends it when the monitor runs with stdin-once). The
+        reader reaches EOF after the process exited and its output is drained."""
+        reply, reader, writer = await self._request(
+            {"op": "attach", "stdin": stdin, "stdout": stdout, "stderr": stderr},
+            REQUEST_TIMEOUT)
+        if reply.get("ok") is False:
+            writer.close()
+            raise MonitorError(str(reply.get("message", "attach failed")))
+        return reader, writer, bool(reply.get("tty"))
+
+    async def resize(self, height: int, width: int) -> None:
+        await self._call({"op": "resize", "height": height, "width": width})
+
+    async def kill(self, sig: int = signal.SIGKILL) -> None:
+        await self._call({"op": "kill", "signal": int(sig)})
+
+    async def state(self) -> dict[str, Any]:
+        """``{"pid", "running", "status", "started_at", "exit_code", "tty"}``; from
+        ``exit.json`` when the monitor is already gone."""
+        try:
+            return await self._call({"op": "state"})
+        except MonitorUnavailable:
+            record = self.read_exit()
+            if record is None:
+                raise
+            return {"pid": record.get("pid", 0), "running": False, "status": "exited",
+                    "started_at": record.get("started_at", ""),
+                    "exit_code": record.get("exit_code")}
+
+    async def wait(self) -> dict[str, Any]:
+        """Block until the process has exited and its output is drained; return
+        ``{"exit_code", "oom_killed", "started_at", "finished_at"}``."""
+        try:
+            reply, _reader, writer = await self._request({"op": "wait"}, None)
+            writer.close()
+            if "exit_code" in reply:
+                return reply
+        except MonitorUnavailable:
+            pass
+        # the monitor finished (or is finishing): it wrote exit.json before going
+        for _ in range(50):
+            record = self.read_exit()
+            if record is not None:
+                return record
+            if not self.alive() and self.monitor_pid() and not _pid_exists(
+                    self.monitor_pid()):
+                break
+            await asyncio.sleep(0.1)
+        record = self.read_exit()
+        if record is None:
+            raise MonitorUnavailable(f"the monitor at {self.state_dir} is gone and "
+                                     f"recorded no exit")
+        return record
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
