@@ -10,9 +10,11 @@ from __future__ import annotations
 import abc
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Callable, ClassVar
 
 import msgspec
+
+from .logwriter import LogWriter
 
 
 class DriverContext(msgspec.Struct, kw_only=True):
@@ -163,27 +165,13 @@ class LogEntry(msgspec.Struct, array_like=True):
     time_ns: int    # wall clock, nanoseconds since the epoch
 
 
-class LogWriter(abc.ABC):
-    """Receives a container's output inside its monitor process.
-
-    Runs synchronously and must not block for long: a slow destination buffers or drops
-    (``mode=non-blocking``) instead of stalling the container.
-    """
-
-    @abc.abstractmethod
-    def write(self, stream: str, data: bytes, time_ns: int) -> None:
-        """``data`` is a raw chunk: any number of lines, the last one maybe partial."""
-
-    def close(self) -> None:
-        """Flush what is buffered (a trailing partial line included)."""
-
-
 class LogDriver(Driver):
     """A log driver.
 
-    ``writer`` names a :class:`LogWriter` factory as ``"module:attribute"``. The monitor
-    process imports it and calls it with a :class:`LogContext`; it must import nothing
-    heavy (the monitor starts with every container).
+    ``writer`` names a :class:`~engine.sdk.logwriter.LogWriter` factory as
+    ``"module:attribute"``. The monitor process imports it and calls it with the
+    :class:`LogContext` as a dict; that module must import nothing heavy (the monitor
+    starts with every container): the standard library and ``engine.sdk.logwriter``.
     """
 
     writer: ClassVar[str] = ""
@@ -193,9 +181,13 @@ class LogDriver(Driver):
         """Raise ``InvalidArgument`` for an unknown or malformed ``--log-opt``."""
 
     async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
-                   tail: int = -1, follow: bool = False) -> AsyncIterator[LogEntry]:
-        """Yield entries in order. ``tail=-1`` means all. With ``follow`` keep going
-        until cancelled."""
+                   tail: int = -1, follow: bool = False,
+                   stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
+        """Yield entries in order. ``tail=-1`` means all.
+
+        With ``follow``, keep waiting for new entries; once ``stopped()`` returns True
+        (the container has exited and its output is all written), yield what is left
+        and return."""
         raise NotImplementedError
         yield  # pragma: no cover
 

@@ -1,0 +1,350 @@
+"""/containers/...: create, start, stop, attach, logs, archive and the rest."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+
+from aiohttp import web
+
+from engine.sdk.errors import Conflict, InvalidArgument, NotFound
+
+from ..util import parse_since, rfc3339
+from . import archive
+from .util import (
+    body_json,
+    encode,
+    frame,
+    hijack,
+    json_response,
+    qbool,
+    qfilters,
+    qint,
+    splice,
+    svc,
+)
+
+
+def _cs(request):
+    return svc(request).containers
+
+
+async def list_(request: web.Request) -> web.Response:
+    cs = _cs(request)
+    return json_response(cs.list(all_=qbool(request, "all"), limit=qint(request, "limit", -1),
+                                 filters=qfilters(request), size=qbool(request, "size")))
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await body_json(request)
+    name = request.query.get("name")
+    cid, warnings = await _cs(request).create(name, body, request.query.get("platform", ""))
+    return json_response({"Id": cid, "Warnings": warnings}, status=201)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    return json_response(_cs(request).inspect(request.match_info["id"], qbool(request, "size")))
+
+
+async def start(request: web.Request) -> web.Response:
+    await _cs(request).start(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def stop(request: web.Request) -> web.Response:
+    t = qint(request, "t")
+    await _cs(request).stop(request.match_info["id"], t, request.query.get("signal"))
+    return web.Response(status=204)
+
+
+async def restart(request: web.Request) -> web.Response:
+    await _cs(request).restart(request.match_info["id"], qint(request, "t"))
+    return web.Response(status=204)
+
+
+async def kill(request: web.Request) -> web.Response:
+    await _cs(request).kill(request.match_info["id"], request.query.get("signal"))
+    return web.Response(status=204)
+
+
+async def pause(request: web.Request) -> web.Response:
+    await _cs(request).pause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def unpause(request: web.Request) -> web.Response:
+    await _cs(request).unpause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def wait(request: web.Request) -> web.StreamResponse:
+    cs = _cs(request)
+    ref = request.match_info["id"]
+    cs.get(ref)  # 404 before the 200 goes out
+    # Docker sends the headers at once, then the body when the condition is met.
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    try:
+        res = await cs.wait(ref, request.query.get("condition") or "not-running")
+    except NotFound:
+        res = {"StatusCode": 0, "Error": None}
+    await resp.write(encode(res) + b"\n")
+    await resp.write_eof()
+    return resp
+
+
+async def remove(request: web.Request) -> web.Response:
+    if qbool(request, "link"):
+        raise InvalidArgument("legacy links are not supported")
+    await _cs(request).remove(request.match_info["id"], force=qbool(request, "force"),
+                              volumes=qbool(request, "v"))
+    return web.Response(status=204)
+
+
+async def rename(request: web.Request) -> web.Response:
+    await _cs(request).rename(request.match_info["id"], request.query.get("name", ""))
+    return web.Response(status=204)
+
+
+async def resize(request: web.Request) -> web.Response:
+    await _cs(request).resize(request.match_info["id"], qint(request, "h", 0), qint(request, "w", 0))
+    return web.Response(status=200)
+
+
+async def prune(request: web.Request) -> web.Response:
+    return json_response(await _cs(request).prune(qfilters(request)))
+
+
+async def update(request: web.Request) -> web.Response:
+    body = await body_json(request)
+    c = _cs(request).get(request.match_info["id"])
+    pol = body.get("RestartPolicy")
+    if pol:
+        c.host_config["RestartPolicy"] = pol
+    for key in ("Memory", "MemorySwap", "MemoryReservation", "CpuShares", "CpuQuota",
+                "CpuPeriod", "NanoCpus", "PidsLimit", "CpusetCpus"):
+        if key in body and body[key] not in (None, 0, ""):
+            c.host_config[key] = body[key]
+    _cs(request).save(c)
+    return json_response({"Warnings": []})
+
+
+# ---------------------------------------------------------------- attach & logs
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    if c.state.status == "paused":
+        raise Conflict("You cannot attach to a paused container, unpause it first")
+    want_in = qbool(request, "stdin")
+    want_out = qbool(request, "stdout")
+    want_err = qbool(request, "stderr")
+    tty = bool(c.config.get("Tty"))
+    logs = qbool(request, "logs")
+    stream = qbool(request, "stream")
+    client = await hijack(request, multiplexed=not tty)
+    cw = client[1]
+    if logs:
+        drv = svc(request).plugins.log(c.log_driver)
+        if drv.can_read:
+            async for e in drv.read(cs.log_context(c)):
+                if (e.stream == "stdout" and want_out) or (e.stream == "stderr" and want_err):
+                    cw.write(e.data if tty else frame(1 if e.stream == "stdout" else 2, e.data))
+            await cw.drain()
+    if not stream:
+        cw.close()
+        return web.Response()
+    try:
+        backend = await cs.attach(c.id, want_in, want_out, want_err)
+    except Exception:
+        cw.close()
+        raise
+    await splice(client, backend[:2], stdin=want_in)
+    return web.Response()
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    s = svc(request)
+    cs = s.containers
+    c = cs.get(request.match_info["id"])
+    want_out = qbool(request, "stdout")
+    want_err = qbool(request, "stderr")
+    if not (want_out or want_err):
+        raise InvalidArgument("Bad parameters: you must choose at least one stream")
+    drv = s.plugins.log(c.log_driver)
+    if not drv.can_read:
+        raise InvalidArgument(f'configured logging driver does not support reading')
+    follow = qbool(request, "follow")
+    ts = qbool(request, "timestamps")
+    tail_q = request.query.get("tail", "all")
+    try:
+        tail = -1 if tail_q in ("all", "") else int(tail_q)
+    except ValueError:
+        tail = -1
+    since = parse_since(request.query.get("since"))
+    until = parse_since(request.query.get("until"))
+    tty = bool(c.config.get("Tty"))
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/vnd.docker.raw-stream" if tty
+        else "application/vnd.docker.multiplexed-stream"})
+    await resp.prepare(request)
+    rt = cs.runtime(c)
+    follow = follow and c.state.running
+
+    def stopped() -> bool:
+        return rt.exited.is_set() or c.id not in cs.containers
+
+    buf: list[bytes] = []
+    size = 0
+    try:
+        async for e in drv.read(cs.log_context(c), since_ns=int(since * 1e9),
+                                until_ns=int(until * 1e9), tail=tail, follow=follow,
+                                stopped=stopped):
+            if e.stream == "stdout":
+                if not want_out:
+                    continue
+                n = 1
+            else:
+                if not want_err:
+                    continue
+                n = 2
+            data = e.data
+            if ts:
+                data = rfc3339(ns=e.time_ns).encode() + b" " + data
+            chunk = data if tty else frame(n, data)
+            buf.append(chunk)
+            size += len(chunk)
+            if size >= 65536:
+                await resp.write(b"".join(buf))
+                buf, size = [], 0
+            elif follow and size:
+                # a follower wants lines as they come; flush when the reader idles
+                await resp.write(b"".join(buf))
+                buf, size = [], 0
+        if buf:
+            await resp.write(b"".join(buf))
+    except (ConnectionResetError, asyncio.CancelledError):
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+# ---------------------------------------------------------------- processes & files
+
+
+async def top(request: web.Request) -> web.Response:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    if not c.state.running:
+        raise Conflict(f"Container {c.id} is not running")
+    from ..runtime import cgroups
+
+    pids = await cs.run(cgroups.pids, f"engine/{c.id}")
+    args = request.query.get("ps_args") or "-ef"
+    if not pids:
+        return json_response({"Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
+                              "Processes": []})
+    proc = await asyncio.create_subprocess_exec(
+        "ps", *args.split(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise InvalidArgument(f"ps: {err.decode().strip()}")
+    lines = out.decode().splitlines()
+    titles = lines[0].split()
+    try:
+        pid_col = titles.index("PID")
+    except ValueError:
+        raise InvalidArgument(f"Couldn't find PID field in ps output") from None
+    procs = []
+    want = set(pids)
+    for line in lines[1:]:
+        fields = line.split(None, len(titles) - 1)
+        if len(fields) > pid_col and fields[pid_col].isdigit() and int(fields[pid_col]) in want:
+            procs.append(fields)
+    return json_response({"Titles": titles, "Processes": procs})
+
+
+async def changes(request: web.Request) -> web.Response:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    items = await cs.run(cs.layers.changes, c.id)
+    return json_response([{"Path": p, "Kind": k} for p, k in items] or None)
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    await resp.prepare(request)
+    await archive.stream_from_thread(resp, lambda w: cs.layers.export(c.id, w))
+    await resp.write_eof()
+    return resp
+
+
+async def archive_head(request: web.Request) -> web.Response:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    path = request.query.get("path") or ""
+    if not path:
+        raise InvalidArgument("path must not be empty")
+    stat = await cs.run(archive.stat_path, cs, c, path)
+    return web.Response(headers={"X-Docker-Container-Path-Stat":
+                                 base64.b64encode(json.dumps(stat).encode()).decode()})
+
+
+async def archive_get(request: web.Request) -> web.StreamResponse:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    path = request.query.get("path") or ""
+    if not path:
+        raise InvalidArgument("path must not be empty")
+    stat = await cs.run(archive.stat_path, cs, c, path)
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/x-tar",
+        "X-Docker-Container-Path-Stat": base64.b64encode(json.dumps(stat).encode()).decode()})
+    await resp.prepare(request)
+    await archive.stream_from_thread(resp, lambda w: archive.tar_path(cs, c, path, w))
+    await resp.write_eof()
+    return resp
+
+
+async def archive_put(request: web.Request) -> web.Response:
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    path = request.query.get("path") or ""
+    if not path:
+        raise InvalidArgument("path must not be empty")
+    await archive.extract_to(cs, c, path, request.content,
+                             no_overwrite_dir_non_dir=qbool(request, "noOverwriteDirNonDir"))
+    return web.Response(status=200)
+
+
+ROUTES = [
+    ("GET", "/containers/json", list_),
+    ("POST", "/containers/create", create),
+    ("POST", "/containers/prune", prune),
+    ("GET", "/containers/{id}/json", inspect),
+    ("POST", "/containers/{id}/start", start),
+    ("POST", "/containers/{id}/stop", stop),
+    ("POST", "/containers/{id}/restart", restart),
+    ("POST", "/containers/{id}/kill", kill),
+    ("POST", "/containers/{id}/pause", pause),
+    ("POST", "/containers/{id}/unpause", unpause),
+    ("POST", "/containers/{id}/wait", wait),
+    ("DELETE", "/containers/{id}", remove),
+    ("POST", "/containers/{id}/rename", rename),
+    ("POST", "/containers/{id}/resize", resize),
+    ("POST", "/containers/{id}/update", update),
+    ("POST", "/containers/{id}/attach", attach),
+    ("GET", "/containers/{id}/logs", logs),
+    ("GET", "/containers/{id}/top", top),
+    ("GET", "/containers/{id}/changes", changes),
+    ("GET", "/containers/{id}/export", export),
+    ("HEAD", "/containers/{id}/archive", archive_head),
+    ("GET", "/containers/{id}/archive", archive_get),
+    ("PUT", "/containers/{id}/archive", archive_put),
+]

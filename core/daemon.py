@@ -1,0 +1,166 @@
+"""The composition root: config -> plugin host -> stores -> services -> API.
+
+``engined`` listens on a unix socket (mode 0660), keeps persistent state under the data
+root and runtime state under the exec root, and stops cleanly on SIGTERM or SIGINT.
+Containers keep running when the daemon stops: their monitors outlive it, and the
+next daemon picks them up again (live restore).
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import grp
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config, parse_args
+
+log = logging.getLogger("engine.daemon")
+
+
+@dataclass
+class Services:
+    config: Config
+    daemon_id: str
+    content: object
+    layers: object
+    images: object
+    plugins: object
+    events: object
+    containers: object
+
+
+def _lock(data_root: str) -> int:
+    """One daemon per data root: a second one fails at once with a clear message."""
+    os.makedirs(data_root, exist_ok=True)
+    fd = os.open(os.path.join(data_root, "engine.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"engined: another daemon is using {data_root}") from None
+    return fd
+
+
+def _daemon_id(data_root: str) -> str:
+    p = Path(data_root, "engine.id")
+    try:
+        return p.read_text().strip()
+    except FileNotFoundError:
+        from .util import atomic_write, new_id
+
+        ident = new_id()[:32]
+        atomic_write(p, ident.encode())
+        return ident
+
+
+async def build(cfg: Config) -> Services:
+    from .containers import ContainerService
+    from .events import Events
+    from .plugins import PluginHost
+    from .store.content import ContentStore
+    from .store.images import ImageStore
+    from .store.layers import LayerStore
+
+    root = cfg.data_root
+    for d in (root, cfg.exec_root):
+        os.makedirs(d, mode=0o711, exist_ok=True)
+    content = ContentStore(os.path.join(root, "content"))
+    layers = LayerStore(os.path.join(root, "layers"), cfg.storage_driver or "auto")
+    images = ImageStore(os.path.join(root, "images"), content, layers)
+    plugins = PluginHost(root, cfg.exec_root)
+    plugins.discover()
+    await plugins.start_drivers()
+    events = Events()
+    containers = ContainerService(
+        data_root=root, exec_root=cfg.exec_root, images=images, layers=layers,
+        plugins=plugins, events=events, default_log_driver=cfg.log_driver,
+        default_log_opts=cfg.log_opts, default_runtime=cfg.default_runtime,
+        default_network=cfg.default_network)
+    await containers.restore()
+    return Services(config=cfg, daemon_id=_daemon_id(root), content=content, layers=layers,
+                    images=images, plugins=plugins, events=events, containers=containers)
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
+    from aiohttp import web
+
+    from .api.app import make_app
+
+    t0 = time.monotonic()
+    services = await build(cfg)
+    app = make_app(services)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    paths = cfg.socket_paths
+    for path in paths:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # we hold the data-root lock: a leftover socket is stale
+        site = web.UnixSite(runner, path)
+        await site.start()
+        os.chmod(path, 0o660)
+        if cfg.group:
+            try:
+                os.chown(path, 0, grp.getgrnam(cfg.group).gr_gid)
+            except KeyError:
+                log.warning("group %s not found; socket stays root-only", cfg.group)
+    pidfile = cfg.pidfile or os.path.join(cfg.exec_root, "engined.pid")
+    Path(pidfile).write_text(f"{os.getpid()}\n")
+    log.info("engined ready in %.0f ms on %s", (time.monotonic() - t0) * 1000, ", ".join(paths))
+    if ready is not None:
+        ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (containers keep running)")
+    for c in services.containers.rt.values():
+        if c.watch_task:
+            c.watch_task.cancel()
+    await runner.cleanup()
+    await services.plugins.stop_drivers()
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        os.unlink(pidfile)
+    except FileNotFoundError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        cfg.socket_paths  # refuse TCP before anything else
+    except Exception as e:
+        print(f"engined: {e}", file=sys.stderr)
+        return 1
+    if os.geteuid() != 0:
+        print("engined: must run as root", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.DEBUG if cfg.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _lock(cfg.data_root)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        asyncio.run(serve(cfg))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

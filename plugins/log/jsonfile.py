@@ -1,0 +1,152 @@
+"""The ``json-file`` log driver: Docker's on-disk format, with rotation.
+
+Each line is ``{"log":"text\\n","stream":"stdout","time":"RFC3339Nano"}``. The writer
+half (``jsonfile_writer``) runs inside the container's monitor process; this module,
+the reader half, runs in the daemon.
+
+Options (``--log-opt``): ``max-size`` (``10m``; -1 unlimited), ``max-file`` (how many
+files to keep, 1 by default), ``compress`` (gzip the rotated files).
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+from typing import AsyncIterator, Callable
+
+import msgspec
+
+from engine.sdk import hookimpl
+from engine.sdk.drivers import LogContext, LogDriver, LogEntry
+from engine.sdk.errors import InvalidArgument
+
+from ._common import log_file, parse_size, parse_time_ns
+
+class JsonFileDriver(LogDriver):
+    name = "json-file"
+    writer = "engine.plugins.log.jsonfile_writer:JsonFileWriter"
+    can_read = True
+    OPTIONS = {"max-size", "max-file", "compress", "labels", "labels-regex", "env",
+               "env-regex", "tag", "mode", "max-buffer-size"}
+
+    def validate_options(self, options: dict[str, str]) -> None:
+        for key, value in options.items():
+            if key not in self.OPTIONS:
+                raise InvalidArgument(f"unknown log opt '{key}' for json-file log driver")
+        if "max-size" in options:
+            parse_size(options["max-size"])
+        if "max-file" in options:
+            try:
+                n = int(options["max-file"])
+            except ValueError:
+                raise InvalidArgument(f"invalid max-file: {options['max-file']!r}") from None
+            if n < 1:
+                raise InvalidArgument("max-file cannot be less than 1")
+            if n > 1 and "max-size" not in options:
+                raise InvalidArgument("max-file can only be set when max-size is set")
+
+    def _files(self, log: LogContext) -> list[str]:
+        path = log_file(log.log_dir, log.container_id)
+        max_file = int(log.options.get("max-file", "1") or 1)
+        files = []
+        for i in range(max_file - 1, 0, -1):
+            for cand in (f"{path}.{i}.gz", f"{path}.{i}"):
+                if os.path.exists(cand):
+                    files.append(cand)
+                    break
+        files.append(path)
+        return files
+
+    async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
+                   tail: int = -1, follow: bool = False,
+                   stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
+        decoder = msgspec.json.Decoder(_Line)
+        loop = asyncio.get_running_loop()
+
+        def decode(blob: bytes) -> list[LogEntry]:
+            out = []
+            for raw in blob.split(b"\n"):
+                if not raw:
+                    continue
+                try:
+                    rec = decoder.decode(raw)
+                except msgspec.DecodeError:
+                    continue  # a torn last line of a crashed writer
+                ts = parse_time_ns(rec.time)
+                if since_ns and ts < since_ns:
+                    continue
+                if until_ns and ts > until_ns:
+                    continue
+                out.append(LogEntry(rec.stream, rec.log.encode(), ts))
+            return out
+
+        def read_all() -> tuple[list[LogEntry], int, int]:
+            entries: list[LogEntry] = []
+            files = self._files(log)
+            pos = ino = 0
+            for path in files:
+                try:
+                    if path.endswith(".gz"):
+                        with gzip.open(path, "rb") as f:
+                            blob = f.read()
+                    else:
+                        with open(path, "rb") as f:
+                            blob = f.read()
+                            if path == files[-1]:
+                                # stop at the last complete line; a follower resumes there
+                                cut = blob.rfind(b"\n") + 1
+                                blob = blob[:cut]
+                                pos = cut
+                                ino = os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    continue
+                entries.extend(decode(blob))
+            if tail >= 0:
+                entries = entries[len(entries) - tail:] if tail else []
+            return entries, pos, ino
+
+        entries, pos, ino = await loop.run_in_executor(None, read_all)
+        for i in range(0, len(entries), 1000):
+            for e in entries[i:i + 1000]:
+                yield e
+            await asyncio.sleep(0)
+        if not follow:
+            return
+        path = log_file(log.log_dir, log.container_id)
+        while True:
+            done = stopped() if stopped else False
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if st.st_ino != ino or st.st_size < pos:  # rotated: start over
+                        ino, pos = st.st_ino, 0
+                    f.seek(pos)
+                    blob = f.read()
+            except FileNotFoundError:
+                blob = b""
+            cut = blob.rfind(b"\n") + 1
+            if cut:
+                pos += cut
+                for e in decode(blob[:cut]):
+                    yield e
+            if done:
+                return
+            await asyncio.sleep(0.05 if cut else 0.1)
+
+    async def remove(self, log: LogContext) -> None:
+        for path in self._files(log):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+class _Line(msgspec.Struct):
+    log: str
+    stream: str = "stdout"
+    time: str = ""
+
+
+@hookimpl
+def engine_register_drivers(registrar) -> None:
+    registrar.add_log_driver(JsonFileDriver)
