@@ -320,23 +320,32 @@ def _write_uncompressed_layer(images: ImageStore, out: _ArchiveWriter, layer: An
 
 
 def _select(images: ImageStore, refs: list[str]) -> dict[str, list[str]]:
-    """Image id -> normalised tags to save, in the order asked."""
+    """Image id -> normalised tags to save, in the order asked.
+
+    ``name:tag`` saves that tag, a bare ``name`` every tag of that repository (as
+    ``docker save`` does), an id the image without tags.
+    """
     chosen: dict[str, list[str]] = {}
     for ref in refs:
+        try:
+            r: reference.Reference | None = reference.parse(ref)
+        except InvalidArgument:
+            r = None
+        if r is not None and not r.tag and not r.digest:
+            repo_tags = [(tag, img.id) for img in images.list()
+                         for tag in map(reference.normalize, img.repo_tags)
+                         if reference.parse(tag).name == r.name]
+            if repo_tags:
+                for tag, image_id in sorted(repo_tags):
+                    tags = chosen.setdefault(image_id, [])
+                    if tag not in tags:
+                        tags.append(tag)
+                continue
         img = images.get(ref)
         tags = chosen.setdefault(img.id, [])
-        try:
-            r = reference.parse(ref)
-        except InvalidArgument:
-            continue
-        if r.digest:
-            continue
-        wanted = [reference.normalize(t) for t in img.repo_tags]
-        if r.tag:
-            names = [str(r)] if str(r) in wanted else []
-        else:
-            names = [t for t in wanted if reference.parse(t).name == r.name]
-        tags += [n for n in names if n not in tags]
+        if r is not None and r.tag and str(r) in map(reference.normalize, img.repo_tags):
+            if str(r) not in tags:
+                tags.append(str(r))
     return chosen
 
 
