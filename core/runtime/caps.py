@@ -55,8 +55,26 @@ def last_cap() -> int:
 
 
 def all_caps() -> list[str]:
-    """Every capability the running kernel supports (what ``--privileged`` grants)."""
-    return list(CAP_NAMES[: min(last_cap(), len(CAP_NAMES) - 1) + 1])
+    """Every capability the running kernel supports and this process may pass on
+    (what ``--privileged`` grants).
+
+    A capability missing from our own bounding set (a sandboxed host) cannot be given
+    to a container: asking for it would make capset fail.
+    """
+    known = CAP_NAMES[: min(last_cap(), len(CAP_NAMES) - 1) + 1]
+    bounding = _own_bounding()
+    return [name for i, name in enumerate(known) if bounding is None or bounding >> i & 1]
+
+
+def _own_bounding() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return None
 
 
 def normalize(name: str) -> str:

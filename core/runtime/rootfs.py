@@ -377,7 +377,9 @@ def setup_dev(root: str, *, tty_slave: int | None = None, devices: list[dict] = 
     if tty_slave is not None:
         fd, _path = make_target(root, "/dev/console", is_dir=False)
         try:
-            mount(f"/proc/self/fd/{tty_slave}", f"/proc/self/fd/{fd}", None, MS_BIND)
+            # The slave's own mount belongs to the parent mount namespace, which a bind
+            # cannot take from: use its path, which names our namespace's copy.
+            mount(os.ttyname(tty_slave), f"/proc/self/fd/{fd}", None, MS_BIND)
         finally:
             os.close(fd)
 
