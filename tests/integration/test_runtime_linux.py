@@ -405,7 +405,8 @@ def test_oom_kill_is_detected(make_spec) -> None:
     s = make_spec(["sh", "-c", "head -c 200m /dev/zero | tail"],
                   host_config={"Memory": 24 << 20, "MemorySwap": 24 << 20})
     r = run(s)
-    assert r.status == 137
+    # The OOM killer picks tail (sh then exits 137) or sh itself (killed: -9).
+    assert r.status in (137, -signal.SIGKILL)
     assert cgroups.oom_killed(s["linux"]["cgroupsPath"])
 
 
