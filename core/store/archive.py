@@ -149,7 +149,8 @@ class _Extractor:
         self.root_fd = os.open(dest, _DIR_FLAGS)
         self.is_root = os.geteuid() == 0
         self.created: set[str] = set()
-        self.dir_times: list[tuple[list[str], int]] = []
+        # directories whose mtime (and, unprivileged, mode) is set once all is in
+        self.dirs: list[tuple[list[str], int, int]] = []
         self.size = 0
 
     def close(self) -> None:
@@ -226,9 +227,12 @@ class _Extractor:
             fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
             try:
                 self._set_meta(fd, m)
+                if not self.is_root:
+                    # keep the directory writable for us until every entry is in
+                    os.fchmod(fd, (m.mode & 0o7777) | 0o700)
             finally:
                 os.close(fd)
-            self.dir_times.append(([*parent, leaf], _mtime_ns(m)))
+            self.dirs.append(([*parent, leaf], _mtime_ns(m), m.mode & 0o7777))
         elif m.issym():
             os.symlink(m.linkname, leaf, dir_fd=pfd)
             if self.is_root:
@@ -304,13 +308,15 @@ class _Extractor:
                 raise
 
     def finish(self) -> None:
-        """Restore directory mtimes (creating children changed them)."""
-        for parts, mtime in reversed(self.dir_times):
+        """Restore directory mtimes (creating children changed them) and modes."""
+        for parts, mtime, mode in reversed(self.dirs):
             try:
                 fd = open_dir_in(self.root_fd, parts)
             except (FileNotFoundError, _Unsafe):
                 continue
             try:
+                if not self.is_root:
+                    os.fchmod(fd, mode)
                 os.utime(fd, ns=(mtime, mtime))
             finally:
                 os.close(fd)

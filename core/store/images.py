@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,6 +117,8 @@ class ImageStore:
         self._refs_file = self.root / "repositories.json"
         self._lock = threading.RLock()
         self._images: dict[str, Image] = {}
+        # chain ids of images being created: deletions must not release them meanwhile
+        self._pending: Counter[str] = Counter()
         for path in self._images_dir.glob("*.json"):
             img = msgspec.json.decode(path.read_bytes(), type=Image)
             self._images[img.id] = img
@@ -172,6 +175,11 @@ class ImageStore:
         new_chains: list[str] = []
         layers: list[ImageLayer] = []
         parent_chain: str | None = None
+        chains: list[str] = []
+        for diff_id in diff_ids:
+            chains.append(chain_id(chains[-1] if chains else None, diff_id))
+        with self._lock:
+            self._pending.update(chains)
         try:
             for (blob, media_type), diff_id in zip(local, diff_ids):
                 chain = chain_id(parent_chain, diff_id)
@@ -194,11 +202,17 @@ class ImageStore:
             return self._view(img)
         except BaseException:
             with self._lock:
+                self._pending.subtract(chains)
+                chains = []
                 if new_chains:
                     self.layers.release(new_chains[-1], keep=self._referenced_chains())
                 if not had_config and image_id not in self._images:
                     self.content.delete(image_id)
             raise
+        finally:
+            with self._lock:
+                self._pending.subtract(chains)
+                self._pending = +self._pending  # drop the zero counts
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -310,7 +324,8 @@ class ImageStore:
     # -- deleting ---------------------------------------------------------------------
 
     def _referenced_chains(self) -> set[str]:
-        return {layer.chain_id for img in self._images.values() for layer in img.layers}
+        chains = {layer.chain_id for img in self._images.values() for layer in img.layers}
+        return chains | set(self._pending)
 
     def _remove_image(self, image_id: str) -> tuple[list[dict[str, str]], int]:
         """Drop an untagged image, its unreferenced layers and blobs; return (report, bytes)."""

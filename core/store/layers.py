@@ -299,15 +299,20 @@ class LayerStore:
 
     def graph_driver(self, chain: str | None) -> dict:
         """Docker's GraphDriver block for an image whose top layer is ``chain``."""
-        data: dict[str, str] = {}
-        if chain is not None:
-            dirs = [str(self._layer_dir(layer.chain_id) / "diff") for layer in self.ancestry(chain)]
-            data["UpperDir"] = dirs[0]
-            if self.driver == "overlay" and len(dirs) > 1:
-                data["LowerDir"] = ":".join(dirs[1:])
-            data["MergedDir" if self.driver == "vfs" else "WorkDir"] = (
-                dirs[0] if self.driver == "vfs" else str(self._layer_dir(chain) / "work"))
-        return {"Name": "overlay2" if self.driver == "overlay" else "vfs", "Data": data}
+        if chain is None:
+            return {"Name": self._driver_name, "Data": None}
+        dirs = [str(self._layer_dir(layer.chain_id) / "diff") for layer in self.ancestry(chain)]
+        if self.driver == "vfs":
+            return {"Name": "vfs", "Data": {"Dir": dirs[0]}}
+        top = self._layer_dir(chain)
+        data = {"MergedDir": str(top / "merged"), "UpperDir": dirs[0], "WorkDir": str(top / "work")}
+        if len(dirs) > 1:
+            data["LowerDir"] = ":".join(dirs[1:])
+        return {"Name": self._driver_name, "Data": data}
+
+    @property
+    def _driver_name(self) -> str:
+        return "overlay2" if self.driver == "overlay" else "vfs"
 
     # -- container read-write layers ---------------------------------------------------
 

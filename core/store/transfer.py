@@ -500,7 +500,10 @@ def _plan_docker(arc: _Archive) -> list[_Plan]:
     for entry in manifest:
         if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
             raise InvalidArgument("manifest.json entry without Config")
-        layers = [(arc.digest_of(p), MT_DOCKER_LAYER) for p in entry.get("Layers") or []]
+        layers = []
+        for path in entry.get("Layers") or []:
+            digest = arc.digest_of(path)
+            layers.append((digest, _layer_media_type(arc.content.path(digest))))
         plans.append(_Plan(arc.digest_of(entry["Config"]), layers, list(entry.get("RepoTags") or [])))
     return plans
 
