@@ -202,21 +202,27 @@ def spawn_container(spec: dict, *, stdin: int, stdout: int, stderr: int,
     becomes the controlling terminal and stdio instead of the three fds.
     """
     linux = spec.get("linux") or {}
-    ns_list = linux.get("namespaces") or []
     cgroups_path = linux.get("cgroupsPath") or None
-    if cgroups_path:
-        _cgroups.create(cgroups_path, linux.get("resources") or {})
-    for ns in ns_list:
-        if ns["type"] == "pid":
-            if ns.get("path"):
-                fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    setns(fd, CLONE_NEWPID)
-                finally:
-                    os.close(fd)
-            else:
-                unshare(CLONE_NEWPID)
+    try:
+        if cgroups_path:
+            _cgroups.create(cgroups_path, linux.get("resources") or {})
+        for ns in linux.get("namespaces") or ():
+            if ns["type"] == "pid":
+                if ns.get("path"):
+                    _setns_path(ns["path"], CLONE_NEWPID)
+                else:
+                    unshare(CLONE_NEWPID)
+    except OSError as exc:
+        raise SpawnError(_describe(exc)) from exc
     return _fork(lambda: _container_child(spec, tty_slave, stdin, stdout, stderr))
+
+
+def _setns_path(path: str, nstype: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, nstype)
+    finally:
+        os.close(fd)
 
 
 def spawn_exec(process: dict, *, target_pid: int, cgroups_path: str | None,
@@ -228,25 +234,21 @@ def spawn_exec(process: dict, *, target_pid: int, cgroups_path: str | None,
     namespace for its children; the child opens every other namespace of the target
     before entering any, joins the cgroup, then enters them (mount last).
     """
-    ns_fds: list[tuple[int, int]] = []
+    ns_fds: list[tuple[str, int]] = []
     try:
-        for kind in ("cgroup", "ipc", "uts", "net", "mnt"):
-            path = f"/proc/{target_pid}/ns/{kind}"
-            try:
+        try:
+            for kind in ("cgroup", "ipc", "uts", "net", "mnt"):
+                path = f"/proc/{target_pid}/ns/{kind}"
                 if os.stat(path).st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino:
-                    continue
-            except FileNotFoundError:
-                if kind == "cgroup":
-                    continue
-                raise
-            ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
-        pid_ns = f"/proc/{target_pid}/ns/pid"
-        if os.stat(pid_ns).st_ino != os.stat("/proc/self/ns/pid_for_children").st_ino:
-            fd = os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, CLONE_NEWPID)
-            finally:
-                os.close(fd)
+                    continue  # already there (e.g. --network host)
+                ns_fds.append((kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+            pid_ns = f"/proc/{target_pid}/ns/pid"
+            if os.stat(pid_ns).st_ino != os.stat("/proc/self/ns/pid_for_children").st_ino:
+                _setns_path(pid_ns, CLONE_NEWPID)
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, ProcessLookupError)):
+                raise SpawnError(f"container process {target_pid} is not running") from exc
+            raise SpawnError(_describe(exc)) from exc
         return _fork(lambda: _exec_child(process, ns_fds, cgroups_path, tty_slave,
                                          stdin, stdout, stderr))
     finally:
@@ -340,7 +342,7 @@ def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
     if spec.get("domainname"):
         name = spec["domainname"].encode()
         _check(_libc.setdomainname(name, len(name)), "setdomainname")
-    return _prepare_process(process, tty_slave, stdin, stdout, stderr)
+    return _prepare_process(process, tty_slave, stdin, stdout, stderr, create_cwd=True)
 
 
 def _exec_child(process: dict, ns_fds: list[tuple[str, int]], cgroups_path: str | None,
@@ -350,10 +352,10 @@ def _exec_child(process: dict, ns_fds: list[tuple[str, int]], cgroups_path: str 
     _reset_signals()
     if cgroups_path:
         _cgroups.join(cgroups_path, 0)
-    for kind, fd in ns_fds:
+    for _kind, fd in ns_fds:
         setns(fd, 0)
     os.chdir("/")
-    return _prepare_process(process, tty_slave, stdin, stdout, stderr)
+    return _prepare_process(process, tty_slave, stdin, stdout, stderr, create_cwd=False)
 
 
 def _reset_signals() -> None:
@@ -364,8 +366,12 @@ def _reset_signals() -> None:
 
 
 def _prepare_process(process: dict, tty_slave: int | None, stdin: int, stdout: int,
-                     stderr: int) -> tuple[str, list[str], dict[str, str]]:
-    """rlimits, cwd, stdio, identity and the executable lookup, in the new root."""
+                     stderr: int, *, create_cwd: bool
+                     ) -> tuple[str, list[str], dict[str, str]]:
+    """rlimits, umask, cwd, stdio, identity and the executable lookup, in the new root.
+
+    Returns what to ``execve``.
+    """
     for rlimit in process.get("rlimits") or ():
         kind = getattr(resource, rlimit["type"], None)
         if kind is None:
@@ -375,11 +381,14 @@ def _prepare_process(process: dict, tty_slave: int | None, stdin: int, stdout: i
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(process["oomScoreAdj"]))
 
+    umask = (process.get("user") or {}).get("umask")
+    os.umask(0o022 if umask is None else int(umask))
     cwd = process.get("cwd") or "/"
-    try:
-        os.makedirs(cwd, 0o755, exist_ok=True)  # like Docker, create a missing workdir
-    except OSError:
-        pass  # e.g. a read-only rootfs: chdir below reports it
+    if create_cwd:
+        try:
+            os.makedirs(cwd, 0o755, exist_ok=True)  # like Docker, create a missing workdir
+        except OSError:
+            pass  # e.g. a read-only rootfs: chdir below reports it
 
     _setup_stdio(tty_slave, stdin, stdout, stderr)
     _set_identity(process)

@@ -260,6 +260,7 @@ def test_privileged_has_all_caps_and_no_masks(make_spec) -> None:
 def test_dev_and_mounts(make_spec) -> None:
     script = ("ls /dev | tr '\\n' ' '; echo; grep -E ' (/dev/shm|/dev/pts|/sys) ' "
               "/proc/self/mounts | cut -d' ' -f2,3,4; echo x > /dev/null && echo null-ok; "
+              "mknod /tmp/kmsg c 1 11 && (cat /tmp/kmsg || echo kmsg-denied); umask; "
               "ls /sys/fs/cgroup | tr '\\n' ' '")
     r = run(make_spec(["sh", "-c", script], host_config={"ShmSize": 1 << 20}))
     lines = r.stdout.splitlines()
@@ -271,6 +272,8 @@ def test_dev_and_mounts(make_spec) -> None:
     assert mounts["/sys"][0] == "sysfs" and mounts["/sys"][1].startswith("ro,")
     assert mounts["/dev/pts"][0] == "devpts"
     assert "null-ok" in lines
+    assert "kmsg-denied" in lines      # the device cgroup allows mknod, not use
+    assert "0022" in lines
     assert "memory" in lines[-1].split() and "pids" in lines[-1].split()
 
 
@@ -448,6 +451,14 @@ def test_exec_into_running_container(make_spec) -> None:
     finally:
         init.kill()
         init.wait()
+
+
+def test_exec_into_a_missing_process_fails_cleanly() -> None:
+    with open("/proc/sys/kernel/pid_max") as f:
+        missing = int(f.read()) + 1
+    with pytest.raises(linux.SpawnError, match="not running"):
+        linux.spawn_exec({"args": ["true"]}, target_pid=missing, cgroups_path=None,
+                         stdin=0, stdout=1, stderr=2)
 
 
 def test_resolve_exec_user_stays_in_container(make_spec, rootfs) -> None:
