@@ -16,6 +16,7 @@ and ``docker load`` archives, so every entry is treated as hostile.
 
 The diff id (sha256 of the uncompressed tar) is computed in the same pass.
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import msgspec
-
 from engine.sdk.errors import InvalidArgument
 
 from .compression import Source, decompressed
@@ -187,7 +187,7 @@ class _Extractor:
             return
         if leaf.startswith(WHITEOUT_META_PREFIX):
             return  # other AUFS metadata (.wh..wh.plnk and friends): nothing to apply
-        target = leaf[len(WHITEOUT_PREFIX):]
+        target = leaf[len(WHITEOUT_PREFIX) :]
         if target in ("", ".", ".."):
             raise _Unsafe("whiteout names no file")
         st = _lstat_at(pfd, target)
@@ -208,8 +208,12 @@ class _Extractor:
             existing = None
 
         if m.isreg():
-            fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            fd = os.open(
+                leaf,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=pfd,
+            )
             try:
                 src = tf.extractfile(m)
                 assert src is not None
@@ -297,7 +301,7 @@ class _Extractor:
         for key, value in m.pax_headers.items():
             if not key.startswith("SCHILY.xattr."):
                 continue
-            name = key[len("SCHILY.xattr."):]
+            name = key[len("SCHILY.xattr.") :]
             if name.startswith(_RESERVED_XATTR_PREFIXES):
                 continue
             try:
@@ -499,7 +503,9 @@ def _write_tree(src_dir: str | Path, fileobj: BinaryIO, *, whiteouts: bool) -> N
     writer.close()
 
 
-def write_changes_tar(root_dir: str | Path, changes: Iterable[tuple[str, int]], fileobj: BinaryIO) -> None:
+def write_changes_tar(
+    root_dir: str | Path, changes: Iterable[tuple[str, int]], fileobj: BinaryIO
+) -> None:
     """Write the entries named by a change list as a layer tar (deletions as whiteouts).
 
     Used by the copying (vfs) driver, which has no upper dir to archive.
@@ -601,7 +607,12 @@ def changes(upper_dir: str | Path, lower_dirs: Sequence[str | Path] = ()) -> lis
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
     if stat.S_IFMT(a.st_mode) != stat.S_IFMT(b.st_mode):
         return False
-    same_meta = (a.st_mode, a.st_uid, a.st_gid, a.st_rdev) == (b.st_mode, b.st_uid, b.st_gid, b.st_rdev)
+    same_meta = (a.st_mode, a.st_uid, a.st_gid, a.st_rdev) == (
+        b.st_mode,
+        b.st_uid,
+        b.st_gid,
+        b.st_rdev,
+    )
     if stat.S_ISDIR(a.st_mode):
         return same_meta and a.st_mtime_ns == b.st_mtime_ns
     return same_meta and a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns

@@ -4,6 +4,7 @@
 zstd compressed tar into a stream of the uncompressed bytes. zstd is decoded with the
 ``zstandard`` module when it is importable, else with the ``zstd`` binary.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -14,8 +15,9 @@ import lzma
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from engine.sdk.errors import InvalidArgument
 
@@ -86,7 +88,9 @@ class _ZstdProcess(io.RawIOBase):
                 " binary is available"
             )
         self._proc = subprocess.Popen(
-            [exe, "-dc", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [exe, "-dc", "-q"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
         self._feed_error: BaseException | None = None

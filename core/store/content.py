@@ -6,15 +6,17 @@ the expected digest, fsynced and renamed into place, so a crash (even ``kill -9`
 any moment leaves at worst an orphan temp file, never a corrupt or truncated blob.
 Leftover temp files are removed when the store is opened.
 """
+
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from engine.sdk.errors import InvalidArgument, NotFound
 
@@ -72,7 +74,7 @@ class ContentStore:
         return digest
 
     def ingest(
-        self, fileobj: BinaryIO, expected: str | None = None, size: int | None = None
+        self, fileobj: IO[bytes], expected: str | None = None, size: int | None = None
     ) -> tuple[str, int]:
         """Stream ``fileobj`` into the store; return ``(digest, size)``.
 
@@ -125,5 +127,5 @@ class ContentStore:
         except FileNotFoundError:
             raise NotFound(f"blob {digest} not found") from None
 
-    def list(self) -> list[str]:
+    def list(self) -> builtins.list[str]:
         return sorted("sha256:" + p.name for p in self._blobs.iterdir() if len(p.name) == 64)

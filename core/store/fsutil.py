@@ -4,6 +4,7 @@ Every piece of state the stores keep is written with :func:`atomic_write`: the b
 to a temporary file in the same directory, are fsynced, renamed over the target and the
 directory is fsynced, so a crash leaves either the old or the new content, never a mix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-
 from engine.sdk.errors import InvalidArgument
 
 #: Read and hash in chunks of this size.

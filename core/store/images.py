@@ -10,20 +10,21 @@ ids and chain ids, and its unpacked size. Layout under ``root``::
 Tags are the single source of truth for ``RepoTags``/``RepoDigests``; both files are
 replaced atomically. The config bytes live in the content store under the image id.
 """
+
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
 import threading
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
-
 from engine.sdk.errors import Conflict, InvalidArgument, NotFound
 
 from . import reference
@@ -34,9 +35,11 @@ from .layers import LayerStore, chain_id
 InUse = Callable[[str], bool]
 
 #: Media types of layers that are not stored locally (Windows base layers).
-_FOREIGN = ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-            "application/vnd.oci.image.layer.nondistributable.v1.tar",
-            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip")
+_FOREIGN = (
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+)
 _SHORT_ID = re.compile(r"^[a-f0-9]{1,64}$")
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -78,7 +81,7 @@ class _Refs(msgspec.Struct):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(value: str) -> datetime | None:
@@ -137,18 +140,21 @@ class ImageStore:
         stored = msgspec.structs.replace(img, repo_tags=[], repo_digests=[])
         atomic_write_json(self._images_dir / f"{parse_digest(img.id)}.json", stored)
 
-    def _refs_of(self, image_id: str) -> list[str]:
+    def _refs_of(self, image_id: str) -> builtins.list[str]:
         return sorted(r for r, i in self._refs.items() if i == image_id)
 
     def _view(self, img: Image) -> Image:
-        tags, digests = [], []
+        tags: builtins.list[str] = []
+        digests: builtins.list[str] = []
         for r in self._refs_of(img.id):
             (digests if "@" in r else tags).append(reference.familiar(r))
         return msgspec.structs.replace(img, repo_tags=tags, repo_digests=digests)
 
     # -- creating ---------------------------------------------------------------------
 
-    def create(self, config: bytes, layer_blobs: list[tuple[str, str]], *, parent: str = "") -> Image:
+    def create(
+        self, config: bytes, layer_blobs: builtins.list[tuple[str, str]], *, parent: str = ""
+    ) -> Image:
         """Store an image from its config bytes and its layer blobs (already in the content store).
 
         Layers are unpacked once (reused by chain id) and checked against the config's
@@ -164,7 +170,8 @@ class ImageStore:
         local = [(d, m) for d, m in layer_blobs if m not in _FOREIGN]
         if len(local) != len(diff_ids):
             raise InvalidArgument(
-                f"image config lists {len(diff_ids)} layers but {len(local)} were given")
+                f"image config lists {len(diff_ids)} layers but {len(local)} were given"
+            )
         for diff_id in diff_ids:
             parse_digest(diff_id)
         had_config = self.content.has("sha256:" + hashlib.sha256(config).hexdigest())
@@ -172,16 +179,16 @@ class ImageStore:
         with self._lock:
             if image_id in self._images:
                 return self._view(self._images[image_id])
-        new_chains: list[str] = []
-        layers: list[ImageLayer] = []
+        new_chains: builtins.list[str] = []
+        layers: builtins.list[ImageLayer] = []
         parent_chain: str | None = None
-        chains: list[str] = []
+        chains: builtins.list[str] = []
         for diff_id in diff_ids:
             chains.append(chain_id(chains[-1] if chains else None, diff_id))
         with self._lock:
             self._pending.update(chains)
         try:
-            for (blob, media_type), diff_id in zip(local, diff_ids):
+            for (blob, media_type), diff_id in zip(local, diff_ids, strict=True):
                 chain = chain_id(parent_chain, diff_id)
                 existed = self.layers.exists(chain)
                 if not existed and not self.content.has(blob):
@@ -192,8 +199,13 @@ class ImageStore:
                     new_chains.append(layer.chain_id)
                 layers.append(ImageLayer(blob, media_type, diff_id, layer.chain_id, layer.size))
                 parent_chain = layer.chain_id
-            img = Image(image_id, layers, created=str(cfg.get("created") or ""),
-                        size=sum(layer.size for layer in layers), parent=parent)
+            img = Image(
+                image_id,
+                layers,
+                created=str(cfg.get("created") or ""),
+                size=sum(layer.size for layer in layers),
+                parent=parent,
+            )
             with self._lock:
                 if image_id in self._images:
                     return self._view(self._images[image_id])
@@ -221,7 +233,7 @@ class ImageStore:
         ref = ref.strip()
         with self._lock:
             if ref.startswith("sha256:"):
-                hex_part = ref[len("sha256:"):]
+                hex_part = ref[len("sha256:") :]
                 if not _SHORT_ID.match(hex_part):
                     raise InvalidArgument(f"invalid image id {ref!r}")
                 return self._by_prefix(hex_part, ref), None
@@ -250,7 +262,7 @@ class ImageStore:
             raise NotFound(f"No such image: {reference.familiar(str(r))}")
 
     def _by_prefix(self, prefix: str, ref: str) -> str:
-        matches = [i for i in self._images if i[len("sha256:"):].startswith(prefix)]
+        matches = [i for i in self._images if i[len("sha256:") :].startswith(prefix)]
         if not matches:
             raise NotFound(f"No such image: {ref}")
         if len(matches) > 1:
@@ -270,11 +282,11 @@ class ImageStore:
             return False
         return True
 
-    def list(self) -> list[Image]:
+    def list(self) -> builtins.list[Image]:
         with self._lock:
             return [self._view(img) for img in self._images.values()]
 
-    def children(self, image_id: str) -> list[str]:
+    def children(self, image_id: str) -> builtins.list[str]:
         with self._lock:
             return [i for i, img in self._images.items() if img.parent == image_id]
 
@@ -327,7 +339,7 @@ class ImageStore:
         chains = {layer.chain_id for img in self._images.values() for layer in img.layers}
         return chains | set(self._pending)
 
-    def _remove_image(self, image_id: str) -> tuple[list[dict[str, str]], int]:
+    def _remove_image(self, image_id: str) -> tuple[builtins.list[dict[str, str]], int]:
         """Drop an untagged image, its unreferenced layers and blobs; return (report, bytes)."""
         img = self._images.pop(image_id)
         (self._images_dir / f"{parse_digest(image_id)}.json").unlink(missing_ok=True)
@@ -348,7 +360,9 @@ class ImageStore:
                 self.content.delete(blob)
         return report, reclaimed
 
-    def delete(self, ref_or_id: str, force: bool = False, in_use: InUse | None = None) -> list[dict[str, str]]:
+    def delete(
+        self, ref_or_id: str, force: bool = False, in_use: InUse | None = None
+    ) -> builtins.list[dict[str, str]]:
         """Docker's image delete: untag a name, or delete an image by id.
 
         Returns ``[{"Untagged": ...}, {"Deleted": ...}]`` as the API does. Conflict when
@@ -360,12 +374,13 @@ class ImageStore:
             image_id, key = self._resolve(ref_or_id)
             short = image_id.removeprefix("sha256:")[:12]
             refs = self._refs_of(image_id)
-            report: list[dict[str, str]] = []
+            report: builtins.list[dict[str, str]] = []
             if key is not None:
                 if len(refs) == 1 and in_use(image_id) and not force:
                     raise Conflict(
                         f'conflict: unable to remove repository reference "{ref_or_id}" (must'
-                        f" force) - container is using its referenced image {short}")
+                        f" force) - container is using its referenced image {short}"
+                    )
                 del self._refs[key]
                 self._save_refs()
                 report.append({"Untagged": reference.familiar(key)})
@@ -375,15 +390,18 @@ class ImageStore:
                 if len(refs) > 1 and not force:
                     raise Conflict(
                         f"conflict: unable to delete {short} (must be forced) - image is"
-                        " referenced in multiple repositories")
+                        " referenced in multiple repositories"
+                    )
                 if in_use(image_id) and not force:
                     raise Conflict(
                         f"conflict: unable to delete {short} (must be forced) - image is being"
-                        " used by a container")
+                        " used by a container"
+                    )
                 if self.children(image_id):
                     raise Conflict(
                         f"conflict: unable to delete {short} (cannot be forced) - image has"
-                        " dependent child images")
+                        " dependent child images"
+                    )
                 for r in refs:
                     del self._refs[r]
                     report.append({"Untagged": reference.familiar(r)})
@@ -398,7 +416,7 @@ class ImageStore:
         Returns Docker's ``{"ImagesDeleted": [...], "SpaceReclaimed": n}``.
         """
         in_use = in_use or _never
-        report: list[dict[str, str]] = []
+        report: builtins.list[dict[str, str]] = []
         reclaimed = 0
         with self._lock:
             progress = True
@@ -421,13 +439,13 @@ class ImageStore:
 
     # -- API views --------------------------------------------------------------------
 
-    def history(self, ref: str) -> list[dict[str, Any]]:
+    def history(self, ref: str) -> builtins.list[dict[str, Any]]:
         """Docker's ``/images/{name}/history``: newest first."""
         img = self.get(ref)
         cfg = self.config(img)
         entries = cfg.get("history") or []
         layer_sizes = [layer.size for layer in img.layers]
-        out: list[dict[str, Any]] = []
+        out: builtins.list[dict[str, Any]] = []
         if not entries:
             entries = [{"created": img.created} for _ in img.layers] or [{"created": img.created}]
             for e in entries:
@@ -438,9 +456,16 @@ class ImageStore:
             if not e.get("empty_layer"):
                 size = layer_sizes[layer_index] if layer_index < len(layer_sizes) else 0
                 layer_index += 1
-            out.append({"Id": "<missing>", "Created": unix_time(e.get("created", "")),
-                        "CreatedBy": e.get("created_by", ""), "Tags": None, "Size": size,
-                        "Comment": e.get("comment", "")})
+            out.append(
+                {
+                    "Id": "<missing>",
+                    "Created": unix_time(e.get("created", "")),
+                    "CreatedBy": e.get("created_by", ""),
+                    "Tags": None,
+                    "Size": size,
+                    "Comment": e.get("comment", ""),
+                }
+            )
         out.reverse()
         out[0]["Id"] = img.id
         out[0]["Tags"] = img.repo_tags or None
@@ -459,10 +484,15 @@ class ImageStore:
         """Docker's ImageSummary, as ``GET /images/json`` lists it."""
         cfg = self.config(image)
         return {
-            "Id": image.id, "ParentId": image.parent,
-            "RepoTags": image.repo_tags, "RepoDigests": image.repo_digests,
-            "Created": unix_time(image.created), "Size": image.size, "SharedSize": -1,
-            "VirtualSize": image.size, "Labels": (cfg.get("config") or {}).get("Labels") or {},
+            "Id": image.id,
+            "ParentId": image.parent,
+            "RepoTags": image.repo_tags,
+            "RepoDigests": image.repo_digests,
+            "Created": unix_time(image.created),
+            "Size": image.size,
+            "SharedSize": -1,
+            "VirtualSize": image.size,
+            "Labels": (cfg.get("config") or {}).get("Labels") or {},
             "Containers": -1,
         }
 

@@ -17,8 +17,10 @@ of its image's top layer, used in place without any mount.
 Layers appear atomically: they are unpacked into ``tmp/`` and renamed into place, and
 disappear atomically: renamed into ``tmp/`` before being deleted.
 """
+
 from __future__ import annotations
 
+import builtins
 import ctypes
 import ctypes.util
 import errno
@@ -33,7 +35,6 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import msgspec
-
 from engine.sdk.errors import Conflict, EngineError, InvalidArgument, NotFound
 
 from . import archive
@@ -77,8 +78,9 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 
 def _mount(source: str, target: str, fstype: str, data: str) -> None:
-    rc = _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(0),
-                     data.encode())
+    rc = _libc.mount(
+        source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(0), data.encode()
+    )
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {fstype} on {target}: {os.strerror(err)}")
@@ -104,8 +106,12 @@ def overlay_supported(scratch: str | Path) -> bool:
         for d in ("lower", "upper", "work", "merged"):
             (base / d).mkdir()
         try:
-            _mount("overlay", str(base / "merged"), "overlay",
-                   f"lowerdir={base / 'lower'},upperdir={base / 'upper'},workdir={base / 'work'}")
+            _mount(
+                "overlay",
+                str(base / "merged"),
+                "overlay",
+                f"lowerdir={base / 'lower'},upperdir={base / 'upper'},workdir={base / 'work'}",
+            )
         except OSError:
             return False
         _umount(str(base / "merged"))
@@ -116,8 +122,9 @@ def overlay_supported(scratch: str | Path) -> bool:
 
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy a root filesystem preserving owners, modes, links, devices and xattrs."""
-    proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise EngineError(f"copying {src} failed: {proc.stderr.strip()}")
 
@@ -135,7 +142,8 @@ def _tree_size(path: Path) -> int:
                 continue
             seen.add((st.st_dev, st.st_ino))
             if os.path.isfile(os.path.join(dirpath, name)) and not os.path.islink(
-                    os.path.join(dirpath, name)):
+                os.path.join(dirpath, name)
+            ):
                 total += st.st_size
     return total
 
@@ -150,8 +158,7 @@ class LayerStore:
         self._containers_dir = self.root / "containers"
         self._tmp = self.root / "tmp"
         self._empty = self.root / "empty"
-        for d in (self._layers_dir, self._links_dir, self._containers_dir, self._tmp,
-                  self._empty):
+        for d in (self._layers_dir, self._links_dir, self._containers_dir, self._tmp, self._empty):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -170,7 +177,8 @@ class LayerStore:
         if recorded is not None:
             if wanted != "auto" and wanted != recorded:
                 raise InvalidArgument(
-                    f"storage at {self.root} was created with driver {recorded!r}, not {wanted!r}")
+                    f"storage at {self.root} was created with driver {recorded!r}, not {wanted!r}"
+                )
             return recorded  # type: ignore[return-value]
         if wanted == "auto":
             chosen: Driver = "overlay" if overlay_supported(self._tmp) else "vfs"
@@ -202,13 +210,13 @@ class LayerStore:
             except KeyError:
                 raise NotFound(f"layer {chain} not found") from None
 
-    def list(self) -> list[Layer]:
+    def list(self) -> builtins.list[Layer]:
         with self._lock:
             return list(self._layers.values())
 
-    def ancestry(self, chain: str | None) -> list[Layer]:
+    def ancestry(self, chain: str | None) -> builtins.list[Layer]:
         """The layer and its parents, top-most first."""
-        out: list[Layer] = []
+        out: builtins.list[Layer] = []
         while chain is not None:
             layer = self.get(chain)
             out.append(layer)
@@ -237,7 +245,8 @@ class LayerStore:
             if diff_id is not None and stats.diff_id != diff_id:
                 raise InvalidArgument(
                     f"layer content does not match its diff id: expected {diff_id},"
-                    f" got {stats.diff_id}")
+                    f" got {stats.diff_id}"
+                )
             chain = chain_id(parent, stats.diff_id)
             link = parse_digest(chain)[:16]
             layer = Layer(chain, stats.diff_id, parent, stats.size, link)
@@ -257,7 +266,7 @@ class LayerStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _users(self, chain: str) -> list[str]:
+    def _users(self, chain: str) -> builtins.list[str]:
         """Child layers and containers built directly on ``chain``."""
         users = [f"layer {c}" for c, layer in self._layers.items() if layer.parent == chain]
         for meta in self._containers_dir.glob("*/meta.json"):
@@ -279,13 +288,15 @@ class LayerStore:
             del self._layers[chain]
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def release(self, chain: str, keep: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    def release(
+        self, chain: str, keep: frozenset[str] | set[str] = frozenset()
+    ) -> builtins.list[str]:
         """Delete ``chain`` and then its parents while nothing uses them.
 
         Layers in ``keep`` (still referenced by images) stop the walk. Returns the chain
         ids deleted, top-most first.
         """
-        deleted: list[str] = []
+        deleted: builtins.list[str] = []
         with self._lock:
             current: str | None = chain
             while current is not None and current not in keep and current in self._layers:
@@ -355,7 +366,7 @@ class LayerStore:
                 raise
         return str(final / "diff")
 
-    def lower_dirs(self, container_id: str) -> list[Path]:
+    def lower_dirs(self, container_id: str) -> builtins.list[Path]:
         """The image layer dirs below a container, top-most first."""
         meta = self._rw_meta(container_id)
         return [self._layer_dir(layer.chain_id) / "diff" for layer in self.ancestry(meta.parent)]
@@ -383,14 +394,17 @@ class LayerStore:
                 self._mount_relative(links, rest, merged)
             return str(merged)
 
-    def _mount_relative(self, links: list[str], rest: str, merged: Path) -> None:
+    def _mount_relative(self, links: builtins.list[str], rest: str, merged: Path) -> None:
         """Mount with lower dirs relative to the store root, from a child process."""
         data = "lowerdir=" + ":".join(f"l/{link}" for link in links) + rest
         if len(data) > _MOUNT_DATA_MAX:
             raise InvalidArgument(f"too many layers to mount ({len(links)})")
         proc = subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", data, str(merged)],
-            cwd=self.root, capture_output=True, text=True)
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise EngineError(f"mounting overlay failed: {proc.stderr.strip()}")
 
@@ -414,10 +428,12 @@ class LayerStore:
         meta = self._rw_meta(container_id)
         return None if meta.parent is None else self._layer_dir(meta.parent) / "diff"
 
-    def changes(self, container_id: str) -> list[tuple[str, int]]:
+    def changes(self, container_id: str) -> builtins.list[tuple[str, int]]:
         """Docker's ContainerChanges: ``(path, kind)`` with 0 modified, 1 added, 2 deleted."""
         if self.driver == "vfs":
-            return archive.naive_changes(self._base_rootfs(container_id), self.rw_path(container_id))
+            return archive.naive_changes(
+                self._base_rootfs(container_id), self.rw_path(container_id)
+            )
         return archive.changes(self.rw_path(container_id), self.lower_dirs(container_id))
 
     def diff_tar(self, container_id: str, fileobj: BinaryIO) -> None:

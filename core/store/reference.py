@@ -10,12 +10,12 @@ Names without a domain live on ``docker.io``; single-component names there get t
 ``library/`` prefix. Docker shows the familiar form (``busybox:latest``) to users and
 stores the normalised one (``docker.io/library/busybox:latest``).
 """
+
 from __future__ import annotations
 
 import re
 
 import msgspec
-
 from engine.sdk.errors import InvalidArgument
 
 DEFAULT_DOMAIN = "docker.io"
@@ -88,7 +88,7 @@ def parse(ref: str) -> Reference:
     name, tag = rest, ""
     colon = rest.rfind(":")
     if colon > rest.rfind("/"):
-        name, tag = rest[:colon], rest[colon + 1:]
+        name, tag = rest[:colon], rest[colon + 1 :]
         if not _TAG.match(tag):
             raise InvalidArgument(f"invalid reference format: bad tag {tag!r} in {ref!r}")
     if not name:
@@ -100,8 +100,11 @@ def parse(ref: str) -> Reference:
         if not _COMPONENT.match(comp):
             if comp.lower() != comp and _COMPONENT.match(comp.lower()):
                 raise InvalidArgument(
-                    f"invalid reference format: repository name ({path}) must be lowercase")
-            raise InvalidArgument(f"invalid reference format: bad name component {comp!r} in {ref!r}")
+                    f"invalid reference format: repository name ({path}) must be lowercase"
+                )
+            raise InvalidArgument(
+                f"invalid reference format: bad name component {comp!r} in {ref!r}"
+            )
     if len(f"{domain}/{path}") > NAME_MAX:
         raise InvalidArgument(f"invalid reference format: name longer than {NAME_MAX} characters")
     return Reference(domain, path, tag, digest)
@@ -115,7 +118,7 @@ def normalize(ref: str) -> str:
 def familiar_name(r: Reference) -> str:
     """The repository name as Docker prints it (``busybox``, ``me/app``, ``host:5000/x``)."""
     if r.domain == DEFAULT_DOMAIN:
-        return r.path[len(OFFICIAL_PREFIX):] if r.path.startswith(OFFICIAL_PREFIX) else r.path
+        return r.path[len(OFFICIAL_PREFIX) :] if r.path.startswith(OFFICIAL_PREFIX) else r.path
     return r.name
 
 

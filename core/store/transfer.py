@@ -11,6 +11,7 @@ content store (verified against its name when the name is a digest), then the im
 created; tags are applied only once every image of the archive was stored, and a failure
 removes the images this load created, so no tag ever points to a half-loaded image.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,7 @@ import shlex
 import tarfile
 import tempfile
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,7 +52,7 @@ _MAX_METADATA = 16 << 20  # manifest.json, index.json and configs are read into 
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _encode(obj: Any) -> bytes:
@@ -61,8 +62,15 @@ def _encode(obj: Any) -> bytes:
 def host_platform() -> tuple[str, str]:
     """``(os, architecture)`` of this host in OCI terms."""
     machine = _platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
+    arch = {
+        "x86_64": "amd64",
+        "aarch64": "arm64",
+        "armv7l": "arm",
+        "i686": "386",
+        "ppc64le": "ppc64le",
+        "s390x": "s390x",
+        "riscv64": "riscv64",
+    }.get(machine, machine)
     return "linux", arch
 
 
@@ -175,8 +183,13 @@ def _layer_media_type(path: Path) -> str:
 
 
 def import_rootfs(
-    images: ImageStore, stream: BinaryIO, *, repo_tag: str | None = None,
-    changes: Iterable[str] = (), message: str = "", platform: str | None = None,
+    images: ImageStore,
+    stream: BinaryIO,
+    *,
+    repo_tag: str | None = None,
+    changes: Iterable[str] = (),
+    message: str = "",
+    platform: str | None = None,
 ) -> Image:
     """``docker import``: a root filesystem tar (maybe compressed) becomes a one-layer image."""
     os_name, arch, variant = _parse_platform(platform)
@@ -188,8 +201,12 @@ def import_rootfs(
     layer = images.layers.register(images.content.path(blob), None)
     now = _now()
     config: dict[str, Any] = {
-        "architecture": arch, "os": os_name, "created": now, "docker_version": _ENGINE_VERSION,
-        "comment": message, "config": container_cfg,
+        "architecture": arch,
+        "os": os_name,
+        "created": now,
+        "docker_version": _ENGINE_VERSION,
+        "comment": message,
+        "config": container_cfg,
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
         "history": [{"created": now, "comment": message or "Imported from -"}],
     }
@@ -203,9 +220,16 @@ def import_rootfs(
 
 
 def commit(
-    images: ImageStore, diff_tar: str | Path, base_image: str | None,
-    container_config: dict[str, Any], *, repo_tag: str | None = None, author: str = "",
-    comment: str = "", changes: Iterable[str] = (), container_id: str = "",
+    images: ImageStore,
+    diff_tar: str | Path,
+    base_image: str | None,
+    container_config: dict[str, Any],
+    *,
+    repo_tag: str | None = None,
+    author: str = "",
+    comment: str = "",
+    changes: Iterable[str] = (),
+    container_id: str = "",
 ) -> Image:
     """``docker commit``: a container's diff tar on top of its image becomes a new image."""
     if repo_tag:
@@ -220,17 +244,26 @@ def commit(
         blob, _ = images.content.ingest(f)
     now = _now()
     new_cfg = apply_changes(container_config or config.get("config") or {}, changes)
-    config.update({
-        "created": now, "author": author, "comment": comment, "config": new_cfg,
-        "container": container_id, "container_config": container_config,
-        "docker_version": _ENGINE_VERSION,
-    })
+    config.update(
+        {
+            "created": now,
+            "author": author,
+            "comment": comment,
+            "config": new_cfg,
+            "container": container_id,
+            "container_config": container_config,
+            "docker_version": _ENGINE_VERSION,
+        }
+    )
     if "history" in config or base is not None:
         history = list(config.get("history") or [])
     else:
         history = []
     cmd = container_config.get("Cmd") or []
-    entry: dict[str, Any] = {"created": now, "created_by": " ".join(cmd) if isinstance(cmd, list) else str(cmd)}
+    entry: dict[str, Any] = {
+        "created": now,
+        "created_by": " ".join(cmd) if isinstance(cmd, list) else str(cmd),
+    }
     if author:
         entry["author"] = author
     if comment:
@@ -332,9 +365,12 @@ def _select(images: ImageStore, refs: list[str]) -> dict[str, list[str]]:
         except InvalidArgument:
             r = None
         if r is not None and not r.tag and not r.digest:
-            repo_tags = [(tag, img.id) for img in images.list()
-                         for tag in map(reference.normalize, img.repo_tags)
-                         if reference.parse(tag).name == r.name]
+            repo_tags = [
+                (tag, img.id)
+                for img in images.list()
+                for tag in map(reference.normalize, img.repo_tags)
+                if reference.parse(tag).name == r.name
+            ]
             if repo_tags:
                 for tag, image_id in sorted(repo_tags):
                     tags = chosen.setdefault(image_id, [])
@@ -366,30 +402,38 @@ def save(images: ImageStore, refs: list[str], fileobj: BinaryIO) -> None:
         for layer in img.layers:
             size = _write_uncompressed_layer(images, out, layer)
             layer_descs.append({"mediaType": MT_OCI_LAYER, "digest": layer.diff_id, "size": size})
-        manifest = _encode({
-            "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-            "config": {"mediaType": MT_OCI_CONFIG, "digest": img.id, "size": len(config)},
-            "layers": layer_descs,
-        })
+        manifest = _encode(
+            {
+                "schemaVersion": 2,
+                "mediaType": MT_OCI_MANIFEST,
+                "config": {"mediaType": MT_OCI_CONFIG, "digest": img.id, "size": len(config)},
+                "layers": layer_descs,
+            }
+        )
         manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
         out.add_bytes(_blob_name(manifest_digest), manifest)
         desc = {"mediaType": MT_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest)}
         for tag in tags:
             r = reference.parse(tag)
-            index.append({**desc, "annotations": {ANNOTATION_IMAGE_NAME: tag,
-                                                  ANNOTATION_REF_NAME: r.tag}})
+            index.append(
+                {**desc, "annotations": {ANNOTATION_IMAGE_NAME: tag, ANNOTATION_REF_NAME: r.tag}}
+            )
             if img.layers:
-                repositories.setdefault(reference.familiar_name(r), {})[r.tag] = \
-                    parse_digest(img.layers[-1].diff_id)
+                repositories.setdefault(reference.familiar_name(r), {})[r.tag] = parse_digest(
+                    img.layers[-1].diff_id
+                )
         if not tags:
             index.append(desc)
-        manifest_json.append({
-            "Config": _blob_name(img.id),
-            "RepoTags": [reference.familiar(t) for t in tags] or None,
-            "Layers": [_blob_name(layer.diff_id) for layer in img.layers],
-        })
-    out.add_bytes("index.json", _encode({"schemaVersion": 2, "mediaType": MT_OCI_INDEX,
-                                         "manifests": index}))
+        manifest_json.append(
+            {
+                "Config": _blob_name(img.id),
+                "RepoTags": [reference.familiar(t) for t in tags] or None,
+                "Layers": [_blob_name(layer.diff_id) for layer in img.layers],
+            }
+        )
+    out.add_bytes(
+        "index.json", _encode({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": index})
+    )
     out.add_bytes("manifest.json", _encode(manifest_json))
     out.add_bytes("oci-layout", _encode({"imageLayoutVersion": "1.0.0"}))
     if repositories:
@@ -405,9 +449,9 @@ class _Archive:
 
     def __init__(self, images: ImageStore) -> None:
         self.content = images.content
-        self.files: dict[str, str] = {}      # path -> digest
-        self.links: dict[str, str] = {}      # path -> path it points to
-        self.added: set[str] = set()         # blobs this load brought into the store
+        self.files: dict[str, str] = {}  # path -> digest
+        self.links: dict[str, str] = {}  # path -> path it points to
+        self.added: set[str] = set()  # blobs this load brought into the store
 
     def read_tar(self, stream: BinaryIO) -> None:
         before = set(self.content.list())
@@ -435,7 +479,9 @@ class _Archive:
                 try:
                     parse_digest(expected)
                 except InvalidArgument:
-                    raise InvalidArgument(f"archive entry {m.name!r} is not named by a digest") from None
+                    raise InvalidArgument(
+                        f"archive entry {m.name!r} is not named by a digest"
+                    ) from None
             digest, _ = self.content.ingest(src, expected=expected, size=m.size)
             self.files[path] = digest
         elif m.issym() or m.islnk():
@@ -445,7 +491,8 @@ class _Archive:
                 if comp == "..":
                     if not target:
                         raise InvalidArgument(
-                            f"refusing archive entry {m.name!r}: link points outside the archive")
+                            f"refusing archive entry {m.name!r}: link points outside the archive"
+                        )
                     target.pop()
                 elif comp not in ("", "."):
                     target.append(comp)
@@ -504,7 +551,9 @@ def _plan_docker(arc: _Archive) -> list[_Plan]:
         for path in entry.get("Layers") or []:
             digest = arc.digest_of(path)
             layers.append((digest, _layer_media_type(arc.content.path(digest))))
-        plans.append(_Plan(arc.digest_of(entry["Config"]), layers, list(entry.get("RepoTags") or [])))
+        plans.append(
+            _Plan(arc.digest_of(entry["Config"]), layers, list(entry.get("RepoTags") or []))
+        )
     return plans
 
 
@@ -538,15 +587,20 @@ def _plan_oci(arc: _Archive) -> list[_Plan]:
         doc = arc.read_json(arc.blob(digest))
         if media_type in (MT_OCI_INDEX, MT_DOCKER_LIST) or "manifests" in doc:
             children = doc.get("manifests") or []
-            local = [c for c in children
-                     if (c.get("platform") or {}).get("architecture") == arch
-                     and (c.get("platform") or {}).get("os", os_name) == os_name]
+            local = [
+                c
+                for c in children
+                if (c.get("platform") or {}).get("architecture") == arch
+                and (c.get("platform") or {}).get("os", os_name) == os_name
+            ]
             for child in (local or children)[:1]:
                 visit(child, name, depth + 1)
             return
         config = doc.get("config") or {}
-        layers = [(arc.blob(layer["digest"]), layer.get("mediaType", MT_OCI_LAYER))
-                  for layer in doc.get("layers") or []]
+        layers = [
+            (arc.blob(layer["digest"]), layer.get("mediaType", MT_OCI_LAYER))
+            for layer in doc.get("layers") or []
+        ]
         plans.append(_Plan(arc.blob(config.get("digest", "")), layers, [name] if name else []))
 
     for desc in index.get("manifests") or []:

@@ -1,4 +1,5 @@
 """Overlay snapshots on the real kernel: merged views, whiteouts, changes and commit."""
+
 from __future__ import annotations
 
 import io
@@ -8,7 +9,6 @@ import stat
 import tarfile
 
 import pytest
-
 from conftest import needs_root
 from engine.core.store import transfer
 from engine.core.store.content import ContentStore
@@ -49,14 +49,23 @@ def test_two_layer_image_with_whiteouts_mounts_and_commits(tmp_path, store, busy
     images, made = store
     with open(busybox_tar, "rb") as f:
         base = transfer.import_rootfs(images, f, repo_tag="bb:base")
-    top = layer_tar([("etc/.wh.os-release", b""), ("srv", None), ("srv/.wh..wh..opq", b""),
-                     ("srv/index.html", b"<h1>hi</h1>"), ("etc/motd", b"welcome\n")])
+    top = layer_tar(
+        [
+            ("etc/.wh.os-release", b""),
+            ("srv", None),
+            ("srv/.wh..wh..opq", b""),
+            ("srv/index.html", b"<h1>hi</h1>"),
+            ("etc/motd", b"welcome\n"),
+        ]
+    )
     blob = images.content.write(top)
     cfg = images.config(base)
     cfg["rootfs"]["diff_ids"].append(blob)
-    img = images.create(json.dumps(cfg).encode(),
-                        [(base.layers[0].digest, base.layers[0].media_type), (blob, "tar")],
-                        parent=base.id)
+    img = images.create(
+        json.dumps(cfg).encode(),
+        [(base.layers[0].digest, base.layers[0].media_type), (blob, "tar")],
+        parent=base.id,
+    )
     images.layers.create_rw("c1", img.top_layer)
     made.append("c1")
     merged = images.layers.mount("c1")
@@ -75,8 +84,13 @@ def test_two_layer_image_with_whiteouts_mounts_and_commits(tmp_path, store, busy
     with open(f"{merged}/data/file", "w") as f:
         f.write("payload")
     changes = images.layers.changes("c1")
-    assert changes == [("/data", 1), ("/data/file", 1), ("/etc", 0), ("/etc/group", 0),
-                       ("/etc/passwd", 2)]
+    assert changes == [
+        ("/data", 1),
+        ("/data/file", 1),
+        ("/etc", 0),
+        ("/etc/group", 0),
+        ("/etc/passwd", 2),
+    ]
     assert images.layers.size_rw("c1") == len("payload") + os.path.getsize(f"{merged}/etc/group")
 
     diff = tmp_path / "diff.tar"
@@ -111,7 +125,9 @@ def test_long_layer_chains_mount(tmp_path, store):
     layers = images.layers
     parent = None
     for i in range(90):
-        parent = layers.register(io.BytesIO(layer_tar([(f"f{i}", str(i).encode())])), parent).chain_id
+        parent = layers.register(
+            io.BytesIO(layer_tar([(f"f{i}", str(i).encode())])), parent
+        ).chain_id
     layers.create_rw("long", parent)
     made.append("long")
     merged = layers.mount("long")

@@ -1,4 +1,5 @@
 """Layer extraction against hostile tars, compression detection, diff tars, changes."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_root
 from engine.core.store.archive import (
     CHANGE_ADDED,
@@ -27,16 +27,22 @@ from engine.core.store.archive import (
 from engine.sdk.errors import InvalidArgument
 
 
-def entry(name: str, kind: str = "file", data: bytes = b"", link: str = "", mode: int = 0o644,
-          **extra) -> tuple[tarfile.TarInfo, bytes | None]:
+def entry(
+    name: str, kind: str = "file", data: bytes = b"", link: str = "", mode: int = 0o644, **extra
+) -> tuple[tarfile.TarInfo, bytes | None]:
     ti = tarfile.TarInfo(name)
     ti.mode = mode
     ti.mtime = 1_600_000_000
     if kind == "file":
         ti.size = len(data)
         return ti, data
-    ti.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "link": tarfile.LNKTYPE,
-               "fifo": tarfile.FIFOTYPE, "chr": tarfile.CHRTYPE}[kind]
+    ti.type = {
+        "dir": tarfile.DIRTYPE,
+        "sym": tarfile.SYMTYPE,
+        "link": tarfile.LNKTYPE,
+        "fifo": tarfile.FIFOTYPE,
+        "chr": tarfile.CHRTYPE,
+    }[kind]
     ti.linkname = link
     for k, v in extra.items():
         setattr(ti, k, v)
@@ -76,16 +82,25 @@ HOSTILE = {
     "dotdot": [entry("../x", data=b"pwned")],
     "dotdot-inside": [entry("a/../../x", data=b"pwned")],
     "symlink-root-then-write": [entry("a", "sym", link="/"), entry("a/etc/passwd", data=b"pwned")],
-    "symlink-relative-escape": [entry("a", "sym", link="../../outside"),
-                                entry("a/bait", data=b"pwned")],
-    "symlink-chain-escape": [entry("b", "sym", link="../.."), entry("a", "sym", link="b"),
-                             entry("a/x", data=b"pwned")],
-    "symlink-then-dir-below": [entry("a", "sym", link="../../outside"),
-                               entry("a/sub", "dir", mode=0o755)],
+    "symlink-relative-escape": [
+        entry("a", "sym", link="../../outside"),
+        entry("a/bait", data=b"pwned"),
+    ],
+    "symlink-chain-escape": [
+        entry("b", "sym", link="../.."),
+        entry("a", "sym", link="b"),
+        entry("a/x", data=b"pwned"),
+    ],
+    "symlink-then-dir-below": [
+        entry("a", "sym", link="../../outside"),
+        entry("a/sub", "dir", mode=0o755),
+    ],
     "hardlink-climbs-out": [entry("h", "link", link="../../x")],
     "hardlink-absolute-missing": [entry("h", "link", link="/etc/shadow-not-in-layer")],
-    "hardlink-through-symlink": [entry("s", "sym", link="../../outside"),
-                                 entry("h", "link", link="s/bait")],
+    "hardlink-through-symlink": [
+        entry("s", "sym", link="../../outside"),
+        entry("h", "link", link="s/bait"),
+    ],
     "whiteout-climbs-out": [entry("../.wh.x")],
     "whiteout-dotdot-name": [entry("dir/.wh...")],
     "long-component": [entry("a" * 300, data=b"x")],
@@ -115,9 +130,15 @@ def test_absolute_paths_are_stripped_into_dest(sandbox):
 
 def test_entry_replacing_symlink_does_not_write_through_it(sandbox):
     tmp, dest = sandbox
-    tar = make_tar([entry("a", "sym", link=str(tmp / "x")), entry("a", data=b"new"),
-                    entry("d", "sym", link=str(tmp / "outside")), entry("d", "dir", mode=0o755),
-                    entry("d/bait", data=b"inside")])
+    tar = make_tar(
+        [
+            entry("a", "sym", link=str(tmp / "x")),
+            entry("a", data=b"new"),
+            entry("d", "sym", link=str(tmp / "outside")),
+            entry("d", "dir", mode=0o755),
+            entry("d/bait", data=b"inside"),
+        ]
+    )
     extract_layer(io.BytesIO(tar), dest, whiteout_format="vfs")
     assert (tmp / "x").read_text() == "original"
     assert (tmp / "outside" / "bait").read_text() == "original"
@@ -127,14 +148,16 @@ def test_entry_replacing_symlink_does_not_write_through_it(sandbox):
 
 def test_metadata_links_and_diff_id(sandbox):
     _, dest = sandbox
-    tar = make_tar([
-        entry("bin", "dir", mode=0o755),
-        entry("bin/tool", data=b"#!/bin/sh\n", mode=0o4755),
-        entry("bin/alias", "link", link="bin/tool"),
-        entry("bin/sh", "sym", link="tool"),
-        entry("run/pipe", "fifo", mode=0o600),
-        entry("deep/" + "/".join(["d" * 200] * 30) + "/f", data=b"deep"),
-    ])
+    tar = make_tar(
+        [
+            entry("bin", "dir", mode=0o755),
+            entry("bin/tool", data=b"#!/bin/sh\n", mode=0o4755),
+            entry("bin/alias", "link", link="bin/tool"),
+            entry("bin/sh", "sym", link="tool"),
+            entry("run/pipe", "fifo", mode=0o600),
+            entry("deep/" + "/".join(["d" * 200] * 30) + "/f", data=b"deep"),
+        ]
+    )
     stats = extract_layer(io.BytesIO(tar), dest)
     assert stats.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
     assert stats.size == len(b"#!/bin/sh\n") + 4
@@ -153,7 +176,9 @@ def test_compressed_layers_hash_the_uncompressed_stream(tmp_path, compress):
     if compress == "gzip":
         blob = gzip.compress(tar)
     else:
-        blob = subprocess.run(["zstd", "-c", "-q"], input=tar, capture_output=True, check=True).stdout
+        blob = subprocess.run(
+            ["zstd", "-c", "-q"], input=tar, capture_output=True, check=True
+        ).stdout
     path = tmp_path / "layer"
     path.write_bytes(blob)
     dest = tmp_path / "d"
@@ -171,12 +196,34 @@ def test_garbage_is_rejected(tmp_path):
 def test_vfs_whiteouts_delete_lower_entries_only(tmp_path):
     dest = tmp_path / "d"
     dest.mkdir()
-    extract_layer(io.BytesIO(make_tar([
-        entry("etc/keep", data=b"k"), entry("etc/gone", data=b"g"),
-        entry("opq/old", data=b"o"), entry("file", data=b"f")])), dest, whiteout_format="vfs")
-    extract_layer(io.BytesIO(make_tar([
-        entry("etc/.wh.gone"), entry("opq/new", data=b"n"), entry("opq/.wh..wh..opq"),
-        entry(".wh.file")])), dest, whiteout_format="vfs")
+    extract_layer(
+        io.BytesIO(
+            make_tar(
+                [
+                    entry("etc/keep", data=b"k"),
+                    entry("etc/gone", data=b"g"),
+                    entry("opq/old", data=b"o"),
+                    entry("file", data=b"f"),
+                ]
+            )
+        ),
+        dest,
+        whiteout_format="vfs",
+    )
+    extract_layer(
+        io.BytesIO(
+            make_tar(
+                [
+                    entry("etc/.wh.gone"),
+                    entry("opq/new", data=b"n"),
+                    entry("opq/.wh..wh..opq"),
+                    entry(".wh.file"),
+                ]
+            )
+        ),
+        dest,
+        whiteout_format="vfs",
+    )
     assert sorted(os.listdir(dest / "etc")) == ["keep"]
     assert sorted(os.listdir(dest / "opq")) == ["new"]
     assert not (dest / "file").exists()
@@ -190,7 +237,9 @@ def test_tar_dir_is_deterministic_and_round_trips(tmp_path, busybox_rootfs):
     dest = tmp_path / "copy"
     dest.mkdir()
     extract_layer(io.BytesIO(a.getvalue()), dest)
-    assert (dest / "bin" / "busybox").read_bytes() == (busybox_rootfs / "bin" / "busybox").read_bytes()
+    assert (dest / "bin" / "busybox").read_bytes() == (
+        busybox_rootfs / "bin" / "busybox"
+    ).read_bytes()
     assert os.readlink(dest / "bin" / "sh") == "busybox"
 
 
@@ -208,8 +257,11 @@ def test_naive_changes_and_changes_tar(tmp_path):
     (new / "added").write_text("a")
     found = naive_changes(old, new)
     # rewriting a file leaves its directory's mtime alone: /etc itself is unchanged
-    assert found == [("/added", CHANGE_ADDED), ("/etc/edit", CHANGE_MODIFIED),
-                     ("/gone", CHANGE_DELETED)]
+    assert found == [
+        ("/added", CHANGE_ADDED),
+        ("/etc/edit", CHANGE_MODIFIED),
+        ("/gone", CHANGE_DELETED),
+    ]
     buf = io.BytesIO()
     write_changes_tar(new, found, buf)
     buf.seek(0)
@@ -222,9 +274,19 @@ def test_naive_changes_and_changes_tar(tmp_path):
 def test_overlay_whiteouts_and_diff_tar_round_trip(tmp_path):
     dest = tmp_path / "d"
     dest.mkdir()
-    extract_layer(io.BytesIO(make_tar([
-        entry("etc/.wh.gone"), entry("opq/.wh..wh..opq"), entry("opq/new", data=b"n"),
-        entry("dev/null", "chr", mode=0o666, devmajor=1, devminor=3)])), dest)
+    extract_layer(
+        io.BytesIO(
+            make_tar(
+                [
+                    entry("etc/.wh.gone"),
+                    entry("opq/.wh..wh..opq"),
+                    entry("opq/new", data=b"n"),
+                    entry("dev/null", "chr", mode=0o666, devmajor=1, devminor=3),
+                ]
+            )
+        ),
+        dest,
+    )
     wh = os.lstat(dest / "etc" / "gone")
     assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
     assert os.getxattr(dest / "opq", "trusted.overlay.opaque") == b"y"
@@ -234,6 +296,11 @@ def test_overlay_whiteouts_and_diff_tar_round_trip(tmp_path):
     buf.seek(0)
     names = tarfile.open(fileobj=buf).getnames()
     assert "etc/.wh.gone" in names and "opq/.wh..wh..opq" in names and "opq/new" in names
-    assert changes(dest, []) == [("/dev", CHANGE_ADDED), ("/dev/null", CHANGE_ADDED),
-                                 ("/etc", CHANGE_ADDED), ("/etc/gone", CHANGE_DELETED),
-                                 ("/opq", CHANGE_ADDED), ("/opq/new", CHANGE_ADDED)]
+    assert changes(dest, []) == [
+        ("/dev", CHANGE_ADDED),
+        ("/dev/null", CHANGE_ADDED),
+        ("/etc", CHANGE_ADDED),
+        ("/etc/gone", CHANGE_DELETED),
+        ("/opq", CHANGE_ADDED),
+        ("/opq/new", CHANGE_ADDED),
+    ]

@@ -1,4 +1,5 @@
 """Content store: digests verified before blobs become visible, crash safety."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,6 @@ import sys
 import time
 
 import pytest
-
 from engine.core.store.content import ContentStore
 from engine.sdk.errors import InvalidArgument, NotFound
 
@@ -35,8 +35,17 @@ def test_write_read_list_delete(tmp_path):
         store.delete(d)
 
 
-@pytest.mark.parametrize("bad", ["", "sha256:abc", "md5:" + "a" * 32, "sha256:" + "A" * 64,
-                                 "sha256:../../etc/passwd", "a" * 64])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "sha256:abc",
+        "md5:" + "a" * 32,
+        "sha256:" + "A" * 64,
+        "sha256:../../etc/passwd",
+        "a" * 64,
+    ],
+)
 def test_bad_digests_are_invalid(tmp_path, bad):
     store = ContentStore(tmp_path)
     with pytest.raises(InvalidArgument):
@@ -71,8 +80,9 @@ ContentStore(sys.argv[1]).ingest(sys.stdin.buffer)
 
 
 def test_kill_during_ingest_leaves_no_visible_blob(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", INGEST_FOREVER, str(tmp_path)],
-                            stdin=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", INGEST_FOREVER, str(tmp_path)], stdin=subprocess.PIPE
+    )
     try:
         assert proc.stdin is not None
         proc.stdin.write(b"x" * (4 << 20))

@@ -1,11 +1,11 @@
 """Image store: creation checks, lookups, and Docker's tag/untag/delete/prune rules."""
+
 from __future__ import annotations
 
 import gzip
 import json
 
 import pytest
-
 from engine.core.store.content import ContentStore
 from engine.core.store.images import ImageStore
 from engine.core.store.layers import LayerStore
@@ -14,23 +14,36 @@ from test_store_archive import entry, make_tar
 
 
 def make_store(root, driver: str = "vfs") -> ImageStore:
-    return ImageStore(root / "images", ContentStore(root / "content"),
-                      LayerStore(root / "layers", driver))
+    return ImageStore(
+        root / "images", ContentStore(root / "content"), LayerStore(root / "layers", driver)
+    )
 
 
-def add_image(store: ImageStore, layers: list[bytes], *, history: list | None = None,
-              created: str = "2024-01-02T03:04:05.123456789Z", parent: str = "",
-              compress: bool = False, label: str = ""):
+def add_image(
+    store: ImageStore,
+    layers: list[bytes],
+    *,
+    history: list | None = None,
+    created: str = "2024-01-02T03:04:05.123456789Z",
+    parent: str = "",
+    compress: bool = False,
+    label: str = "",
+):
     """Store layer tars as blobs and create an image from them."""
     import hashlib
+
     blobs, diff_ids = [], []
     for tar in layers:
         blob = gzip.compress(tar, mtime=0) if compress else tar
         blobs.append((store.content.write(blob), "application/vnd.oci.image.layer.v1.tar"))
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-    config = {"architecture": "amd64", "os": "linux", "created": created,
-              "config": {"Cmd": ["sh"], "Labels": {"l": label} if label else None},
-              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": {"Cmd": ["sh"], "Labels": {"l": label} if label else None},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
     if history is not None:
         config["history"] = history
     return store.create(json.dumps(config).encode(), blobs, parent=parent)
@@ -68,9 +81,18 @@ def test_lookup_by_id_prefix_and_names(store):
     hex_id = img.id[7:]
     store.tag(img.id, "busybox")
     store.tag(img.id, "registry.local:5000/team/app:v1")
-    for ref in (img.id, hex_id, hex_id[:12], hex_id[:1], "sha256:" + hex_id[:5], "busybox",
-                "busybox:latest", "docker.io/library/busybox:latest", "library/busybox",
-                "registry.local:5000/team/app:v1"):
+    for ref in (
+        img.id,
+        hex_id,
+        hex_id[:12],
+        hex_id[:1],
+        "sha256:" + hex_id[:5],
+        "busybox",
+        "busybox:latest",
+        "docker.io/library/busybox:latest",
+        "library/busybox",
+        "registry.local:5000/team/app:v1",
+    ):
         assert store.get(ref).id == img.id, ref
     assert store.get("busybox").repo_tags == ["busybox:latest", "registry.local:5000/team/app:v1"]
     with pytest.raises(NotFound, match="No such image: busybox:nope"):
@@ -163,13 +185,18 @@ def test_prune(store):
     assert {"Untagged": "keep:latest"} in report["ImagesDeleted"]
     assert report["SpaceReclaimed"] == tagged.size
     assert [i.id for i in store.list()] == [used.id]
-    assert store.prune(in_use=lambda i: i == used.id) == {"ImagesDeleted": None, "SpaceReclaimed": 0}
+    assert store.prune(in_use=lambda i: i == used.id) == {
+        "ImagesDeleted": None,
+        "SpaceReclaimed": 0,
+    }
 
 
 def test_inspect_and_history(store):
-    history = [{"created": "2024-01-01T00:00:00Z", "created_by": "ADD rootfs"},
-               {"created": "2024-01-01T00:00:01Z", "created_by": "ENV x=1", "empty_layer": True},
-               {"created": "2024-01-02T03:04:05Z", "created_by": "RUN app", "comment": "c"}]
+    history = [
+        {"created": "2024-01-01T00:00:00Z", "created_by": "ADD rootfs"},
+        {"created": "2024-01-01T00:00:01Z", "created_by": "ENV x=1", "empty_layer": True},
+        {"created": "2024-01-02T03:04:05Z", "created_by": "RUN app", "comment": "c"},
+    ]
     img = add_image(store, [BASE, TOP], history=history)
     store.tag(img.id, "app:1")
     info = store.inspect("app:1")
@@ -180,8 +207,15 @@ def test_inspect_and_history(store):
     assert info["Size"] == info["VirtualSize"] == img.size
     assert info["GraphDriver"]["Name"] == "vfs"
     assert info["Metadata"]["LastTagTime"] != "0001-01-01T00:00:00Z"
-    for key in ("Parent", "Comment", "Container", "ContainerConfig", "DockerVersion", "Author",
-                "Architecture"):
+    for key in (
+        "Parent",
+        "Comment",
+        "Container",
+        "ContainerConfig",
+        "DockerVersion",
+        "Author",
+        "Architecture",
+    ):
         assert key in info
     hist = store.history("app:1")
     assert [h["CreatedBy"] for h in hist] == ["RUN app", "ENV x=1", "ADD rootfs"]

@@ -1,4 +1,5 @@
 """Import, commit, save and load; interoperability with docker-archive and skopeo."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,7 +12,6 @@ import subprocess
 import tarfile
 
 import pytest
-
 from engine.core.store import transfer
 from engine.sdk.errors import InvalidArgument
 from test_store_archive import entry, make_tar
@@ -75,28 +75,42 @@ def test_save_load_round_trip(tmp_path, store):
     lines = transfer.load(other, out)
     assert lines == ["Loaded image: base:1", "Loaded image: me/app:1", "Loaded image: me/app:2"]
     assert other.get("me/app:2").id == app.id
-    assert [layer.diff_id for layer in other.get("base:1").layers] == \
-        [layer.diff_id for layer in base.layers]
+    assert [layer.diff_id for layer in other.get("base:1").layers] == [
+        layer.diff_id for layer in base.layers
+    ]
     # nothing but configs and layers stays in the content store
     assert len(other.content.list()) == 2 + 2
 
 
 def docker_save_legacy() -> tuple[io.BytesIO, bytes]:
     """What docker save (before 25) writes: <id>/layer.tar, <id>/json, <config>.json."""
-    config = {"architecture": "amd64", "os": "linux", "created": "2020-01-01T00:00:00Z",
-              "config": {"Cmd": ["/bin/sh"]},
-              "rootfs": {"type": "layers", "diff_ids": [sha(BASE), sha(TOP)]}}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2020-01-01T00:00:00Z",
+        "config": {"Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha(BASE), sha(TOP)]},
+    }
     config_bytes = json.dumps(config).encode()
     l1, l2 = "a" * 64, "b" * 64
     files = {
-        f"{l1}/VERSION": b"1.0", f"{l1}/json": b'{"id":"' + l1.encode() + b'"}',
+        f"{l1}/VERSION": b"1.0",
+        f"{l1}/json": b'{"id":"' + l1.encode() + b'"}',
         f"{l1}/layer.tar": BASE,
-        f"{l2}/VERSION": b"1.0", f"{l2}/json": b'{"id":"' + l2.encode() + b'"}',
-        "shared/layer.tar": TOP, f"{l2}/layer.tar": ("sym", "../shared/layer.tar"),
+        f"{l2}/VERSION": b"1.0",
+        f"{l2}/json": b'{"id":"' + l2.encode() + b'"}',
+        "shared/layer.tar": TOP,
+        f"{l2}/layer.tar": ("sym", "../shared/layer.tar"),
         f"{sha(config_bytes)[7:]}.json": config_bytes,
-        "manifest.json": json.dumps([{
-            "Config": f"{sha(config_bytes)[7:]}.json", "RepoTags": ["old/style:v1"],
-            "Layers": [f"{l1}/layer.tar", f"{l2}/layer.tar"]}]).encode(),
+        "manifest.json": json.dumps(
+            [
+                {
+                    "Config": f"{sha(config_bytes)[7:]}.json",
+                    "RepoTags": ["old/style:v1"],
+                    "Layers": [f"{l1}/layer.tar", f"{l2}/layer.tar"],
+                }
+            ]
+        ).encode(),
         "repositories": json.dumps({"old/style": {"v1": l2}}).encode(),
     }
     return archive(files), config_bytes
@@ -113,25 +127,60 @@ def test_load_legacy_docker_save(store):
 
 def oci_layout(index_annotations: dict, *, tamper: bool = False) -> io.BytesIO:
     layer = gzip.compress(BASE, mtime=0)
-    config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [sha(BASE)]}}).encode()
-    manifest = json.dumps({"schemaVersion": 2, "config": {"digest": sha(config), "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                                       "digest": sha(layer), "size": len(layer)}]}).encode()
-    index = json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(manifest),
-        "size": len(manifest), "annotations": index_annotations}]}).encode()
-    return archive({
-        "oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": index,
-        f"blobs/sha256/{sha(config)[7:]}": config,
-        f"blobs/sha256/{sha(manifest)[7:]}": manifest,
-        f"blobs/sha256/{sha(layer)[7:]}": layer + (b"!" if tamper else b""),
-    })
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha(BASE)]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "config": {"digest": sha(config), "size": len(config)},
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha(layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": sha(manifest),
+                    "size": len(manifest),
+                    "annotations": index_annotations,
+                }
+            ],
+        }
+    ).encode()
+    return archive(
+        {
+            "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+            "index.json": index,
+            f"blobs/sha256/{sha(config)[7:]}": config,
+            f"blobs/sha256/{sha(manifest)[7:]}": manifest,
+            f"blobs/sha256/{sha(layer)[7:]}": layer + (b"!" if tamper else b""),
+        }
+    )
 
 
 def test_load_oci_layout(store):
-    lines = transfer.load(store, oci_layout({"io.containerd.image.name": "docker.io/x/y:z",
-                                             "org.opencontainers.image.ref.name": "z"}))
+    lines = transfer.load(
+        store,
+        oci_layout(
+            {
+                "io.containerd.image.name": "docker.io/x/y:z",
+                "org.opencontainers.image.ref.name": "z",
+            }
+        ),
+    )
     assert lines == ["Loaded image: x/y:z"]
     lines = transfer.load(store, oci_layout({"org.opencontainers.image.ref.name": "latest"}))
     assert lines == [f"Loaded image ID: {store.get('x/y:z').id}"]
@@ -150,11 +199,16 @@ def hostile_archives():
     bad_tag["manifest.json"] = good["manifest.json"].replace(b"old/style:v1", b"Old/Style")
     link_out = dict(good)
     link_out["b" * 64 + "/layer.tar"] = ("sym", "../../../etc/passwd")
-    return {"dotdot": archive(evil), "missing-layer": archive(missing),
-            "layer-not-matching-diff-id": archive(bad_layer), "invalid-tag": archive(bad_tag),
-            "symlink-out": archive(link_out), "oci-digest-mismatch": oci_layout({}, tamper=True),
-            "not-an-archive": io.BytesIO(b"garbage" * 100),
-            "no-manifest": archive({"hello": b"world"})}
+    return {
+        "dotdot": archive(evil),
+        "missing-layer": archive(missing),
+        "layer-not-matching-diff-id": archive(bad_layer),
+        "invalid-tag": archive(bad_tag),
+        "symlink-out": archive(link_out),
+        "oci-digest-mismatch": oci_layout({}, tamper=True),
+        "not-an-archive": io.BytesIO(b"garbage" * 100),
+        "no-manifest": archive({"hello": b"world"}),
+    }
 
 
 @pytest.mark.parametrize("case", sorted(hostile_archives()))
@@ -169,10 +223,21 @@ def test_hostile_archives_register_nothing(store, case):
 
 
 def test_apply_changes():
-    cfg = transfer.apply_changes({"Env": ["A=0", "PATH=/bin"]}, [
-        'CMD ["sh", "-c", "echo hi"]', "ENTRYPOINT /init --flag", "ENV A=1 B=\"x y\"",
-        "ENV LEGACY value with spaces", "EXPOSE 80 53/udp", "VOLUME /data /logs",
-        "WORKDIR /srv", "USER app", "LABEL a=b c=\"d e\"", "STOPSIGNAL SIGINT"])
+    cfg = transfer.apply_changes(
+        {"Env": ["A=0", "PATH=/bin"]},
+        [
+            'CMD ["sh", "-c", "echo hi"]',
+            "ENTRYPOINT /init --flag",
+            'ENV A=1 B="x y"',
+            "ENV LEGACY value with spaces",
+            "EXPOSE 80 53/udp",
+            "VOLUME /data /logs",
+            "WORKDIR /srv",
+            "USER app",
+            'LABEL a=b c="d e"',
+            "STOPSIGNAL SIGINT",
+        ],
+    )
     assert cfg["Cmd"] == ["sh", "-c", "echo hi"]
     assert cfg["Entrypoint"] == ["/bin/sh", "-c", "/init --flag"]
     assert cfg["Env"] == ["PATH=/bin", "A=1", "B=x y", "LEGACY=value with spaces"]
@@ -188,9 +253,14 @@ def test_apply_changes():
 
 def test_import_and_commit(tmp_path, store, busybox_tar):
     with open(busybox_tar, "rb") as f:
-        img = transfer.import_rootfs(store, io.BytesIO(gzip.compress(f.read(), 1)),
-                                     repo_tag="bb:imported", changes=['CMD ["sh"]'],
-                                     message="from a tar", platform="linux/amd64")
+        img = transfer.import_rootfs(
+            store,
+            io.BytesIO(gzip.compress(f.read(), 1)),
+            repo_tag="bb:imported",
+            changes=['CMD ["sh"]'],
+            message="from a tar",
+            platform="linux/amd64",
+        )
     cfg = store.config(img)
     assert cfg["config"]["Cmd"] == ["sh"] and cfg["comment"] == "from a tar"
     assert cfg["rootfs"]["diff_ids"] == [sha(busybox_tar.read_bytes())]
@@ -205,9 +275,17 @@ def test_import_and_commit(tmp_path, store, busybox_tar):
     diff = tmp_path / "diff.tar"
     with open(diff, "wb") as f:
         store.layers.diff_tar("c1", f)
-    new = transfer.commit(store, diff, "bb:imported", {"Cmd": ["cat", "/etc/motd"]},
-                          repo_tag="bb:committed", author="me", comment="motd",
-                          changes=["ENV X=1"], container_id="c1")
+    new = transfer.commit(
+        store,
+        diff,
+        "bb:imported",
+        {"Cmd": ["cat", "/etc/motd"]},
+        repo_tag="bb:committed",
+        author="me",
+        comment="motd",
+        changes=["ENV X=1"],
+        container_id="c1",
+    )
     cfg = store.config(new)
     assert new.parent == img.id and len(new.layers) == 2
     assert cfg["config"] == {"Cmd": ["cat", "/etc/motd"], "Env": ["X=1"]}
@@ -228,7 +306,10 @@ def test_skopeo_reads_our_save_and_we_read_its_oci_archive(tmp_path, store, busy
     saved = tmp_path / "save.tar"
     with open(saved, "wb") as f:
         transfer.save(store, ["busybox"], f)
-    run = lambda *a: subprocess.run(["skopeo", *a], capture_output=True, text=True, check=True)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["skopeo", *args], capture_output=True, text=True, check=True)
+
     run("copy", f"docker-archive:{saved}", f"oci:{tmp_path / 'layout'}:latest")
     info = json.loads(run("inspect", f"oci:{tmp_path / 'layout'}:latest").stdout)
     assert info["Os"] == "linux"
@@ -240,5 +321,6 @@ def test_skopeo_reads_our_save_and_we_read_its_oci_archive(tmp_path, store, busy
     with open(tmp_path / "dk.tar", "rb") as f:
         assert transfer.load(other, f) == ["Loaded image: busybox:dk"]
     for ref in ("busybox:oci", "busybox:dk"):
-        assert [layer.diff_id for layer in other.get(ref).layers] == \
-            [layer.diff_id for layer in img.layers]
+        assert [layer.diff_id for layer in other.get(ref).layers] == [
+            layer.diff_id for layer in img.layers
+        ]
