@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Iterable
 
 #: Capability names in kernel order: ``CAP_NAMES[n]`` is capability number ``n``.
@@ -174,7 +173,7 @@ def capset(effective: Iterable[str], permitted: Iterable[str], inheritable: Iter
         data[word].effective = masks[0] >> (32 * word) & 0xFFFFFFFF
         data[word].permitted = masks[1] >> (32 * word) & 0xFFFFFFFF
         data[word].inheritable = masks[2] >> (32 * word) & 0xFFFFFFFF
-    nr = _SYS_CAPSET[platform.machine()]
+    nr = _SYS_CAPSET[os.uname().machine]
     _check(_libc.syscall(nr, ctypes.byref(header), data), "capset")
 
 
@@ -182,7 +181,7 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
     """``(effective, permitted, inheritable)`` masks of ``pid`` (0: this thread)."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
     data = (_CapData * 2)()
-    nr = _SYS_CAPGET[platform.machine()]
+    nr = _SYS_CAPGET[os.uname().machine]
     _check(_libc.syscall(nr, ctypes.byref(header), data), "capget")
     eff = data[0].effective | data[1].effective << 32
     prm = data[0].permitted | data[1].permitted << 32

@@ -30,7 +30,6 @@ import signal
 import stat
 import struct
 import termios
-from dataclasses import dataclass
 
 from engine.core.runtime import caps as _caps
 from engine.core.runtime import cgroups as _cgroups
@@ -95,7 +94,6 @@ class _ChildError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass
 class Spawned:
     """A forked container process waiting for its release.
 
@@ -103,9 +101,15 @@ class Spawned:
     the read end of the error pipe. Both fds belong to the caller.
     """
 
-    pid: int
-    start_fd: int
-    error_fd: int
+    __slots__ = ("pid", "start_fd", "error_fd")
+
+    def __init__(self, pid: int, start_fd: int, error_fd: int) -> None:
+        self.pid = pid
+        self.start_fd = start_fd
+        self.error_fd = error_fd
+
+    def __repr__(self) -> str:
+        return f"Spawned(pid={self.pid}, start_fd={self.start_fd}, error_fd={self.error_fd})"
 
     def start(self) -> None:
         """Release the child and wait for its exec; raises :class:`SpawnError` if it

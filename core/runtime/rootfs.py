@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import stat
 
 # mount(2) flags
@@ -117,7 +116,7 @@ def umount(target: str, flags: int = 0) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     """The pivot_root(2) syscall."""
-    nr = _SYS_PIVOT_ROOT[platform.machine()]
+    nr = _SYS_PIVOT_ROOT[os.uname().machine]
     if _libc.syscall(nr, _enc(new_root), _enc(put_old)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"pivot_root {new_root}: {os.strerror(err)}", new_root)
