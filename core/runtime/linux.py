@@ -323,6 +323,8 @@ def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
         kind = ns["type"]
         if kind in ("pid", "cgroup"):
             continue  # pid: done by the parent; cgroup: after the cgroup is joined
+        if kind == "user":
+            raise _ChildError("user namespaces are not supported by the built-in runtime")
         flag, _name = NAMESPACES[kind]
         if ns.get("path"):
             fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
