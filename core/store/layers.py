@@ -97,27 +97,39 @@ def _umount(target: str) -> None:
     raise OSError(err, f"umount {target}: {os.strerror(err)}")
 
 
-def overlay_supported(scratch: str | Path) -> bool:
-    """Try an overlay mount in a scratch directory; True when it works."""
+#: Mount options that keep every change of a container in its upper dir as plain files
+#: and whiteouts (no redirects, no metadata-only copy-ups), so diffs are complete.
+_PLAIN_UPPER_OPTIONS = "redirect_dir=off,metacopy=off"
+
+
+def overlay_options(scratch: str | Path) -> str | None:
+    """Try overlay mounts in a scratch directory.
+
+    Returns the extra options to mount with (``_PLAIN_UPPER_OPTIONS`` when the kernel
+    takes them, else ``""``), or None when overlayfs cannot be mounted here at all.
+    """
     if os.geteuid() != 0:
-        return False
+        return None
     base = Path(tempfile.mkdtemp(prefix="overlay-check-", dir=scratch))
     try:
         for d in ("lower", "upper", "work", "merged"):
             (base / d).mkdir()
-        try:
-            _mount(
-                "overlay",
-                str(base / "merged"),
-                "overlay",
-                f"lowerdir={base / 'lower'},upperdir={base / 'upper'},workdir={base / 'work'}",
-            )
-        except OSError:
-            return False
-        _umount(str(base / "merged"))
-        return True
+        dirs = f"lowerdir={base / 'lower'},upperdir={base / 'upper'},workdir={base / 'work'}"
+        for extra in (_PLAIN_UPPER_OPTIONS, ""):
+            try:
+                _mount("overlay", str(base / "merged"), "overlay", f"{dirs},{extra}".rstrip(","))
+            except OSError:
+                continue
+            _umount(str(base / "merged"))
+            return extra
+        return None
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def overlay_supported(scratch: str | Path) -> bool:
+    """Try an overlay mount in a scratch directory; True when it works."""
+    return overlay_options(scratch) is not None
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -170,22 +182,23 @@ class LayerStore:
             self._layers[layer.chain_id] = layer
 
     def _choose_driver(self, wanted: str) -> Driver:
+        """Pick the driver (the one recorded in the root wins) and probe overlay options."""
         marker = self.root / "driver"
         recorded = marker.read_text().strip() if marker.exists() else None
         if wanted not in ("auto", "overlay", "vfs"):
             raise InvalidArgument(f"unknown storage driver {wanted!r}")
+        if recorded is not None and wanted != "auto" and wanted != recorded:
+            raise InvalidArgument(
+                f"storage at {self.root} was created with driver {recorded!r}, not {wanted!r}"
+            )
+        choice = recorded or wanted
+        options = overlay_options(self._tmp) if choice in ("auto", "overlay") else None
+        self._overlay_extra = options or ""
         if recorded is not None:
-            if wanted != "auto" and wanted != recorded:
-                raise InvalidArgument(
-                    f"storage at {self.root} was created with driver {recorded!r}, not {wanted!r}"
-                )
             return recorded  # type: ignore[return-value]
-        if wanted == "auto":
-            chosen: Driver = "overlay" if overlay_supported(self._tmp) else "vfs"
-        elif wanted == "overlay" and not overlay_supported(self._tmp):
+        if wanted == "overlay" and options is None:
             raise InvalidArgument("the overlay driver needs root and a kernel with overlayfs")
-        else:
-            chosen = wanted  # type: ignore[assignment]
+        chosen: Driver = "overlay" if options is not None else "vfs"
         atomic_write(marker, chosen.encode() + b"\n")
         return chosen
 
@@ -386,6 +399,8 @@ class LayerStore:
                 return str(merged)
             links = [layer.link for layer in self.ancestry(meta.parent)]
             rest = f",upperdir={base / 'diff'},workdir={base / 'work'}"
+            if self._overlay_extra:
+                rest += "," + self._overlay_extra
             absolute = ":".join(str(self._links_dir / link) for link in links) or str(self._empty)
             data = f"lowerdir={absolute}{rest}"
             if len(data) <= _MOUNT_DATA_MAX:
