@@ -27,7 +27,7 @@ class ContentStore:
     """Blobs by ``sha256:`` digest. All methods are synchronous and thread-safe."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self._blobs = self.root / "blobs" / "sha256"
         self._tmp = self.root / "tmp"
         self._blobs.mkdir(parents=True, exist_ok=True)

@@ -112,7 +112,7 @@ class ImageStore:
     """Images by id, and the tags that name them. Synchronous and thread-safe."""
 
     def __init__(self, root: str | Path, content: ContentStore, layers: LayerStore) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self.content = content
         self.layers = layers
         self._images_dir = self.root / "images"

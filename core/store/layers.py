@@ -164,7 +164,7 @@ class LayerStore:
     """Unpacked layers keyed by chain id, and the read-write layers of containers."""
 
     def __init__(self, root: str | Path, driver: str = "auto") -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self._layers_dir = self.root / "layers"
         self._links_dir = self.root / "l"
         self._containers_dir = self.root / "containers"
