@@ -30,6 +30,7 @@ import signal
 import stat
 import struct
 import termios
+from collections.abc import Callable
 
 from engine.core.runtime import caps as _caps
 from engine.core.runtime import cgroups as _cgroups
@@ -260,7 +261,9 @@ def spawn_exec(process: dict, *, target_pid: int, cgroups_path: str | None,
             os.close(fd)
 
 
-def _fork(child) -> Spawned:
+def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]]) -> Spawned:
+    """Fork; the child runs ``child`` (everything up to the exec), waits for the
+    release, then execs what ``child`` returned. Failures go to the error pipe."""
     start_r, start_w = os.pipe()
     error_r, error_w = os.pipe()
     try:
@@ -274,7 +277,6 @@ def _fork(child) -> Spawned:
         try:
             os.close(start_w)
             os.close(error_r)
-            code = EXIT_SETUP
             exec_args = child()
             _wait_release(start_r)
             _exec(*exec_args)
@@ -327,11 +329,7 @@ def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
             raise _ChildError("user namespaces are not supported by the built-in runtime")
         flag, _name = NAMESPACES[kind]
         if ns.get("path"):
-            fd = os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd, flag)
-            finally:
-                os.close(fd)
+            _setns_path(ns["path"], flag)
         else:
             flags |= flag
     if not flags & CLONE_NEWNS:

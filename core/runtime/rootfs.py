@@ -274,7 +274,19 @@ def parse_options(options: list[str] | tuple[str, ...]) -> tuple[int, int, str]:
 
 
 def mount_entry(root: str, entry: dict, *, cgroups_path: str | None = None) -> None:
-    """Mount one OCI ``mounts[]`` entry inside ``root`` (an absolute host path)."""
+    """Mount one OCI ``mounts[]`` entry inside ``root`` (an absolute host path).
+
+    Errors name the entry: ``error mounting "SRC" to rootfs at "DEST": REASON``.
+    """
+    try:
+        _mount_entry(root, entry, cgroups_path)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(exc.errno, f'error mounting "{entry.get("source") or entry.get("type")}"'
+                      f' to rootfs at "{entry["destination"]}": {reason}') from exc
+
+
+def _mount_entry(root: str, entry: dict, cgroups_path: str | None) -> None:
     dest = entry["destination"]
     fstype = entry.get("type") or ""
     source = entry.get("source") or fstype

@@ -510,3 +510,12 @@ def test_runc_runs_our_bundle(make_spec, runc_root, tmp_path, user) -> None:
     ours = run(s)
     assert ours.status == 0
     assert proc.stdout == ours.stdout  # same identity, capabilities, hostname, pid 1
+
+
+def test_failed_mount_is_reported_with_its_destination(make_spec, tmp_path) -> None:
+    mounts = [{"destination": "/data", "type": "bind", "source": str(tmp_path / "absent"),
+               "options": ["rbind"]}]
+    r = run(make_spec(["true"], mounts=mounts))
+    assert r.error["exit_code"] == 125
+    assert r.error["message"] == (f'error mounting "{tmp_path / "absent"}" to rootfs at '
+                                  f'"/data": No such file or directory')
