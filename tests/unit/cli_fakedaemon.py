@@ -65,8 +65,9 @@ class FakeDaemon:
         self.sock_path = sock_path
         self.requests: list[Request] = []
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
-        self.route("GET", "/_ping", lambda r, m: Reply(200, b"OK", {"API-Version": "1.41"}))
-        self.route("HEAD", "/_ping", lambda r, m: Reply(200, b"", {"API-Version": "1.41"}))
+        ping = {"API-Version": "1.41", "OSType": "linux"}
+        self.route("GET", "/_ping", lambda r, m: Reply(200, b"OK", ping))
+        self.route("HEAD", "/_ping", lambda r, m: Reply(200, b"", ping))
         self._server: socketserver.ThreadingUnixStreamServer | None = None
 
     @property

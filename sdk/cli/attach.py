@@ -1,0 +1,361 @@
+"""Interactive streams: ``start -a``, ``attach``, ``exec`` and the I/O of ``run``.
+
+:func:`pump` moves bytes between the local terminal and a hijacked connection with a
+plain ``select`` loop (no threads, no asyncio): container output is written to
+stdout/stderr (demultiplexed unless the container has a TTY), local stdin is sent to
+the container, and end of stdin half-closes the connection. :class:`TerminalSession`
+puts a TTY in raw mode, sends the initial size and follows ``SIGWINCH``; signal
+proxying forwards signals to the container through ``kill``.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+from typing import Any, Callable
+
+from . import Cli, StatusError
+from .common import is_terminal
+from .flags import BOOL, LIST, STR, Flag, Spec
+
+_PROXIED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+
+
+class FrameParser:
+    """Incremental stdcopy demultiplexer for data arriving in arbitrary pieces."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buf += data
+        frames = []
+        while len(self.buf) >= 8:
+            size = int.from_bytes(self.buf[4:8], "big")
+            if len(self.buf) < 8 + size:
+                break
+            frames.append((self.buf[0], bytes(self.buf[8:8 + size])))
+            del self.buf[:8 + size]
+        return frames
+
+
+def _binary(stream: Any) -> Any:
+    return getattr(stream, "buffer", stream)
+
+
+def _write(stream: Any, data: bytes) -> None:
+    try:
+        stream.write(data)
+    except TypeError:  # a text stream without a buffer (tests)
+        stream.write(data.decode("utf-8", "replace"))
+    stream.flush()
+
+
+def pump(cli: Cli, sock: Any, tty: bool, stdin: bool) -> None:
+    """Copy ``sock`` to stdout/stderr and, if ``stdin``, local stdin to ``sock``,
+    until the daemon closes the stream."""
+    out = _binary(cli.out)
+    err = _binary(cli.err)
+    cli.out.flush()
+    parser = None if tty else FrameParser()
+    in_fd: int | None = None
+    if stdin:
+        try:
+            in_fd = cli.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            in_fd = None
+            data = cli.stdin.read()
+            if data:
+                sock.sendall(data.encode() if isinstance(data, str) else data)
+            sock.close_write()
+    sock_fd = sock.fileno()
+    while True:
+        if sock.pending():
+            ready = [sock_fd]
+        else:
+            watch = [sock_fd] + ([in_fd] if in_fd is not None else [])
+            ready, _, _ = select.select(watch, [], [])
+        if sock_fd in ready:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                break
+            if parser is None:
+                _write(out, data)
+            else:
+                for stream, payload in parser.feed(data):
+                    _write(err if stream == 2 else out, payload)
+        if in_fd is not None and in_fd in ready:
+            data = os.read(in_fd, 65536)
+            if data:
+                try:
+                    sock.sendall(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    in_fd = None
+            else:
+                sock.close_write()
+                in_fd = None
+
+
+class TerminalSession:
+    """Raw mode on the local terminal and size tracking for a container or exec TTY.
+
+    ``resize`` is called with ``(height, width)`` now and on every ``SIGWINCH``. Use as
+    a context manager; the terminal is restored on exit."""
+
+    def __init__(self, cli: Cli, raw: bool, resize: Callable[[int, int], None] | None) -> None:
+        self.cli = cli
+        self.raw = raw and is_terminal(cli.stdin)
+        self.resize = resize if is_terminal(cli.out) else None
+        self._saved: Any = None
+        self._old_winch: Any = None
+
+    def _send_size(self, *_: Any) -> None:
+        if self.resize is None:
+            return
+        try:
+            size = os.get_terminal_size(self.cli.out.fileno())
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            self.resize(size.lines, size.columns)
+        except Exception:  # noqa: BLE001 - a failed resize must not end the session
+            pass
+
+    def __enter__(self) -> "TerminalSession":
+        if self.raw:
+            import termios
+            import tty
+
+            fd = self.cli.stdin.fileno()
+            self._saved = termios.tcgetattr(fd)
+            tty.setraw(fd)
+        if self.resize is not None:
+            self._send_size()
+            self._old_winch = signal.signal(signal.SIGWINCH, self._send_size)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old_winch is not None:
+            signal.signal(signal.SIGWINCH, self._old_winch)
+        if self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.cli.stdin.fileno(), termios.TCSADRAIN, self._saved)
+
+
+class SignalProxy:
+    """Forward the usual terminating signals to the container while attached."""
+
+    def __init__(self, cli: Cli, cid: str, enabled: bool) -> None:
+        self.cli = cli
+        self.cid = cid
+        self.enabled = enabled
+        self._old: dict[int, Any] = {}
+
+    def _forward(self, signum: int, _frame: Any) -> None:
+        from engine.sdk.client import APIClient, APIError, ConnectError
+
+        name = signal.Signals(signum).name
+        try:
+            with APIClient(self.cli.host) as api:
+                api.post(f"/containers/{self.cid}/kill", {"signal": name})
+        except (APIError, ConnectError, OSError) as e:
+            self.cli.warn(f"failed to forward signal {name}: {e}")
+
+    def __enter__(self) -> "SignalProxy":
+        if self.enabled:
+            for name in _PROXIED_SIGNALS:
+                num = getattr(signal, name)
+                try:
+                    self._old[num] = signal.signal(num, self._forward)
+                except (OSError, ValueError):
+                    pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for num, old in self._old.items():
+            signal.signal(num, old)
+
+
+def attach_stream(cli: Cli, cid: str, stdin: bool, stdout: bool, stderr: bool,
+                  detach_keys: str | None = None, logs: bool = False) -> Any:
+    params = {"stream": True, "stdin": stdin, "stdout": stdout, "stderr": stderr,
+              "logs": logs or None, "detachKeys": detach_keys or None}
+    return cli.api.hijack("POST", f"/containers/{cid}/attach", params)
+
+
+def check_tty(cli: Cli, attach_stdin: bool, tty: bool) -> None:
+    if attach_stdin and tty and not is_terminal(cli.stdin):
+        raise StatusError(1, "the input device is not a TTY")
+
+
+# -- start -----------------------------------------------------------------------------
+
+START = Spec("start", "start [OPTIONS] CONTAINER [CONTAINER...]",
+             "Start one or more stopped containers", [
+                 Flag("-a, --attach", BOOL, "Attach STDOUT/STDERR and forward signals"),
+                 Flag("--detach-keys", STR, "Override the key sequence for detaching a "
+                      "container"),
+                 Flag("-i, --interactive", BOOL, "Attach container's STDIN"),
+             ], min_args=1)
+
+
+def cmd_start(cli: Cli, argv: list[str]) -> int:
+    opts, args = cli.parse(START, argv)
+    if not (opts.attach or opts.interactive):
+        failed = False
+        for name in args:
+            try:
+                cli.api.post(f"/containers/{name}/start")
+                cli.print(name)
+            except Exception as e:  # noqa: BLE001 - report and go on, like docker
+                cli.warn(str(e))
+                failed = True
+        if failed:
+            raise StatusError(1, "Error: failed to start containers: " + ", ".join(args))
+        return 0
+    if len(args) > 1:
+        raise StatusError(1, "you cannot start and attach multiple containers at once")
+    info = cli.api.get(f"/containers/{args[0]}/json").json()
+    cid, config = info["Id"], info.get("Config") or {}
+    tty = bool(config.get("Tty"))
+    use_stdin = bool(opts.interactive and config.get("OpenStdin"))
+    check_tty(cli, use_stdin, tty)
+    sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
+    waiter = cli.api.open("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
+    try:
+        cli.api.post(f"/containers/{cid}/start")
+        with TerminalSession(cli, raw=tty and use_stdin,
+                             resize=(lambda h, w: cli.api.post(
+                                 f"/containers/{cid}/resize", {"h": h, "w": w})) if tty else None), \
+                SignalProxy(cli, cid, not tty):
+            pump(cli, sock, tty, use_stdin)
+    finally:
+        sock.close()
+    return wait_status(cli, waiter)
+
+
+def wait_status(cli: Cli, waiter: Any) -> int:
+    """Read the answer of a pending ``/wait`` request: the exit code."""
+    import json
+
+    body = json.loads(waiter.read() or b"{}")
+    err = body.get("Error")
+    if err and err.get("Message"):
+        raise StatusError(125, err["Message"])
+    return int(body.get("StatusCode", 0))
+
+
+# -- attach ----------------------------------------------------------------------------
+
+ATTACH = Spec("attach", "attach [OPTIONS] CONTAINER",
+              "Attach local standard input, output, and error streams to a running container",
+              [Flag("--detach-keys", STR, "Override the key sequence for detaching a container"),
+               Flag("--no-stdin", BOOL, "Do not attach STDIN"),
+               Flag("--sig-proxy", BOOL, "Proxy all received signals to the process",
+                    default=True)], min_args=1, max_args=1)
+
+
+def cmd_attach(cli: Cli, argv: list[str]) -> int:
+    opts, args = cli.parse(ATTACH, argv)
+    info = cli.api.get(f"/containers/{args[0]}/json").json()
+    cid, config = info["Id"], info.get("Config") or {}
+    state = info.get("State") or {}
+    if not state.get("Running"):
+        raise StatusError(1, "You cannot attach to a stopped container, start it first")
+    if state.get("Paused"):
+        raise StatusError(1, "You cannot attach to a paused container, unpause it first")
+    tty = bool(config.get("Tty"))
+    use_stdin = bool(not opts.no_stdin and config.get("OpenStdin"))
+    check_tty(cli, use_stdin, tty)
+    sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
+    waiter = cli.api.open("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
+    try:
+        with TerminalSession(cli, raw=tty and use_stdin,
+                             resize=(lambda h, w: cli.api.post(
+                                 f"/containers/{cid}/resize", {"h": h, "w": w})) if tty else None), \
+                SignalProxy(cli, cid, opts.sig_proxy and not tty):
+            pump(cli, sock, tty, use_stdin)
+    finally:
+        sock.close()
+    return wait_status(cli, waiter)
+
+
+# -- exec ------------------------------------------------------------------------------
+
+EXEC = Spec("exec", "exec [OPTIONS] CONTAINER COMMAND [ARG...]",
+            "Execute a command in a running container", [
+                Flag("-d, --detach", BOOL, "Detached mode: run command in the background"),
+                Flag("--detach-keys", STR, "Override the key sequence for detaching a "
+                     "container"),
+                Flag("-e, --env", LIST, "Set environment variables"),
+                Flag("--env-file", LIST, "Read in a file of environment variables"),
+                Flag("-i, --interactive", BOOL, "Keep STDIN open even if not attached"),
+                Flag("--privileged", BOOL, "Give extended privileges to the command"),
+                Flag("-t, --tty", BOOL, "Allocate a pseudo-TTY"),
+                Flag("-u, --user", STR, "Username or UID (format: "
+                     '"<name|uid>[:<group|gid>]")'),
+                Flag("-w, --workdir", STR, "Working directory inside the container"),
+            ], min_args=2, interspersed=False)
+
+
+def exec_body(opts: Any, cmd: list[str]) -> dict[str, Any]:
+    """The ``POST /containers/{id}/exec`` body for the parsed ``exec`` flags."""
+    from .opts import read_kv_file
+
+    env: list[str] = []
+    for path in opts.env_file:
+        env.extend(read_kv_file(path, env_lookup=True))
+    for item in opts.env:
+        if "=" not in item and item in os.environ:
+            item = f"{item}={os.environ[item]}"
+        env.append(item)
+    body: dict[str, Any] = {
+        "User": opts.user or "",
+        "Privileged": bool(opts.privileged),
+        "Tty": bool(opts.tty),
+        "AttachStdin": bool(opts.interactive) and not opts.detach,
+        "AttachStderr": not opts.detach,
+        "AttachStdout": not opts.detach,
+        "Detach": bool(opts.detach),
+        "DetachKeys": opts.detach_keys or "",
+        "Env": env or None,
+        "WorkingDir": opts.workdir or "",
+        "Cmd": cmd,
+    }
+    return body
+
+
+def cmd_exec(cli: Cli, argv: list[str]) -> int:
+    opts, args = cli.parse(EXEC, argv)
+    container, cmd = args[0], args[1:]
+    body = exec_body(opts, cmd)
+    if body["AttachStdin"]:
+        check_tty(cli, True, body["Tty"])
+    if body["Tty"] and is_terminal(cli.out):
+        try:
+            size = os.get_terminal_size(cli.out.fileno())
+            body["ConsoleSize"] = [size.lines, size.columns]
+        except OSError:
+            pass
+    exec_id = cli.api.post(f"/containers/{container}/exec", body=body).json()["Id"]
+    if opts.detach:
+        cli.api.post(f"/exec/{exec_id}/start", body={"Detach": True, "Tty": body["Tty"]})
+        return 0
+    sock = cli.api.hijack("POST", f"/exec/{exec_id}/start",
+                          body={"Detach": False, "Tty": body["Tty"]})
+    tty = body["Tty"]
+    try:
+        with TerminalSession(cli, raw=tty and body["AttachStdin"],
+                             resize=(lambda h, w: cli.api.post(
+                                 f"/exec/{exec_id}/resize", {"h": h, "w": w})) if tty else None):
+            pump(cli, sock, tty, body["AttachStdin"])
+    finally:
+        sock.close()
+    info = cli.api.get(f"/exec/{exec_id}/json").json() or {}
+    code = info.get("ExitCode")
+    return int(code) if code is not None else 0
+
