@@ -8,7 +8,6 @@ import os
 import tarfile
 
 import pytest
-
 from engine.core.store.layers import LayerStore, chain_id
 from engine.sdk.errors import Conflict, InvalidArgument, NotFound
 from test_store_archive import entry, make_tar
