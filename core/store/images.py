@@ -387,7 +387,8 @@ class ImageStore:
                 if len(refs) > 1 or self.children(image_id):
                     return report
             else:
-                if len(refs) > 1 and not force:
+                repositories = {reference.parse(r).name for r in refs}
+                if len(repositories) > 1 and not force:
                     raise Conflict(
                         f"conflict: unable to delete {short} (must be forced) - image is"
                         " referenced in multiple repositories"

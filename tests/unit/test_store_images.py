@@ -130,6 +130,11 @@ def test_delete_by_id_rules(store):
     store.tag(img.id, "b")
     with pytest.raises(Conflict, match="multiple repositories"):
         store.delete(img.id[7:19])
+    other = add_image(store, [TOP])
+    store.tag(other.id, "same:1")
+    store.tag(other.id, "same:2")
+    out = store.delete(other.id)  # tags of one repository need no force
+    assert out[:3] == [{"Untagged": "same:1"}, {"Untagged": "same:2"}, {"Deleted": other.id}]
     assert store.delete("a", in_use=lambda i: True) == [{"Untagged": "a:latest"}]
     assert store.get(img.id).repo_tags == ["b:latest"]
     with pytest.raises(Conflict, match="being used"):
