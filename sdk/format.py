@@ -359,6 +359,8 @@ def _parse_cmds(toks: list[_Tok], pos: int) -> tuple[list[list[tuple]], int]:
             raise TemplateError(f"unexpected {tok.value!r}")
     if cmd:
         cmds.append(cmd)
+    elif cmds:
+        raise TemplateError("missing command after |")
     return cmds, pos
 
 

@@ -105,7 +105,7 @@ class FakeDaemon:
 
         self._server = socketserver.ThreadingUnixStreamServer(self.sock_path, _Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -185,3 +185,83 @@ class _RequestHandler(BaseHTTPRequestHandler):
 def frame(stream: int, data: bytes) -> bytes:
     """One stdcopy frame, as the daemon multiplexes non-TTY output."""
     return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+# -- pytest helpers ----------------------------------------------------------------------
+
+CID = "c0ffee" + "0" * 52 + "123456"
+
+
+def start_daemon() -> FakeDaemon:
+    """A fake daemon on a short socket path (unix socket paths are limited to 108
+    bytes, pytest's tmp_path may be longer), with the routes every CLI test needs."""
+    import tempfile
+
+    d = FakeDaemon(os.path.join(tempfile.mkdtemp(prefix="engcli"), "d.sock"))
+    d.route("POST", "/containers/create", Reply(201, {"Id": CID, "Warnings": []}))
+    d.route("POST", r"/containers/[^/]+/start", Reply(204))
+    d.route("POST", r"/containers/[^/]+/wait", Reply(200, {"StatusCode": 0, "Error": None}))
+    return d.start()
+
+
+def stop_daemon(d: FakeDaemon) -> None:
+    d.stop()
+    os.rmdir(os.path.dirname(d.sock_path))
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+def invoke(d: FakeDaemon, *argv: str, stdin: bytes = b"") -> Result:
+    """Run ``engine -H <fake> argv...`` in this process and capture its output.
+
+    stdin is a real pipe so the attach loop can ``select`` on it."""
+    import io
+
+    from engine.sdk.cli import Cli, main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    rfd, wfd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(wfd, "wb") as w:
+            if stdin:
+                try:
+                    w.write(stdin)
+                except BrokenPipeError:
+                    pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    with os.fdopen(rfd, "r") as stdin_file:
+        cli = Cli(host=d.host, out=out, err=err, stdin=stdin_file)
+        code = main(list(argv), cli=cli)
+    writer.join(5)
+    return Result(code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
+
+
+def attach_script(frames: list[tuple[int, bytes]], echo_stdin: bool = False,
+                  raw: bool = False) -> Callable[[socket.socket, Request], None]:
+    """A hijack handler: optionally read stdin until the client half-closes and echo it
+    back on stdout, then send ``frames`` (stdcopy-framed unless ``raw``) and close."""
+
+    def run(sock: socket.socket, req: Request) -> None:
+        if echo_stdin:
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            sock.sendall(data if raw else frame(1, data))
+        for stream, payload in frames:
+            sock.sendall(payload if raw else frame(stream, payload))
+        sock.shutdown(socket.SHUT_RDWR)
+
+    return run
