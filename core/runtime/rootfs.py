@@ -234,20 +234,28 @@ def make_target(root: str, dest: str, *, is_dir: bool = True) -> tuple[int, str]
     rel = os.path.relpath(full, root)
     parts = [] if rel == "." else rel.split("/")
     current = root
+    global _openat2_missing
     for i, comp in enumerate(parts):
         current = os.path.join(current, comp)
-        last = i == len(parts) - 1
         try:
-            os.mkdir(current, 0o755) if (is_dir or not last) else _touch(current)
+            if is_dir or i < len(parts) - 1:
+                os.mkdir(current, 0o755)
+            else:
+                _touch(current)
         except FileExistsError:
             pass
-    if _openat2_missing:
-        return os.open(full, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC), full
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return openat2(root_fd, rel, os.O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS), full
-    finally:
-        os.close(root_fd)
+    if not _openat2_missing:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = openat2(root_fd, rel, os.O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)
+            return fd, full
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            _openat2_missing = True
+        finally:
+            os.close(root_fd)
+    return os.open(full, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC), full
 
 
 def _touch(path: str) -> None:

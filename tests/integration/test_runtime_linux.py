@@ -80,6 +80,7 @@ class Helper:
         if slave is not None:
             os.close(slave)
         self._report = b""
+        self._early = bytearray()
         self.info = self._next_report(10)
         if "crash" in self.info:
             raise AssertionError(f"helper crashed: {self.info['crash']}")
@@ -99,9 +100,23 @@ class Helper:
         line, _, self._report = self._report.partition(b"\n")
         return json.loads(line)
 
+    def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
+        """Read stdout until ``marker`` shows up (kept for :meth:`wait` too)."""
+        deadline = time.monotonic() + timeout
+        while marker not in self._early:
+            sel = selectors.DefaultSelector()
+            sel.register(self.out_r, selectors.EVENT_READ)
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"no {marker!r} on stdout")
+            chunk = os.read(self.out_r, 65536)
+            if not chunk:
+                break
+            self._early += chunk
+        return bytes(self._early)
+
     def wait(self, timeout: float = 20) -> Result:
         """Collect output until the process exits; kill it on timeout."""
-        chunks: dict[int, bytearray] = {self.out_r: bytearray(), self.err_r: bytearray()}
+        chunks: dict[int, bytearray] = {self.out_r: self._early, self.err_r: bytearray()}
         if self.master is not None:
             chunks[self.master] = bytearray()
         sel = selectors.DefaultSelector()
@@ -380,12 +395,13 @@ def test_unknown_user_fails_in_build_spec(make_spec) -> None:
 @pytest.mark.skipif(cgroups.version() != 1, reason="checks v1 files")
 def test_limits_are_written_to_v1_cgroups(make_spec) -> None:
     s = make_spec(["sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
-                                "/sys/fs/cgroup/pids/pids.max; sleep 30"],
+                                "/sys/fs/cgroup/pids/pids.max; echo ready; sleep 30"],
                   host_config={"Memory": 48 << 20, "PidsLimit": 33, "CpuShares": 512,
                                "NanoCpus": 500_000_000})
     path = s["linux"]["cgroupsPath"]
     helper = start(s)
     try:
+        helper.read_until(b"ready\n")
         mem = Path("/sys/fs/cgroup/memory", path)
         assert int((mem / "memory.limit_in_bytes").read_text()) == 48 << 20
         assert int((mem / "memory.memsw.limit_in_bytes").read_text()) == 96 << 20
@@ -398,7 +414,7 @@ def test_limits_are_written_to_v1_cgroups(make_spec) -> None:
     finally:
         helper.kill()
     r = helper.wait()
-    assert r.stdout.split() == [str(48 << 20), "33"]  # the container's own view
+    assert r.stdout.split() == [str(48 << 20), "33", "ready"]  # the container's view
     cgroups.destroy(path)
     for ctrl in cgroups.V1_CONTROLLERS:
         assert not Path("/sys/fs/cgroup", ctrl, path).exists()
