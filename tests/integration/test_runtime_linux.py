@@ -208,6 +208,12 @@ def test_echo_hi(make_spec) -> None:
     assert (r.status, r.stdout, r.error) == (0, "hi\n", None)
 
 
+def test_domainname_and_oom_score_adj(make_spec) -> None:
+    r = run(make_spec(["cat", "/proc/sys/kernel/domainname", "/proc/self/oom_score_adj"],
+                      domainname="example.org", host_config={"OomScoreAdj": 500}))
+    assert r.stdout.split() == ["example.org", "500"]
+
+
 def test_exit_code_and_stderr(make_spec) -> None:
     r = run(make_spec(["sh", "-c", "echo oops >&2; exit 3"]))
     assert (r.status, r.stdout, r.stderr) == (3, "", "oops\n")
