@@ -251,3 +251,34 @@ def test_find_executable_messages(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no such file or directory") as info:
         linux.find_executable("/nope/x", "")
     assert info.value.exit_code == 127
+
+
+def test_resize_tty() -> None:
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        linux.resize_tty(master, 33, 120)
+        rows, cols, _x, _y = struct.unpack(
+            "HHHH", fcntl.ioctl(slave, termios.TIOCGWINSZ, b"\0" * 8))
+        assert (rows, cols) == (33, 120)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_pidfd_open_becomes_readable_on_exit() -> None:
+    import select
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    fd = linux.pidfd_open(pid)
+    try:
+        readable, _, _ = select.select([fd], [], [], 10)
+        assert readable == [fd]
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
+    finally:
+        os.close(fd)
