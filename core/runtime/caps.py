@@ -192,7 +192,8 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
 def raise_ambient(names: Iterable[str]) -> None:
     """Clear the ambient set, then raise each of ``names`` (each must be permitted and
     inheritable already)."""
-    _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT)")
+    _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0),
+           "prctl(PR_CAP_AMBIENT)")
     for name in names:
         number = CAP_NUMBERS.get(name)
         if number is not None:

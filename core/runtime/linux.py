@@ -283,7 +283,7 @@ def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]]) -> Spawned
         except _ChildError as exc:
             code = exc.exit_code
             _report(error_w, str(exc), code)
-        except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+        except BaseException as exc:  # everything must reach the parent
             _report(error_w, _describe(exc), code)
         finally:
             os._exit(code)

@@ -188,9 +188,7 @@ def no_new_privileges(security_opt: Iterable[str]) -> bool:
     for opt in security_opt:
         key, sep, value = opt.replace("=", ":", 1).partition(":")
         if key == "no-new-privileges":
-            if not sep:
-                enabled = True
-            elif value.lower() in ("true", "1"):
+            if not sep or value.lower() in ("true", "1"):
                 enabled = True
             elif value.lower() in ("false", "0"):
                 enabled = False

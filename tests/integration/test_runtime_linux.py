@@ -72,7 +72,7 @@ class Helper:
                 _, status = os.waitpid(spawned.pid, 0)
                 os.write(report_w, json.dumps(
                     {"status": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
-            except BaseException as exc:  # noqa: BLE001 - report anything to the test
+            except BaseException as exc:  # report anything to the test
                 os.write(report_w, json.dumps({"crash": repr(exc)}).encode() + b"\n")
             finally:
                 os._exit(0)
