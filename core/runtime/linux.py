@@ -268,9 +268,12 @@ def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]]) -> Spawned
     error_r, error_w = os.pipe()
     try:
         pid = os.fork()
-    except BaseException:
+    except BaseException as exc:
         for fd in (start_r, start_w, error_r, error_w):
             os.close(fd)
+        if isinstance(exc, OSError):
+            # ENOMEM here usually means the target pid namespace has lost its init.
+            raise SpawnError(f"fork: {_describe(exc)}") from exc
         raise
     if pid == 0:  # pragma: no cover - runs in the child, reported via error_fd
         code = EXIT_SETUP
