@@ -230,12 +230,14 @@ def invoke(d: FakeDaemon, *argv: str, stdin: bytes = b"") -> Result:
     rfd, wfd = os.pipe()
 
     def feed() -> None:
-        with os.fdopen(wfd, "wb") as w:
-            if stdin:
-                try:
-                    w.write(stdin)
-                except BrokenPipeError:
-                    pass
+        view = memoryview(stdin)
+        try:
+            while view:
+                view = view[os.write(wfd, view):]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(wfd)
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
