@@ -152,9 +152,32 @@ class _Extractor:
         # directories whose mtime (and, unprivileged, mode) is set once all is in
         self.dirs: list[tuple[list[str], int, int]] = []
         self.size = 0
+        # the last parent directory opened: tars list a directory's entries together
+        self._cached: tuple[tuple[str, ...], int] | None = None
 
     def close(self) -> None:
+        self._forget_parent()
         os.close(self.root_fd)
+
+    def _open_parent(self, parent: list[str]) -> int:
+        """An fd of the parent directory (the caller closes it), walked without symlinks."""
+        key = tuple(parent)
+        if self._cached is not None and self._cached[0] == key:
+            return os.dup(self._cached[1])
+        fd = open_dir_in(self.root_fd, parent, create=True)
+        self._forget_parent()
+        self._cached = (key, os.dup(fd))
+        return fd
+
+    def _forget_parent(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _remove(self, dir_fd: int, name: str, st: os.stat_result) -> None:
+        # a removal may take the cached directory out of the tree: walk again next time
+        self._forget_parent()
+        _remove_at(dir_fd, name, st)
 
     # -- per member -----------------------------------------------------------------
 
@@ -163,7 +186,7 @@ class _Extractor:
         if not parts:
             return  # the root itself ("./"): keep the destination's own attributes
         parent, leaf = parts[:-1], parts[-1]
-        pfd = open_dir_in(self.root_fd, parent, create=True)
+        pfd = self._open_parent(parent)
         try:
             if leaf.startswith(WHITEOUT_PREFIX):
                 self._whiteout(pfd, parent, leaf)
@@ -183,7 +206,7 @@ class _Extractor:
                     path = f"{prefix}/{child}" if prefix else child
                     st = _lstat_at(pfd, child)
                     if path not in self.created and st is not None:
-                        _remove_at(pfd, child, st)
+                        self._remove(pfd, child, st)
             return
         if leaf.startswith(WHITEOUT_META_PREFIX):
             return  # other AUFS metadata (.wh..wh.plnk and friends): nothing to apply
@@ -194,17 +217,17 @@ class _Extractor:
         path = "/".join([*parent, target])
         if self.format == "overlay":
             if st is not None:
-                _remove_at(pfd, target, st)
+                self._remove(pfd, target, st)
             os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=pfd)
         elif st is not None and path not in self.created:
-            _remove_at(pfd, target, st)
+            self._remove(pfd, target, st)
 
     def _create(
         self, tf: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, parent: list[str], leaf: str
     ) -> None:
         existing = _lstat_at(pfd, leaf)
         if existing is not None and not (m.isdir() and stat.S_ISDIR(existing.st_mode)):
-            _remove_at(pfd, leaf, existing)
+            self._remove(pfd, leaf, existing)
             existing = None
 
         if m.isreg():

@@ -304,3 +304,26 @@ def test_overlay_whiteouts_and_diff_tar_round_trip(tmp_path):
         ("/opq", CHANGE_ADDED),
         ("/opq/new", CHANGE_ADDED),
     ]
+
+
+def test_pax_xattrs_are_applied_but_overlay_ones_dropped(tmp_path):
+    ti, data = entry("f", data=b"x")
+    ti.pax_headers = {
+        "SCHILY.xattr.user.origin": "layer",
+        "SCHILY.xattr.trusted.overlay.redirect": "/etc",
+        "SCHILY.xattr.trusted.overlay.opaque": "y",
+    }
+    dest = tmp_path / "d"
+    dest.mkdir()
+    try:
+        os.setxattr(tmp_path, "user.probe", b"1")
+    except OSError:
+        pytest.skip("the test filesystem has no user xattrs")
+    extract_layer(io.BytesIO(make_tar([(ti, data)])), dest)
+    assert os.getxattr(dest / "f", "user.origin") == b"layer"
+    assert not [x for x in os.listxattr(dest / "f") if x.startswith("trusted.")]
+    buf = io.BytesIO()
+    tar_dir(dest, buf)
+    buf.seek(0)
+    member = tarfile.open(fileobj=buf).getmember("f")
+    assert member.pax_headers.get("SCHILY.xattr.user.origin") == "layer"
