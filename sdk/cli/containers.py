@@ -324,7 +324,7 @@ class ContainerRow:
     @property
     def Networks(self) -> str:
         nets = ((self.c.get("NetworkSettings") or {}).get("Networks") or {})
-        return ",".join(sorted(nets))
+        return ",".join(nets)
 
     @property
     def Platform(self) -> str:

@@ -97,7 +97,8 @@ class ImageRow:
 
 
 def image_rows(images: list[dict[str, Any]], digests: bool, trunc: bool) -> list[ImageRow]:
-    """One row per repository:tag (per digest with ``--digests``), docker's way."""
+    """One row per repository:tag and digest, then one per digest-only repository (a
+    row per digest with ``--digests``), as docker lists them."""
     now = time.time()
     rows: list[ImageRow] = []
     for image in images:
@@ -116,8 +117,6 @@ def image_rows(images: list[dict[str, Any]], digests: bool, trunc: bool) -> list
             repo_digests.setdefault(familiar(name), []).append(digest)
         for repo, repo_tag_list in repo_tags.items():
             ds = repo_digests.pop(repo, [])
-            if not digests:
-                ds = []
             for tag in repo_tag_list:
                 if not ds:
                     rows.append(ImageRow(image, repo, tag, "<none>", trunc, now))
@@ -163,8 +162,7 @@ def cmd_images(cli: Cli, argv: list[str]) -> int:
         fmt = "{{.ID}}"
     elif not fmt or fmt == "table":
         fmt = IMAGES_DIGESTS_TABLE if opts.digests else IMAGES_TABLE
-    show_digests = opts.digests or ".Digest" in fmt
-    rows = image_rows(images, show_digests, trunc=not opts.no_trunc)
+    rows = image_rows(images, opts.digests, trunc=not opts.no_trunc)
     try:
         cli.out.write(render(fmt, rows, ImageRow.HEADERS))
     except TemplateError as e:
