@@ -339,6 +339,14 @@ class ImageStore:
         chains = {layer.chain_id for img in self._images.values() for layer in img.layers}
         return chains | set(self._pending)
 
+    def release_unused_layers(self, chain: str) -> builtins.list[str]:
+        """Delete ``chain`` and its parents while no image or container uses them."""
+        with self._lock:
+            try:
+                return self.layers.release(chain, keep=self._referenced_chains())
+            except Conflict:
+                return []
+
     def _remove_image(self, image_id: str) -> tuple[builtins.list[dict[str, str]], int]:
         """Drop an untagged image, its unreferenced layers and blobs; return (report, bytes)."""
         img = self._images.pop(image_id)

@@ -197,22 +197,27 @@ def import_rootfs(
         reference.parse(repo_tag)
     container_cfg = apply_changes({}, changes)
     blob, _ = images.content.ingest(stream)
-    media_type = _layer_media_type(images.content.path(blob))
-    layer = images.layers.register(images.content.path(blob), None)
-    now = _now()
-    config: dict[str, Any] = {
-        "architecture": arch,
-        "os": os_name,
-        "created": now,
-        "docker_version": _ENGINE_VERSION,
-        "comment": message,
-        "config": container_cfg,
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-        "history": [{"created": now, "comment": message or "Imported from -"}],
-    }
-    if variant:
-        config["variant"] = variant
-    img = images.create(_encode(config), [(blob, media_type)])
+    layer = None
+    try:
+        media_type = _layer_media_type(images.content.path(blob))
+        layer = images.layers.register(images.content.path(blob), None)
+        now = _now()
+        config: dict[str, Any] = {
+            "architecture": arch,
+            "os": os_name,
+            "created": now,
+            "docker_version": _ENGINE_VERSION,
+            "comment": message,
+            "config": container_cfg,
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+            "history": [{"created": now, "comment": message or "Imported from -"}],
+        }
+        if variant:
+            config["variant"] = variant
+        img = images.create(_encode(config), [(blob, media_type)])
+    except BaseException:
+        _discard(images, blob, layer.chain_id if layer is not None else None)
+        raise
     if repo_tag:
         images.tag(img.id, repo_tag)
         img = images.get(img.id)
@@ -231,7 +236,11 @@ def commit(
     changes: Iterable[str] = (),
     container_id: str = "",
 ) -> Image:
-    """``docker commit``: a container's diff tar on top of its image becomes a new image."""
+    """``docker commit``: a container's diff tar on top of its image becomes a new image.
+
+    The new config is the base image's with ``container_config`` (plus ``changes``) as
+    its runtime config, one more history entry and one more diff id.
+    """
     if repo_tag:
         reference.parse(repo_tag)
     base: Image | None = images.get(base_image) if base_image else None
@@ -240,25 +249,7 @@ def commit(
     else:
         os_name, arch = host_platform()
         config = {"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": []}}
-    with open(diff_tar, "rb") as f:
-        blob, _ = images.content.ingest(f)
     now = _now()
-    new_cfg = apply_changes(container_config or config.get("config") or {}, changes)
-    config.update(
-        {
-            "created": now,
-            "author": author,
-            "comment": comment,
-            "config": new_cfg,
-            "container": container_id,
-            "container_config": container_config,
-            "docker_version": _ENGINE_VERSION,
-        }
-    )
-    if "history" in config or base is not None:
-        history = list(config.get("history") or [])
-    else:
-        history = []
     cmd = container_config.get("Cmd") or []
     entry: dict[str, Any] = {
         "created": now,
@@ -268,13 +259,30 @@ def commit(
         entry["author"] = author
     if comment:
         entry["comment"] = comment
-    history.append(entry)
-    config["history"] = history
-    diff_id = _uncompressed_digest(images.content.path(blob))
-    config["rootfs"] = {"type": "layers", "diff_ids": [*config["rootfs"]["diff_ids"], diff_id]}
-    layer_blobs = [(layer.digest, layer.media_type) for layer in base.layers] if base else []
-    layer_blobs.append((blob, _layer_media_type(images.content.path(blob))))
-    img = images.create(_encode(config), layer_blobs, parent=base.id if base else "")
+    config.update(
+        {
+            "created": now,
+            "author": author,
+            "comment": comment,
+            "config": apply_changes(container_config or config.get("config") or {}, changes),
+            "container": container_id,
+            "container_config": container_config,
+            "docker_version": _ENGINE_VERSION,
+            "history": [*(config.get("history") or []), entry],
+        }
+    )
+    with open(diff_tar, "rb") as f:
+        blob, _ = images.content.ingest(f)
+    try:
+        diff_id = _uncompressed_digest(images.content.path(blob))
+        diff_ids = [*config["rootfs"]["diff_ids"], diff_id]
+        config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+        layer_blobs = [(layer.digest, layer.media_type) for layer in base.layers] if base else []
+        layer_blobs.append((blob, _layer_media_type(images.content.path(blob))))
+        img = images.create(_encode(config), layer_blobs, parent=base.id if base else "")
+    except BaseException:
+        _discard(images, blob, None)
+        raise
     if repo_tag:
         images.tag(img.id, repo_tag)
         img = images.get(img.id)
@@ -654,6 +662,13 @@ def load(images: ImageStore, stream: BinaryIO) -> list[str]:
             lines.append(f"Loaded image ID: {image_id}")
     _drop_unused(images, arc.added)
     return lines
+
+
+def _discard(images: ImageStore, blob: str, chain: str | None) -> None:
+    """Undo a failed import: drop its blob and layer unless an image uses them."""
+    if chain is not None:
+        images.release_unused_layers(chain)
+    _drop_unused(images, {blob})
 
 
 def _drop_unused(images: ImageStore, added: set[str]) -> None:

@@ -324,3 +324,13 @@ def test_skopeo_reads_our_save_and_we_read_its_oci_archive(tmp_path, store, busy
         assert [layer.diff_id for layer in other.get(ref).layers] == [
             layer.diff_id for layer in img.layers
         ]
+
+
+def test_failed_import_leaves_nothing(store):
+    hostile = make_tar([entry("ok", data=b"1"), entry("../../escape", data=b"2")])
+    with pytest.raises(InvalidArgument, match="escape"):
+        transfer.import_rootfs(store, io.BytesIO(hostile), repo_tag="evil:1")
+    assert store.list() == [] and store.layers.list() == [] and store.content.list() == []
+    with pytest.raises(InvalidArgument):
+        transfer.import_rootfs(store, io.BytesIO(BASE), changes=["FROM scratch"])
+    assert store.content.list() == []
