@@ -395,13 +395,13 @@ def _each(cli: Cli, names: list[str], action: Any, echo: bool = True) -> int:
 STOP = Spec("stop", "stop [OPTIONS] CONTAINER [CONTAINER...]",
             "Stop one or more running containers", [
                 Flag("-s, --signal", STR, "Signal to send to the container"),
-                Flag("-t, --time", INT, "Seconds to wait before killing the container",
-                     default=None)], min_args=1)
+                Flag("-t, --time", INT, "Seconds to wait before killing the container")],
+            min_args=1)
 
 
 def cmd_stop(cli: Cli, argv: list[str]) -> int:
     opts, args = cli.parse(STOP, argv)
-    params = {"t": opts.time, "signal": opts.signal or None}
+    params = {"t": opts.time if opts.given("time") else None, "signal": opts.signal or None}
     return _each(cli, args, lambda n: cli.api.post(f"/containers/{n}/stop", params))
 
 
@@ -411,7 +411,7 @@ RESTART = Spec("restart", "restart [OPTIONS] CONTAINER [CONTAINER...]",
 
 def cmd_restart(cli: Cli, argv: list[str]) -> int:
     opts, args = cli.parse(RESTART, argv)
-    params = {"t": opts.time, "signal": opts.signal or None}
+    params = {"t": opts.time if opts.given("time") else None, "signal": opts.signal or None}
     return _each(cli, args, lambda n: cli.api.post(f"/containers/{n}/restart", params))
 
 

@@ -103,7 +103,7 @@ class FakeDaemon:
         class _Handler(_RequestHandler):
             owner = daemon
 
-        self._server = socketserver.ThreadingUnixStreamServer(self.sock_path, _Handler)
+        self._server = _Server(self.sock_path, _Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
         return self
@@ -114,6 +114,16 @@ class FakeDaemon:
             self._server.server_close()
         if os.path.exists(self.sock_path):
             os.unlink(self.sock_path)
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # a client that hung up is fine
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
