@@ -585,12 +585,20 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _in_lowers(lower_dirs: Sequence[str | Path], parts: Sequence[str]) -> bool:
-    for lower in lower_dirs:  # top-most first
+def lower_lstat(lower_dirs: Sequence[str | Path], parts: Sequence[str]) -> os.stat_result | None:
+    """lstat a path as the union of ``lower_dirs`` (top-most first) shows it.
+
+    None when no layer has it or the top-most one that has it whites it out.
+    """
+    for lower in lower_dirs:
         st = _lstat_in(lower, parts)
         if st is not None:
-            return not _is_whiteout(st)
-    return False
+            return None if _is_whiteout(st) else st
+    return None
+
+
+def _in_lowers(lower_dirs: Sequence[str | Path], parts: Sequence[str]) -> bool:
+    return lower_lstat(lower_dirs, parts) is not None
 
 
 def changes(upper_dir: str | Path, lower_dirs: Sequence[str | Path] = ()) -> list[tuple[str, int]]:

@@ -5,8 +5,8 @@ Two drivers share one on-disk layout under ``root``::
     driver                 the driver this root was created with ("overlay" or "vfs")
     layers/<chain hex>/    diff/ (the snapshot), meta.json (a Layer record)
     l/<short id>           symlink to ../layers/<chain hex>/diff (keeps mount options short)
-    containers/<id>/       diff/ (upper or rootfs), work/, merged/, meta.json
-    empty/                 the lower dir of a container that has no image
+    containers/<id>/       diff/ (upper dir, or the rootfs with vfs), init/ (the init
+                           layer: mount points the image lacks), work/, merged/, meta.json
     tmp/                   unpacking and deletion in progress
 
 ``overlay`` stores each layer's own files (with overlay whiteouts) and mounts containers
@@ -28,6 +28,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -62,6 +63,79 @@ class Layer(msgspec.Struct, frozen=True):
 class _RwMeta(msgspec.Struct):
     container_id: str
     parent: str | None
+    #: paths the init layer added (relative, no leading slash)
+    init: list[str] = msgspec.field(default_factory=list)
+
+
+#: Docker's init layer: the mount points every container gets (``dir``, ``file`` or
+#: ``symlink:<target>``). Entries are only added where the image has nothing, so no
+#: file of the image is ever hidden by an empty one.
+INIT_ENTRIES: tuple[tuple[str, str], ...] = (
+    ("dev", "dir"),
+    ("dev/pts", "dir"),
+    ("dev/shm", "dir"),
+    ("proc", "dir"),
+    ("sys", "dir"),
+    ("etc", "dir"),
+    ("dev/console", "file"),
+    ("etc/hosts", "file"),
+    ("etc/hostname", "file"),
+    ("etc/resolv.conf", "file"),
+    (".dockerenv", "file"),
+    ("etc/mtab", "symlink:/proc/mounts"),
+)
+
+
+def _copy_dir_attrs(path: Path, st: os.stat_result | None) -> None:
+    if st is None:
+        os.chmod(path, 0o755)
+        return
+    if os.geteuid() == 0:
+        os.chown(path, st.st_uid, st.st_gid)
+    os.chmod(path, stat.S_IMODE(st.st_mode))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def build_init_layer(target: Path, lowers: list[Path]) -> list[str]:
+    """Add the :data:`INIT_ENTRIES` the image (``lowers``, top first) lacks to ``target``.
+
+    ``target`` is a fresh directory (overlay: the init layer) or the rootfs copy itself
+    (vfs: then ``lowers`` is ``[target]``). Directories created on the way take the
+    image's attributes; the mtimes of existing directories are kept. Returns the paths
+    added.
+    """
+    added: list[str] = []
+    touched: dict[str, os.stat_result | None] = {}
+    for path, kind in INIT_ENTRIES:
+        parts = path.split("/")
+        parents = [parts[:i] for i in range(1, len(parts))]
+        parent_stats = [archive.lower_lstat(lowers, p) for p in parents]
+        if any(st is not None and not stat.S_ISDIR(st.st_mode) for st in parent_stats):
+            continue  # the image has a file or symlink where a directory would go
+        if archive.lower_lstat(lowers, parts) is not None:
+            continue
+        for prefix, st in zip(parents, parent_stats, strict=True):
+            rel = "/".join(prefix)
+            touched.setdefault(rel, st)
+            d = target.joinpath(*prefix)
+            if not d.exists():
+                d.mkdir()
+                _copy_dir_attrs(d, st)
+                if st is None:
+                    added.append(rel)
+        full = target.joinpath(*parts)
+        if kind == "dir":
+            full.mkdir(mode=0o755)
+        elif kind == "file":
+            os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            os.chmod(full, 0o644)
+        else:
+            os.symlink(kind.removeprefix("symlink:"), full)
+        added.append(path)
+    for rel, st in touched.items():  # creating entries changed the parents' mtimes
+        if st is not None:
+            os.utime(target / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return added
 
 
 def chain_id(parent: str | None, diff_id: str) -> str:
@@ -169,8 +243,7 @@ class LayerStore:
         self._links_dir = self.root / "l"
         self._containers_dir = self.root / "containers"
         self._tmp = self.root / "tmp"
-        self._empty = self.root / "empty"
-        for d in (self._layers_dir, self._links_dir, self._containers_dir, self._tmp, self._empty):
+        for d in (self._layers_dir, self._links_dir, self._containers_dir, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in self._tmp.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
@@ -356,8 +429,13 @@ class LayerStore:
         """The upper dir (overlay) or the rootfs copy (vfs) of a container."""
         return self._rw_dir(container_id) / "diff"
 
-    def create_rw(self, container_id: str, top: str | None) -> str:
-        """Prepare a container's read-write layer on top of layer ``top`` (or nothing)."""
+    def create_rw(self, container_id: str, top: str | None, *, init: bool = True) -> str:
+        """Prepare a container's read-write layer on top of layer ``top`` (or nothing).
+
+        With ``init`` an init layer like Docker's sits between the image and the
+        container: the mount points (``/etc/hosts``, ``/dev/shm``, ``/.dockerenv``, ...)
+        the image lacks, kept out of the container's changes and commits.
+        """
         final = self._rw_dir(container_id)
         with self._lock:
             if top is not None:
@@ -366,11 +444,21 @@ class LayerStore:
                 raise Conflict(f"read-write layer for container {container_id} already exists")
             work = Path(tempfile.mkdtemp(prefix="rw-", dir=self._tmp))
             try:
-                for d in ("diff", "work", "merged"):
+                for d in ("diff", "work", "merged", "init"):
                     (work / d).mkdir()
-                if self.driver == "vfs" and top is not None:
-                    _copy_tree(self._layer_dir(top) / "diff", work / "diff")
-                atomic_write_json(work / "meta.json", _RwMeta(container_id, top))
+                os.chmod(work / "init", 0o755)
+                added: list[str] = []
+                image_dirs = [
+                    self._layer_dir(layer.chain_id) / "diff" for layer in self.ancestry(top)
+                ]
+                if self.driver == "vfs":
+                    if top is not None:
+                        _copy_tree(self._layer_dir(top) / "diff", work / "diff")
+                    if init:
+                        added = build_init_layer(work / "diff", [work / "diff"])
+                elif init:
+                    added = build_init_layer(work / "init", image_dirs)
+                atomic_write_json(work / "meta.json", _RwMeta(container_id, top, added))
                 os.chmod(work, 0o700)
                 os.rename(work, final)
                 fsync_dir(self._containers_dir)
@@ -380,9 +468,10 @@ class LayerStore:
         return str(final / "diff")
 
     def lower_dirs(self, container_id: str) -> builtins.list[Path]:
-        """The image layer dirs below a container, top-most first."""
+        """The dirs below a container's upper dir, top-most first: init, then the image's."""
         meta = self._rw_meta(container_id)
-        return [self._layer_dir(layer.chain_id) / "diff" for layer in self.ancestry(meta.parent)]
+        image = [self._layer_dir(layer.chain_id) / "diff" for layer in self.ancestry(meta.parent)]
+        return [self._rw_dir(container_id) / "init", *image]
 
     def is_mounted(self, container_id: str) -> bool:
         return os.path.ismount(self._rw_dir(container_id) / "merged")
@@ -397,23 +486,23 @@ class LayerStore:
             merged = base / "merged"
             if os.path.ismount(merged):
                 return str(merged)
-            links = [layer.link for layer in self.ancestry(meta.parent)]
+            links = [f"l/{layer.link}" for layer in self.ancestry(meta.parent)]
+            lowers = [f"containers/{container_id}/init", *links]
             rest = f",upperdir={base / 'diff'},workdir={base / 'work'}"
             if self._overlay_extra:
                 rest += "," + self._overlay_extra
-            absolute = ":".join(str(self._links_dir / link) for link in links) or str(self._empty)
-            data = f"lowerdir={absolute}{rest}"
+            data = "lowerdir=" + ":".join(str(self.root / lower) for lower in lowers) + rest
             if len(data) <= _MOUNT_DATA_MAX:
                 _mount("overlay", str(merged), "overlay", data)
             else:
-                self._mount_relative(links, rest, merged)
+                self._mount_relative(lowers, rest, merged)
             return str(merged)
 
-    def _mount_relative(self, links: builtins.list[str], rest: str, merged: Path) -> None:
+    def _mount_relative(self, lowers: builtins.list[str], rest: str, merged: Path) -> None:
         """Mount with lower dirs relative to the store root, from a child process."""
-        data = "lowerdir=" + ":".join(f"l/{link}" for link in links) + rest
+        data = "lowerdir=" + ":".join(lowers) + rest
         if len(data) > _MOUNT_DATA_MAX:
-            raise InvalidArgument(f"too many layers to mount ({len(links)})")
+            raise InvalidArgument(f"too many layers to mount ({len(lowers)})")
         proc = subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", data, str(merged)],
             cwd=self.root,
@@ -446,9 +535,12 @@ class LayerStore:
     def changes(self, container_id: str) -> builtins.list[tuple[str, int]]:
         """Docker's ContainerChanges: ``(path, kind)`` with 0 modified, 1 added, 2 deleted."""
         if self.driver == "vfs":
-            return archive.naive_changes(
+            meta = self._rw_meta(container_id)
+            init = {"/" + path for path in meta.init}
+            found = archive.naive_changes(
                 self._base_rootfs(container_id), self.rw_path(container_id)
             )
+            return [(path, kind) for path, kind in found if path not in init or kind != 1]
         return archive.changes(self.rw_path(container_id), self.lower_dirs(container_id))
 
     def diff_tar(self, container_id: str, fileobj: BinaryIO) -> None:

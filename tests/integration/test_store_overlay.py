@@ -75,6 +75,13 @@ def test_two_layer_image_with_whiteouts_mounts_and_commits(tmp_path, store, busy
     assert open(f"{merged}/etc/motd").read() == "welcome\n"
     assert open(f"{merged}/srv/index.html").read() == "<h1>hi</h1>"
     assert os.path.exists(f"{merged}/etc/passwd") and os.path.islink(f"{merged}/bin/sh")
+    assert os.path.isfile(f"{merged}/.dockerenv") and os.path.isdir(f"{merged}/dev/shm")
+    image_etc = os.stat(images.layers.diff_path(img.top_layer) / "etc")
+    merged_etc = os.stat(f"{merged}/etc")  # the init layer keeps the image's attributes
+    assert (merged_etc.st_mode, merged_etc.st_mtime_ns) == (
+        image_etc.st_mode,
+        image_etc.st_mtime_ns,
+    )
 
     # the container changes its root filesystem
     os.unlink(f"{merged}/etc/passwd")
@@ -128,7 +135,7 @@ def test_long_layer_chains_mount(tmp_path, store):
         parent = layers.register(
             io.BytesIO(layer_tar([(f"f{i}", str(i).encode())])), parent
         ).chain_id
-    layers.create_rw("long", parent)
+    layers.create_rw("long", parent, init=False)
     made.append("long")
     merged = layers.mount("long")
     assert sorted(os.listdir(merged)) == sorted(f"f{i}" for i in range(90))

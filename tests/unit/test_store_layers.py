@@ -107,10 +107,34 @@ def test_rw_layers(layers):
     buf = io.BytesIO()
     layers.export("c1", buf)
     buf.seek(0)
-    assert sorted(tarfile.open(fileobj=buf).getnames()) == ["etc", "etc/keep", "new"]
-    empty = layers.create_rw("c2", None)
+    names = set(tarfile.open(fileobj=buf).getnames())
+    assert {"etc/keep", "new", ".dockerenv", "etc/hosts", "dev/shm"} <= names
+    assert "etc/os" not in names
+    empty = layers.create_rw("c2", None, init=False)
     assert os.listdir(empty) == []
     layers.remove_rw("c1")
     layers.remove_rw("c2")
     with pytest.raises(NotFound):
         layers.remove_rw("c1")
+
+
+def test_init_layer_adds_only_what_the_image_lacks(layers):
+    image = make_tar(
+        [
+            entry("etc", "dir", mode=0o750),
+            entry("etc/hosts", data=b"127.0.0.1 image\n"),
+            entry("dev", "sym", link="/somewhere"),
+        ]
+    )
+    base = layers.register(io.BytesIO(image), None)
+    before = os.stat(layers.diff_path(base.chain_id) / "etc")
+    rootfs = layers.create_rw("c1", base.chain_id)
+    with open(f"{rootfs}/etc/hosts") as f:
+        assert f.read() == "127.0.0.1 image\n"  # never hidden
+    assert os.path.isfile(f"{rootfs}/.dockerenv") and os.path.isfile(f"{rootfs}/etc/hostname")
+    assert os.readlink(f"{rootfs}/etc/mtab") == "/proc/mounts"
+    assert os.path.islink(f"{rootfs}/dev")  # nothing is created below a symlink
+    after = os.stat(f"{rootfs}/etc")
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert layers.changes("c1") == []
+    layers.remove_rw("c1")
