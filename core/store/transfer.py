@@ -34,7 +34,7 @@ from . import reference
 from .archive import _Unsafe, split_path
 from .compression import decompressed, detect
 from .fsutil import CHUNK, parse_digest
-from .images import Image, ImageStore
+from .images import Image, ImageLayer, ImageStore
 
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 MT_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -336,7 +336,7 @@ def _blob_name(digest: str) -> str:
     return f"blobs/sha256/{parse_digest(digest)}"
 
 
-def _write_uncompressed_layer(images: ImageStore, out: _ArchiveWriter, layer: Any) -> int:
+def _write_uncompressed_layer(images: ImageStore, out: _ArchiveWriter, layer: ImageLayer) -> int:
     """Add a layer as an uncompressed tar named by its diff id; return its size."""
     name = _blob_name(layer.diff_id)
     src = images.content.path(layer.digest)
@@ -629,12 +629,15 @@ def load(images: ImageStore, stream: BinaryIO) -> list[str]:
     created: list[str] = []
     try:
         arc.read_tar(stream)
-        if "manifest.json" in arc.files or "manifest.json" in arc.links:
-            plans = _plan_docker(arc)
-        elif "index.json" in arc.files:
-            plans = _plan_oci(arc)
-        else:
-            raise InvalidArgument("not an image archive: no manifest.json or index.json")
+        try:
+            if "manifest.json" in arc.files or "manifest.json" in arc.links:
+                plans = _plan_docker(arc)
+            elif "index.json" in arc.files:
+                plans = _plan_oci(arc)
+            else:
+                raise InvalidArgument("not an image archive: no manifest.json or index.json")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidArgument(f"malformed image archive metadata: {exc!r}") from None
         for plan in plans:
             for tag in plan.tags:
                 reference.parse(tag)

@@ -208,6 +208,10 @@ def hostile_archives():
         "oci-digest-mismatch": oci_layout({}, tamper=True),
         "not-an-archive": io.BytesIO(b"garbage" * 100),
         "no-manifest": archive({"hello": b"world"}),
+        "malformed-manifest": archive(
+            {"manifest.json": b'[{"Config": "c", "Layers": 5}]', "c": b"{}"}
+        ),
+        "malformed-index": archive({"index.json": b'{"manifests": [7]}'}),
     }
 
 
