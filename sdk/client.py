@@ -24,14 +24,17 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import IO, Any, Iterable, Iterator, Mapping, Union
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import IO, Any, Iterable, Iterator, Mapping, Union
 
 DEFAULT_HOST = "unix:///run/engine/engine.sock"
 USER_AGENT = "engine-cli/0.1"
 CHUNK = 64 * 1024
 
-Params = Union[Mapping[str, Any], Iterable[tuple[str, Any]], None]
-Body = Union[Mapping[str, Any], list, bytes, str, IO[bytes], Iterable[bytes], None]
+if TYPE_CHECKING:
+    Params = Union[Mapping[str, Any], Iterable[tuple[str, Any]], None]
+    Body = Union[Mapping[str, Any], list, bytes, str, IO[bytes], Iterable[bytes], None]
 
 
 class APIError(Exception):
@@ -85,7 +88,7 @@ def encode_params(params: Params) -> str:
         return ""
     from urllib.parse import quote  # already imported by site on this interpreter
 
-    items = params.items() if isinstance(params, Mapping) else params
+    items = params.items() if hasattr(params, "items") else params
     parts = []
     for key, value in items:
         if value is None:

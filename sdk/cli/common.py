@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import IO, Any, Callable, Iterable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import IO, Any, Callable, Iterable
 
 from . import Cli, StatusError
 from .flags import UsageError

@@ -4,7 +4,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import IO, Any, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import IO, Any, Iterator
 
 from . import Cli, StatusError
 from .common import is_terminal, stdin_binary

@@ -114,7 +114,12 @@ def _create_body(daemon, argv, program):
     assert found, daemon.requests
     req = found[-1]
     daemon.requests.clear()
-    return {k: v for k, v in req.query.items()}, compact(req.json())
+    body = compact(req.json())
+    # the docker CLI builds these two from Go maps: their order is random there
+    for holder, key in ((body, "Env"), (body.get("HostConfig", {}), "Binds")):
+        if key in holder:
+            holder[key] = sorted(holder[key])
+    return {k: v for k, v in req.query.items()}, body
 
 
 @pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
