@@ -1,0 +1,134 @@
+"""``run -it`` on a real pseudo-terminal: raw mode, initial size, SIGWINCH resizes,
+stdin forwarding and the terminal restored at the end."""
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pytest
+from cli_fakedaemon import CID, Reply, start_daemon, stop_daemon
+
+
+@pytest.fixture
+def daemon():
+    d = start_daemon()
+    yield d
+    stop_daemon(d)
+
+
+def set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def test_run_interactive_tty(daemon):
+    def shell(sock: socket.socket, req) -> None:
+        # a pretend shell: echo what it is sent, until it reads a "q"
+        data = b""
+        while b"q" not in data:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            data += chunk
+            sock.sendall(chunk.upper())
+        sock.shutdown(socket.SHUT_RDWR)
+
+    daemon.route("POST", r"/containers/[^/]+/attach", Reply(hijack=shell))
+    daemon.route("POST", r"/containers/[^/]+/resize", Reply(200))
+    daemon.route("POST", r"/containers/[^/]+/wait", Reply(200, {"StatusCode": 5}))
+
+    master, slave = pty.openpty()
+    set_size(slave, 40, 100)
+    before = termios.tcgetattr(slave)
+    env = {**os.environ, "ENGINE_HOST": daemon.host}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.sdk.cli", "run", "-it", "busybox"],
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_for(lambda: daemon.find("POST", r"/containers/.*/resize"))
+        first = daemon.one("POST", r"/containers/.*/resize")
+        assert (first.q("h"), first.q("w")) == ("40", "100")
+        # the local terminal is raw while attached: no echo, no line buffering
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO
+
+        set_size(slave, 50, 132)
+        proc.send_signal(signal.SIGWINCH)
+        wait_for(lambda: len(daemon.find("POST", r"/containers/.*/resize")) == 2)
+        second = daemon.find("POST", r"/containers/.*/resize")[-1]
+        assert (second.q("h"), second.q("w")) == ("50", "132")
+
+        os.write(master, b"abc")
+        os.write(master, b"q")
+        out = b""
+        deadline = time.monotonic() + 10
+        while b"Q" not in out and time.monotonic() < deadline:
+            out += os.read(master, 1024)
+        assert proc.wait(timeout=10) == 5, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert b"ABCQ" in out
+    assert termios.tcgetattr(slave) == before
+    os.close(master)
+    os.close(slave)
+
+    body = daemon.one("POST", "/containers/create").json()
+    assert body["Tty"] and body["OpenStdin"] and body["AttachStdin"]
+    assert body["HostConfig"]["ConsoleSize"] == [40, 100]
+    attach = daemon.one("POST", f"/containers/{CID}/attach")
+    assert attach.q("stdin") == "1"
+
+
+def test_tty_with_stdin_not_a_terminal_is_refused(daemon):
+    env = {**os.environ, "ENGINE_HOST": daemon.host}
+    proc = subprocess.run([sys.executable, "-m", "engine.sdk.cli", "run", "-it", "busybox"],
+                          stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=30)
+    assert proc.returncode == 1
+    assert b"the input device is not a TTY" in proc.stderr
+    assert not daemon.find("POST", "/containers/create")
+
+
+def test_signal_proxy_forwards_sigterm(daemon):
+    def hold(sock: socket.socket, req) -> None:
+        sock.recv(1)  # until the client goes away
+        sock.close()
+
+    got_kill = []
+
+    def kill(req, m):
+        got_kill.append(req.q("signal"))
+        return Reply(204)
+
+    daemon.route("POST", r"/containers/[^/]+/attach", Reply(hijack=hold))
+    daemon.route("POST", r"/containers/[^/]+/kill", kill)
+    env = {**os.environ, "ENGINE_HOST": daemon.host}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.sdk.cli", "run", "busybox"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        wait_for(lambda: daemon.find("POST", r"/containers/.*/start"))
+        time.sleep(0.2)  # the signal handlers are installed right after start
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: got_kill)
+        assert got_kill == ["SIGTERM"]
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
