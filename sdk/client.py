@@ -160,6 +160,7 @@ class Response:
         self._reader: _Reader | None = reader
         self._method = method
         self.reusable = headers.get("connection", "").lower() != "close"
+        self.close_after = False
 
     @property
     def ok(self) -> bool:
@@ -176,7 +177,16 @@ class Response:
         return not (self._method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200)
 
     def iter_chunks(self) -> Iterator[bytes]:
-        """Yield the body as it arrives (chunk boundaries are not preserved)."""
+        """Yield the body as it arrives (chunk boundaries are not preserved). A
+        response from :meth:`APIClient.open` closes its connection at the end."""
+        reader = self._reader
+        try:
+            yield from self._iter_body()
+        finally:
+            if self.close_after and reader is not None:
+                reader.sock.close()
+
+    def _iter_body(self) -> Iterator[bytes]:
         reader, self._reader = self._reader, None
         if reader is None or not self._has_body():
             return
@@ -218,6 +228,12 @@ class Response:
         if self._reader is not None:
             self.body = b"".join(self.iter_chunks())
         return self.body
+
+    def close(self) -> None:
+        """Abandon the unread body of a response from :meth:`APIClient.open`."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.sock.close()
 
 
 def _error_message(body: bytes, status: int) -> str:
@@ -404,6 +420,7 @@ class APIClient:
             resp.read()
             sock.close()
             raise APIError(resp.status, _error_message(resp.body, resp.status))
+        resp.close_after = True
         return resp
 
     def request(self, method: str, path: str, params: Params = None, body: Body = None,
@@ -470,12 +487,10 @@ class APIClient:
                headers: Mapping[str, str] | None = None) -> Iterator[bytes]:
         """Yield the response body in chunks as the daemon sends them."""
         resp = self.open(method, path, params, body, headers)
-        reader = resp._reader
         try:
             yield from resp.iter_chunks()
         finally:
-            if reader is not None:
-                reader.sock.close()
+            resp.close()
 
     def json_lines(self, method: str, path: str, params: Params = None, body: Body = None,
                    headers: Mapping[str, str] | None = None) -> Iterator[Any]:

@@ -53,13 +53,68 @@ def _write(stream: Any, data: bytes) -> None:
     stream.flush()
 
 
-def pump(cli: Cli, sock: Any, tty: bool, stdin: bool) -> None:
+DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
+_CTRL_PUNCT = {"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}
+
+
+def parse_detach_keys(spec: str) -> bytes:
+    """``ctrl-p,ctrl-q`` -> ``b"\\x10\\x11"``: docker's detach-keys grammar (``ctrl-<a-z>``,
+    ``ctrl-<@[\\]^_>`` or a single character per comma-separated key)."""
+    keys = []
+    for part in spec.split(","):
+        if part.startswith("ctrl-") and len(part) == 6:
+            c = part[5].lower()
+            if "a" <= c <= "z":
+                keys.append(ord(c) - ord("a") + 1)
+            elif c in _CTRL_PUNCT:
+                keys.append(_CTRL_PUNCT[c])
+            else:
+                raise StatusError(1, f"Unknown character: '{part}'")
+        elif len(part) == 1:
+            keys.append(ord(part))
+        else:
+            raise StatusError(1, f"Unknown character: '{part}'")
+    return bytes(keys)
+
+
+class EscapeDetector:
+    """Watches terminal input for the detach sequence. Bytes of a partial match are
+    held back and released if the sequence breaks, so nothing typed is lost."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self.matched = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """Return the bytes to forward and whether the sequence is now complete."""
+        out = bytearray()
+        for b in data:
+            if b == self.keys[self.matched]:
+                self.matched += 1
+                if self.matched == len(self.keys):
+                    self.matched = 0
+                    return bytes(out), True
+                continue
+            if self.matched:
+                out += self.keys[:self.matched]
+                self.matched = 0
+                if b == self.keys[0]:
+                    self.matched = 1
+                    continue
+            out.append(b)
+        return bytes(out), False
+
+
+def pump(cli: Cli, sock: Any, tty: bool, stdin: bool, detach_keys: str | None = None) -> bool:
     """Copy ``sock`` to stdout/stderr and, if ``stdin``, local stdin to ``sock``,
-    until the daemon closes the stream."""
+    until the daemon closes the stream. With a TTY, typing the detach sequence ends
+    the session early: the return value is then True (detached)."""
     out = _binary(cli.out)
     err = _binary(cli.err)
     cli.out.flush()
     parser = None if tty else FrameParser()
+    escape = (EscapeDetector(parse_detach_keys(detach_keys or DEFAULT_DETACH_KEYS))
+              if tty and stdin else None)
     in_fd: int | None = None
     if stdin:
         try:
@@ -83,7 +138,7 @@ def pump(cli: Cli, sock: Any, tty: bool, stdin: bool) -> None:
             except ConnectionResetError:
                 data = b""
             if not data:
-                break
+                return False
             if parser is None:
                 _write(out, data)
             else:
@@ -91,6 +146,14 @@ def pump(cli: Cli, sock: Any, tty: bool, stdin: bool) -> None:
                     _write(err if stream == 2 else out, payload)
         if in_fd is not None and in_fd in ready:
             data = os.read(in_fd, 65536)
+            if data and escape is not None:
+                data, detached = escape.feed(data)
+                if detached:
+                    if data:
+                        sock.sendall(data)
+                    return True
+                if not data:
+                    continue
             if data:
                 try:
                     sock.sendall(data)
@@ -234,9 +297,12 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
                              resize=(lambda h, w: cli.api.post(
                                  f"/containers/{cid}/resize", {"h": h, "w": w})) if tty else None), \
                 SignalProxy(cli, cid, not tty):
-            pump(cli, sock, tty, use_stdin)
+            detached = pump(cli, sock, tty, use_stdin, opts.detach_keys)
     finally:
         sock.close()
+    if detached:
+        waiter.close()
+        return 0
     return wait_status(cli, waiter)
 
 
@@ -280,9 +346,12 @@ def cmd_attach(cli: Cli, argv: list[str]) -> int:
                              resize=(lambda h, w: cli.api.post(
                                  f"/containers/{cid}/resize", {"h": h, "w": w})) if tty else None), \
                 SignalProxy(cli, cid, opts.sig_proxy and not tty):
-            pump(cli, sock, tty, use_stdin)
+            detached = pump(cli, sock, tty, use_stdin, opts.detach_keys)
     finally:
         sock.close()
+    if detached:
+        waiter.close()
+        return 0
     return wait_status(cli, waiter)
 
 
@@ -354,9 +423,11 @@ def cmd_exec(cli: Cli, argv: list[str]) -> int:
         with TerminalSession(cli, raw=tty and body["AttachStdin"],
                              resize=(lambda h, w: cli.api.post(
                                  f"/exec/{exec_id}/resize", {"h": h, "w": w})) if tty else None):
-            pump(cli, sock, tty, body["AttachStdin"])
+            detached = pump(cli, sock, tty, body["AttachStdin"], opts.detach_keys)
     finally:
         sock.close()
+    if detached:
+        return 0
     info = cli.api.get(f"/exec/{exec_id}/json").json() or {}
     code = info.get("ExitCode")
     return int(code) if code is not None else 0

@@ -125,6 +125,7 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
 
     attached = body["AttachStdin"] or body["AttachStdout"] or body["AttachStderr"]
     sock = None
+    detached = False
     try:
         if attached:
             sock = attach_stream(cli, cid, body["AttachStdin"], body["AttachStdout"],
@@ -141,12 +142,15 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
                       if tty else None)
             with TerminalSession(cli, raw=tty and body["AttachStdin"], resize=resize), \
                     SignalProxy(cli, cid, opts.sig_proxy and not tty):
-                pump(cli, sock, tty, body["AttachStdin"])
+                detached = pump(cli, sock, tty, body["AttachStdin"], opts.detach_keys)
     except ConnectError as e:
         raise _run_failed(cli, e) from None
     finally:
         if sock is not None:
             sock.close()
+    if detached:  # the container keeps running
+        waiter.close()
+        return 0
     return wait_status(cli, waiter)
 
 

@@ -132,3 +132,40 @@ def test_signal_proxy_forwards_sigterm(daemon):
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_detach_keys_end_the_session_without_waiting(daemon):
+    def shell(sock: socket.socket, req) -> None:
+        sock.recv(1024)  # holds the stream open until the client leaves
+        sock.close()
+
+    daemon.route("POST", r"/containers/[^/]+/attach", Reply(hijack=shell))
+    daemon.route("POST", r"/containers/[^/]+/resize", Reply(200))
+    master, slave = pty.openpty()
+    env = {**os.environ, "ENGINE_HOST": daemon.host}
+    proc = subprocess.Popen([sys.executable, "-m", "engine.sdk.cli", "run", "-it",
+                             "--detach-keys", "ctrl-x,y", "busybox"],
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env)
+    try:
+        wait_for(lambda: daemon.find("POST", r"/containers/.*/start"))
+        os.write(master, b"\x18y")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_escape_detector_releases_broken_sequences():
+    from engine.sdk.cli.attach import EscapeDetector, parse_detach_keys
+
+    keys = parse_detach_keys("ctrl-p,ctrl-q")
+    assert keys == b"\x10\x11"
+    det = EscapeDetector(keys)
+    assert det.feed(b"ab\x10") == (b"ab", False)
+    assert det.feed(b"c") == (b"\x10c", False)
+    assert det.feed(b"\x10\x10\x11rest") == (b"\x10", True)
+    assert parse_detach_keys("ctrl-@,ctrl-[,a") == b"\x00\x1ba"
