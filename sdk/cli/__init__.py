@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None, cli: Cli | None = None) -> int:
         return 0
     if not rest or rest[0] == "help":
         cli.out.write(usage())
-        return 0 if rest else 0
+        return 0
     cli.host = opts.host or cli.host
     cli.debug = opts.debug
     try:

@@ -488,3 +488,60 @@ def test_tcp_host_is_refused(daemon):
     err = io.StringIO()
     assert main(["-H", "tcp://127.0.0.1:2375", "ps"], cli=Cli(err=err, out=io.StringIO())) == 1
     assert "TLS" in err.getvalue()
+
+
+def test_stats_no_stream(daemon):
+    sample = {
+        "id": CID, "name": "/web",
+        "cpu_stats": {"cpu_usage": {"total_usage": 400_000_000}, "system_cpu_usage": 2_000_000_000,
+                      "online_cpus": 2},
+        "precpu_stats": {"cpu_usage": {"total_usage": 200_000_000},
+                         "system_cpu_usage": 1_000_000_000},
+        "memory_stats": {"usage": 20 * 1024 ** 2, "limit": 100 * 1024 ** 2,
+                         "stats": {"inactive_file": 0}},
+        "networks": {"eth0": {"rx_bytes": 1500, "tx_bytes": 500}},
+        "blkio_stats": {"io_service_bytes_recursive": [{"op": "read", "value": 4096},
+                                                       {"op": "write", "value": 0}]},
+        "pids_stats": {"current": 3},
+    }
+    daemon.route("GET", r"/containers/web/stats", Reply(200, sample))
+    result = invoke(daemon, "stats", "--no-stream", "web")
+    assert result.code == 0, result
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["CONTAINER", "ID", "NAME", "CPU", "%", "MEM", "USAGE", "/",
+                                "LIMIT", "MEM", "%", "NET", "I/O", "BLOCK", "I/O", "PIDS"]
+    assert lines[1].split() == [CID[:12], "web", "40.00%", "20MiB", "/", "100MiB", "20.00%",
+                                "1.5kB", "/", "500B", "4.1kB", "/", "0B", "3"]
+    assert daemon.one("GET", "/containers/web/stats").q("stream") == "0"
+
+
+def test_login_and_logout(daemon):
+    daemon.route("POST", "/auth", Reply(200, {"Status": "Login Succeeded"}))
+    result = invoke(daemon, "login", "-u", "me", "--password-stdin", "reg.local:5000",
+                    stdin=b"s3cret\n")
+    assert result.code == 0 and result.out == "Login Succeeded\n"
+    assert daemon.one("POST", "/auth").json() == {"username": "me", "password": "s3cret",
+                                                  "serveraddress": "reg.local:5000"}
+    assert invoke(daemon, "logout", "reg.local:5000").out == \
+        "Removing login credentials for reg.local:5000\n"
+
+
+def test_push_streams_progress(daemon):
+    daemon.route("POST", r"/images/reg.local:5000/bb/push", Reply(200, (
+        b'{"status":"The push refers to repository [reg.local:5000/bb]"}\n'
+        b'{"status":"Pushed","id":"abc"}\n{"status":"v1: digest: sha256:1 size: 527"}\n',)))
+    result = invoke(daemon, "push", "reg.local:5000/bb:v1")
+    assert result.code == 0, result
+    assert result.out.splitlines() == ["The push refers to repository [reg.local:5000/bb]",
+                                       "abc: Pushed", "v1: digest: sha256:1 size: 527"]
+    req = daemon.one("POST", r"/images/reg.local:5000/bb/push")
+    assert req.q("tag") == "v1" and "X-Registry-Auth" in req.headers
+
+
+def test_container_management_aliases(daemon):
+    daemon.route("GET", "/containers/json", Reply(200, []))
+    for argv in (["container", "ls", "-a"], ["container", "ps"], ["container", "list"]):
+        result = invoke(daemon, *argv)
+        assert result.code == 0 and result.out.startswith("CONTAINER ID")
+    daemon.route("GET", "/images/json", Reply(200, []))
+    assert invoke(daemon, "image", "ls").out.startswith("REPOSITORY")
