@@ -24,17 +24,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
     from typing import IO, Any, Iterable, Iterator, Mapping, Union
 
+    Params = Union[Mapping[str, Any], Iterable[tuple[str, Any]], None]
+    Body = Union[Mapping[str, Any], list, bytes, str, IO[bytes], Iterable[bytes], None]
+
 DEFAULT_HOST = "unix:///run/engine/engine.sock"
 USER_AGENT = "engine-cli/0.1"
 CHUNK = 64 * 1024
-
-if TYPE_CHECKING:
-    Params = Union[Mapping[str, Any], Iterable[tuple[str, Any]], None]
-    Body = Union[Mapping[str, Any], list, bytes, str, IO[bytes], Iterable[bytes], None]
 
 
 class APIError(Exception):

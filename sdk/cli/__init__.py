@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import sys
+
+from .flags import BOOL, STR, Flag, HelpRequested, Spec, UsageError, parse
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
     from typing import IO, Any, Callable
 
     from engine.sdk.client import APIClient
-
-from .flags import BOOL, STR, Flag, HelpRequested, Spec, UsageError, parse
 
 __version__ = "0.1.0"
 PROG = "engine"

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import select
 import signal
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import Any, Callable
 
 from . import Cli, StatusError
 from .common import is_terminal
 from .flags import BOOL, LIST, STR, Flag, Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import Any, Callable
 
 _PROXIED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import IO, Any, Callable, Iterable
 
 from . import Cli, StatusError
 from .flags import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import IO, Any, Callable, Iterable
 
 
 def split_ref(ref: str) -> tuple[str, str]:

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import Any
 
 from . import PROG, Cli, StatusError
 from .attach import (SignalProxy, TerminalSession, attach_stream, check_tty, pump,
@@ -14,6 +11,10 @@ from .common import (go_time, inspect_objects, is_terminal, parse_filters, parse
                      pull, split_ref)
 from .flags import BOOL, INT, LIST, STR, Flag, Spec, UsageError
 from .opts import CREATE_FLAGS, RUN_FLAGS, build_create
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import Any
 
 # -- run / create ----------------------------------------------------------------------
 

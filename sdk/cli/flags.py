@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
     from typing import Any, Callable, Sequence
 
 
+
 class UsageError(Exception):
     """Bad command line: the CLI prints it with a hint and exits with 125."""
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import Any
 
 from . import Cli, StatusError
 from .common import go_time, inspect_objects, parse_filters, pull, split_ref
 from .flags import BOOL, LIST, STR, Flag, Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import Any
 
 
 def familiar(name: str) -> str:

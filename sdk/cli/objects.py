@@ -2,13 +2,14 @@
 API with docker's flags and output."""
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import Any
 
 from . import Cli, StatusError
 from .common import inspect_objects, parse_filters
 from .flags import BOOL, LIST, STR, Flag, Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import Any
 
 
 def _kv(items: list[str]) -> dict[str, str]:

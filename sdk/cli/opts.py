@@ -9,11 +9,12 @@ send for the same command line.
 from __future__ import annotations
 
 import os
+
+from .flags import BOOL, INT, LIST, STR, Flag, Options, UsageError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
     from typing import Any
-
-from .flags import BOOL, INT, LIST, STR, Flag, Options, UsageError
 
 # -- value parsers ---------------------------------------------------------------------
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import platform
 import time
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import Any
 
 from . import Cli, StatusError, __version__
 from .common import parse_filters, parse_time
 from .flags import BOOL, LIST, STR, Flag, Spec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import Any
 
 
 def _template(cli: Cli, fmt: str, value: Any) -> int:

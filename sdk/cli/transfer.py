@@ -4,13 +4,14 @@ from __future__ import annotations
 import base64
 import json
 import os
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import IO, Any, Iterator
 
 from . import Cli, StatusError
 from .common import is_terminal, stdin_binary
 from .flags import BOOL, LIST, STR, Flag, Spec, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
+    from typing import IO, Any, Iterator
 
 
 def _output(cli: Cli, path: str | None, what: str) -> tuple[IO[bytes], bool]:
