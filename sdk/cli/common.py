@@ -32,10 +32,21 @@ def full_ref(ref: str) -> str:
     return f"{name}@{tag}" if tag.startswith("sha256:") else f"{name}:{tag}"
 
 
+def canonical_ref(ref: str) -> str:
+    """The fully qualified reference docker prints after a pull:
+    ``busybox`` -> ``docker.io/library/busybox:latest``."""
+    name, tag = split_ref(ref)
+    first, sep, _ = name.partition("/")
+    if not sep or not ("." in first or ":" in first or first == "localhost"):
+        name = "docker.io/" + (name if sep else "library/" + name)
+    return f"{name}@{tag}" if tag.startswith("sha256:") else f"{name}:{tag}"
+
+
 def pull(cli: Cli, ref: str, out: IO[str] | None = None, quiet: bool = False,
-         platform: str | None = None) -> None:
-    """``POST /images/create?fromImage=`` and print the progress lines; an ``error``
-    line in the stream raises :class:`StatusError`."""
+         platform: str | None = None, announce: bool = False) -> None:
+    """``POST /images/create?fromImage=`` and print the progress lines (nothing with
+    ``quiet``); with ``announce`` the pulled reference is printed last, as ``docker
+    pull`` does. An ``error`` line in the stream raises :class:`StatusError`."""
     name, tag = split_ref(ref)
     stream = out or cli.out
     params = {"fromImage": name, "tag": tag, "platform": platform or None}
@@ -58,8 +69,8 @@ def pull(cli: Cli, ref: str, out: IO[str] | None = None, quiet: bool = False,
             stream.write(f"{msg['id']}: {status}\n")
         elif status:
             stream.write(status + "\n")
-    if quiet:
-        stream.write(full_ref(ref) + "\n")
+    if announce:
+        stream.write(canonical_ref(ref) + "\n")
     stream.flush()
 
 
@@ -202,6 +213,6 @@ def exit_with(code: int, message: str = "") -> None:
     raise StatusError(code, message)
 
 
-__all__ = ["exit_with", "full_ref", "go_time", "inspect_objects", "is_terminal",
+__all__ = ["canonical_ref", "exit_with", "full_ref", "go_time", "inspect_objects", "is_terminal",
            "parse_api_time", "parse_filters", "parse_time", "print_json", "pull",
            "split_ref", "stdin_binary", "write_bytes"]

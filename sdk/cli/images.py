@@ -316,7 +316,10 @@ PULL = Spec("pull", "pull [OPTIONS] NAME[:TAG|@DIGEST]", "Download an image from
 
 def cmd_pull(cli: Cli, argv: list[str]) -> int:
     opts, args = cli.parse(PULL, argv)
-    pull(cli, args[0], quiet=opts.quiet, platform=opts.platform)
+    if "@" not in args[0] and split_ref(args[0])[1] == "latest" and \
+            not args[0].endswith(":latest") and not opts.quiet:
+        cli.print("Using default tag: latest")
+    pull(cli, args[0], quiet=opts.quiet, platform=opts.platform, announce=True)
     return 0
 
 

@@ -293,6 +293,8 @@ def normalize_cap(cap: str) -> str:
 
 CREATE_FLAGS: list[Flag] = [
     Flag("-a, --attach", LIST, "Attach to STDIN, STDOUT or STDERR"),
+    Flag("--blkio-weight", INT, "Block IO (relative weight), between 10 and 1000, or 0 to "
+         "disable"),
     Flag("--add-host", LIST, "Add a custom host-to-IP mapping (host:ip)"),
     Flag("--cap-add", LIST, "Add Linux capabilities"),
     Flag("--cap-drop", LIST, "Drop Linux capabilities"),
@@ -301,11 +303,16 @@ CREATE_FLAGS: list[Flag] = [
     Flag("--cidfile", STR, "Write the container ID to the file"),
     Flag("--cpu-period", INT, "Limit CPU CFS (Completely Fair Scheduler) period"),
     Flag("--cpu-quota", INT, "Limit CPU CFS (Completely Fair Scheduler) quota"),
+    Flag("--cpu-rt-period", INT, "Limit CPU real-time period in microseconds"),
+    Flag("--cpu-rt-runtime", INT, "Limit CPU real-time runtime in microseconds"),
     Flag("-c, --cpu-shares", INT, "CPU shares (relative weight)"),
     Flag("--cpus", STR, "Number of CPUs", check=parse_cpus),
     Flag("--cpuset-cpus", STR, "CPUs in which to allow execution (0-3, 0,1)"),
     Flag("--cpuset-mems", STR, "MEMs in which to allow execution (0-3, 0,1)"),
     Flag("--device", LIST, "Add a host device to the container"),
+    Flag("--device-cgroup-rule", LIST, "Add a rule to the cgroup allowed devices list"),
+    Flag("--disable-content-trust", BOOL, "Skip image verification", default=True,
+         hidden=True),
     Flag("--dns", LIST, "Set custom DNS servers"),
     Flag("--dns-option", LIST, "Set DNS options"),
     Flag("--dns-search", LIST, "Set custom DNS search domains"),
@@ -331,11 +338,13 @@ CREATE_FLAGS: list[Flag] = [
          "reaps processes"),
     Flag("-i, --interactive", BOOL, "Keep STDIN open even if not attached"),
     Flag("--ip", STR, "IPv4 address (e.g., 172.30.100.104)"),
+    Flag("--ip6", STR, "IPv6 address (e.g., 2001:db8::33)"),
     Flag("--ipc", STR, "IPC mode to use"),
     Flag("--isolation", STR, "Container isolation technology", hidden=True),
     Flag("-l, --label", LIST, "Set meta data on a container"),
     Flag("--label-file", LIST, "Read in a line delimited file of labels"),
     Flag("--link", LIST, "Add link to another container", hidden=True),
+    Flag("--link-local-ip", LIST, "Container IPv4/IPv6 link-local addresses"),
     Flag("--log-driver", STR, "Logging driver for the container"),
     Flag("--log-opt", LIST, "Log driver options"),
     Flag("--mac-address", STR, "Container MAC address (e.g., 92:d0:c6:0a:29:33)"),
@@ -481,15 +490,22 @@ def build_create(opts: Options, args: list[str], tty_size: tuple[int, int] | Non
     network = opts.network or opts.net or "default"
     aliases = list(opts.network_alias) + list(opts.net_alias)
     endpoints: dict[str, Any] = {}
-    if aliases or opts.ip or opts.mac_address:
+    if aliases or opts.ip or opts.ip6 or opts.link_local_ip or opts.mac_address:
         if network in _BUILTIN_NETWORKS or network.startswith("container:"):
             if aliases:
                 raise UsageError("network-scoped aliases are only supported for user-defined networks")
         ep: dict[str, Any] = {}
         if aliases:
             ep["Aliases"] = aliases
-        if opts.ip:
-            ep["IPAMConfig"] = {"IPv4Address": opts.ip}
+        if opts.ip or opts.ip6 or opts.link_local_ip:
+            ipam: dict[str, Any] = {}
+            if opts.ip:
+                ipam["IPv4Address"] = opts.ip
+            if opts.ip6:
+                ipam["IPv6Address"] = opts.ip6
+            if opts.link_local_ip:
+                ipam["LinkLocalIPs"] = list(opts.link_local_ip)
+            ep["IPAMConfig"] = ipam
         if opts.mac_address:
             ep["MacAddress"] = opts.mac_address
         endpoints[network] = ep
@@ -577,6 +593,10 @@ def build_create(opts: Options, args: list[str], tty_size: tuple[int, int] | Non
         "CgroupParent": opts.cgroup_parent or "",
         "CpuPeriod": opts.cpu_period,
         "CpuQuota": opts.cpu_quota,
+        "CpuRealtimePeriod": opts.cpu_rt_period,
+        "CpuRealtimeRuntime": opts.cpu_rt_runtime,
+        "BlkioWeight": opts.blkio_weight,
+        "DeviceCgroupRules": list(opts.device_cgroup_rule) or None,
         "CpusetCpus": opts.cpuset_cpus or "",
         "CpusetMems": opts.cpuset_mems or "",
         "Devices": devices,

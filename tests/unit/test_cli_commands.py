@@ -330,9 +330,12 @@ def test_pull_prints_progress(daemon):
     result = invoke(daemon, "pull", "alpine:3")
     assert result.code == 0
     assert result.out == ("3: Pulling from library/alpine\nDigest: sha256:abc\n"
-                          "Status: Image is up to date\n")
+                          "Status: Image is up to date\ndocker.io/library/alpine:3\n")
     pull = daemon.one("POST", "/images/create")
     assert (pull.q("fromImage"), pull.q("tag")) == ("alpine", "3")
+    quiet = invoke(daemon, "pull", "-q", "reg.local:5000/team/app")
+    assert quiet.out == "reg.local:5000/team/app:latest\n"
+    assert invoke(daemon, "pull", "busybox").out.startswith("Using default tag: latest\n")
 
 
 def test_events_default_format_and_template(daemon):

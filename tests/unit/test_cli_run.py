@@ -102,6 +102,10 @@ FLAG_CASES = [
     ["create", "--device", "/dev/null:/dev/n:r", "--device", "/dev/zero", "-t", "busybox"],
     ["create", "--mount", "type=volume,dst=/data,volume-nocopy", "--ip", "10.0.0.5",
      "--network", "n", "--tmpfs", "/a", "--memory-swappiness", "10", "busybox"],
+    ["create", "--blkio-weight", "300", "--cpu-rt-period", "1000", "--cpu-rt-runtime", "500",
+     "--device-cgroup-rule", "c 1:3 mr", "--ip6", "2001:db8::33", "--link-local-ip",
+     "169.254.1.1", "--network", "n", "--oom-score-adj", "100", "--cgroup-parent", "/x",
+     "--cpuset-mems", "0", "--userns", "host", "--cgroupns", "private", "busybox"],
 ]
 
 
