@@ -510,7 +510,25 @@ class ContainerService:
             if c.state.status in ("removing", "dead"):
                 raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be started")
             c.manual_stop = False
-            await self._start(c, rt)
+            try:
+                await self._start(c, rt)
+            except EngineError as e:
+                c.state.error = e.message
+                code = getattr(e, "exit_code", 0)
+                if code:
+                    c.state.exit_code = code
+                self.save(c)
+                if c.host_config.get("AutoRemove"):
+                    # nothing ran; the CLI's wait(condition=removed) must still return
+                    await self._finish_remove_after_failed_start(c)
+                raise
+
+    async def _finish_remove_after_failed_start(self, c: Container) -> None:
+        try:
+            self.set_status(c, "removing")
+            await self._finish_remove(c, volumes=True)
+        except Exception as e:  # pragma: no cover - logged, the record stays
+            log.error("auto-remove of %s after a failed start: %s", c.id[:12], e)
 
     async def _start(self, c: Container, rt: Runtime) -> None:
         sdir = self.state_dir(c.id)
@@ -1413,4 +1431,5 @@ def _start_error(e) -> EngineError:
         f"failed: runc create failed: unable to start container process: {msg}: unknown"
         if getattr(e, "exit_code", 0) in (126, 127) else msg)
     err.status = 400 if getattr(e, "exit_code", 0) in (126, 127) else 500
+    err.exit_code = getattr(e, "exit_code", 0) or 0
     return err

@@ -14,6 +14,7 @@ from engine.sdk.errors import EngineError
 
 from . import containers, execs, images, plugins, system, volumes
 from .keys import API_VERSION, MIN_API_VERSION
+from .util import json_response
 
 log = logging.getLogger("engine.api")
 
@@ -27,19 +28,19 @@ async def errors(request: web.Request, handler):
             return web.Response(status=304)
         if e.status >= 500:
             log.error("%s %s: %s", request.method, request.path, e)
-        return web.json_response({"message": e.message}, status=e.status)
+        return json_response({"message": e.message}, status=e.status)
     except (msgspec.DecodeError, ValueError, UnicodeDecodeError) as e:
-        return web.json_response({"message": f"invalid request: {e}"}, status=400)
+        return json_response({"message": f"invalid request: {e}"}, status=400)
     except web.HTTPException as e:
         if e.status >= 400 and e.content_type != "application/json":
-            return web.json_response({"message": e.reason if e.status != 404 else
+            return json_response({"message": e.reason if e.status != 404 else
                                       f"page not found: {request.path}"}, status=e.status)
         raise
     except ConnectionResetError:
         raise
     except Exception as e:
         log.exception("%s %s failed", request.method, request.path)
-        return web.json_response({"message": f"{type(e).__name__}: {e}"}, status=500)
+        return json_response({"message": f"{type(e).__name__}: {e}"}, status=500)
 
 
 @web.middleware
@@ -51,7 +52,7 @@ async def version(request: web.Request, handler):
         except ValueError:
             tup = (0,)
         if tup < tuple(int(x) for x in MIN_API_VERSION.split(".")):
-            return web.json_response(
+            return json_response(
                 {"message": f"client version {v} is too old. Minimum supported API version is "
                             f"{MIN_API_VERSION}, please upgrade your client to a newer version"},
                 status=400)

@@ -91,8 +91,11 @@ async def wait(request: web.Request) -> web.StreamResponse:
         res = await cs.wait(ref, request.query.get("condition") or "not-running")
     except NotFound:
         res = {"StatusCode": 0, "Error": None}
-    await resp.write(encode(res) + b"\n")
-    await resp.write_eof()
+    try:
+        await resp.write(encode(res) + b"\n")
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client gave up waiting
     return resp
 
 
