@@ -191,7 +191,7 @@ def _is_dir_mode(mode: int) -> bool:
 
 
 def cmd_cp(cli: Cli, argv: list[str]) -> int:
-    _, (src, dst) = cli.parse(CP, argv)
+    opts, (src, dst) = cli.parse(CP, argv)
     src_ctr, src_path = _split_container_path(src)
     dst_ctr, dst_path = _split_container_path(dst)
     if src_ctr and dst_ctr:
@@ -200,7 +200,7 @@ def cmd_cp(cli: Cli, argv: list[str]) -> int:
         raise UsageError("must specify at least one container source")
     if src_ctr:
         return _copy_from(cli, src_ctr, src_path, dst_path)
-    return _copy_to(cli, src_path, dst_ctr, dst_path)  # type: ignore[arg-type]
+    return _copy_to(cli, src_path, dst_ctr, dst_path, opts.archive)  # type: ignore[arg-type]
 
 
 def _copy_from(cli: Cli, container: str, src: str, dst: str) -> int:
@@ -231,7 +231,10 @@ def _copy_from(cli: Cli, container: str, src: str, dst: str) -> int:
     reader = _ChunkReader(resp.iter_chunks())
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
-            name = member.name.lstrip("./") if member.name not in (".", "./") else ""
+            name = member.name
+            while name.startswith("./"):
+                name = name[2:]
+            name = "" if name in (".", "") else name.rstrip("/")
             head, sep, rest = name.partition("/")
             if head != base and name != base:
                 rel = name
@@ -268,9 +271,14 @@ class _ChunkReader:
         return data
 
 
-def _copy_to(cli: Cli, src: str, container: str, dst: str) -> int:
+def _put_params(path: str, archive: bool) -> dict[str, Any]:
+    return {"path": path, "noOverwriteDirNonDir": True, "copyUIDGID": archive or None}
+
+
+def _copy_to(cli: Cli, src: str, container: str, dst: str, archive: bool = False) -> int:
     """Local -> container: stat the destination, tar the source under the right name,
-    ``PUT /containers/{id}/archive``."""
+    ``PUT /containers/{id}/archive`` (never replacing a directory by a file or the
+    reverse; ``archive`` keeps the local uid/gid)."""
     import tarfile
     import tempfile
 
@@ -287,7 +295,8 @@ def _copy_to(cli: Cli, src: str, container: str, dst: str) -> int:
     if src == "-":
         if dst_stat is None or not dst_is_dir:
             raise StatusError(1, f"destination \"{container}:{dst}\" must be a directory")
-        cli.api.put(f"/containers/{container}/archive", {"path": dst}, body=stdin_binary(cli),
+        cli.api.put(f"/containers/{container}/archive", _put_params(dst, archive),
+                    body=stdin_binary(cli),
                     headers={"Content-Type": "application/x-tar"})
         return 0
     if not os.path.lexists(src):
@@ -315,6 +324,7 @@ def _copy_to(cli: Cli, src: str, container: str, dst: str) -> int:
             else:
                 tar.add(src.rstrip("/") or "/", arcname=name)
         tmp.seek(0)
-        cli.api.put(f"/containers/{container}/archive", {"path": upload_dir}, body=tmp,
+        cli.api.put(f"/containers/{container}/archive", _put_params(upload_dir, archive),
+                    body=tmp,
                     headers={"Content-Type": "application/x-tar"})
     return 0

@@ -221,6 +221,12 @@ def test_cp_from_container_file_and_dir(daemon, tmp_path):
     # a missing destination directory for a file is an error
     bad = invoke(daemon, "cp", "web:/etc/hosts", str(tmp_path / "nope") + "/")
     assert bad.code == 1 and "does not exist" in bad.err
+    # "dir/." copies the contents; hidden files keep their names
+    daemon.route("GET", r"/containers/web/archive", Reply(
+        200, _tar({".": None, "./.hidden": b"H", "./x": b"X"}),
+        {"X-Docker-Container-Path-Stat": _stat(".", True)}))
+    assert invoke(daemon, "cp", "web:/etc/conf/.", str(tmp_path / "contents")).code == 0
+    assert sorted(os.listdir(tmp_path / "contents")) == [".hidden", "x"]
 
 
 def test_cp_to_container(daemon, tmp_path):
@@ -234,7 +240,7 @@ def test_cp_to_container(daemon, tmp_path):
     # into an existing directory
     assert invoke(daemon, "cp", str(src), "web:/tmp").code == 0
     put = daemon.find("PUT", "/containers/web/archive")[-1]
-    assert put.q("path") == "/tmp"
+    assert put.q("path") == "/tmp" and put.q("noOverwriteDirNonDir") == "1"
     names = tarfile.open(fileobj=io.BytesIO(put.body)).getnames()
     assert "data" in names and "data/f.txt" in names
     # to a new path: uploaded to the parent under the new name
