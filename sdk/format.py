@@ -19,16 +19,16 @@ Go's ``tabwriter`` (min width 10, padding 3); ``\\t`` and ``\\n`` escapes become
 tabs and newlines; every item is followed by a newline.
 
 This module also holds the human-readable helpers Docker uses in its tables
-(:func:`human_duration`, :func:`human_size`) so the daemon can reuse them for the
-``Status`` strings it puts in container lists.
+(:func:`human_duration`, :func:`human_size`, :func:`container_status`) so the daemon
+can reuse them for the ``Status`` strings it puts in container lists.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["Template", "TemplateError", "render", "tabwrite", "human_duration",
-           "human_size", "go_str", "go_json", "truncate_id", "is_truthy"]
+__all__ = ["Template", "TemplateError", "container_status", "go_json", "go_str",
+           "human_duration", "human_size", "is_truthy", "render", "tabwrite", "truncate_id"]
 
 
 class TemplateError(ValueError):
@@ -786,3 +786,34 @@ def human_size(size: float, precision: int = 3, binary: bool = False) -> str:
         size /= base
         i += 1
     return f"{size:.{precision}g}{units[i]}"
+
+
+def container_status(state: Mapping[str, Any], now: float, started: float = 0.0,
+                     finished: float = 0.0) -> str:
+    """Docker's one-line container status (the ``Status`` of ``GET /containers/json``):
+    ``Up 3 seconds``, ``Up 2 hours (healthy)``, ``Up 5 minutes (Paused)``,
+    ``Restarting (1) 4 seconds ago``, ``Exited (0) 5 seconds ago``, ``Created``,
+    ``Removal In Progress``, ``Dead``.
+
+    ``state`` is the inspect ``State`` object; ``started``/``finished`` are its
+    ``StartedAt``/``FinishedAt`` as Unix times (0 when never)."""
+    code = state.get("ExitCode", 0)
+    if state.get("Running"):
+        if state.get("Paused"):
+            return f"Up {human_duration(now - started)} (Paused)"
+        if state.get("Restarting"):
+            return f"Restarting ({code}) {human_duration(now - finished)} ago"
+        health = (state.get("Health") or {}).get("Status")
+        if health:
+            label = "health: starting" if health == "starting" else health
+            return f"Up {human_duration(now - started)} ({label})"
+        return f"Up {human_duration(now - started)}"
+    if state.get("RemovalInProgress") or state.get("Status") == "removing":
+        return "Removal In Progress"
+    if state.get("Dead"):
+        return "Dead"
+    if not started:
+        return "Created"
+    if not finished:
+        return ""
+    return f"Exited ({code}) {human_duration(now - finished)} ago"

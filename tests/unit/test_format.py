@@ -127,3 +127,20 @@ def test_human_size_binary():
 ])
 def test_human_duration(seconds, text):
     assert human_duration(seconds) == text
+
+
+@pytest.mark.parametrize("state, started, finished, text", [
+    ({"Running": True}, 997, 0, "Up 3 seconds"),
+    ({"Running": True, "Paused": True}, 700, 0, "Up 5 minutes (Paused)"),
+    ({"Running": True, "Restarting": True, "ExitCode": 1}, 900, 996, "Restarting (1) 4 seconds ago"),
+    ({"Running": True, "Health": {"Status": "healthy"}}, 999.5, 0, "Up Less than a second (healthy)"),
+    ({"Running": True, "Health": {"Status": "starting"}}, 990, 0, "Up 10 seconds (health: starting)"),
+    ({"Running": False, "ExitCode": 0}, 900, 995, "Exited (0) 5 seconds ago"),
+    ({"Running": False, "ExitCode": 137}, 0, 0, "Created"),
+    ({"Running": False, "Dead": True}, 900, 950, "Dead"),
+    ({"Running": False, "Status": "removing"}, 900, 950, "Removal In Progress"),
+])
+def test_container_status(state, started, finished, text):
+    from engine.sdk.format import container_status
+
+    assert container_status(state, now=1000, started=started, finished=finished) == text
