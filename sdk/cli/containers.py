@@ -125,7 +125,7 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
         return 0
 
     attached = body["AttachStdin"] or body["AttachStdout"] or body["AttachStderr"]
-    sock = None
+    sock = waiter = None
     detached = False
     try:
         if attached:
@@ -144,8 +144,12 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
             with TerminalSession(cli, raw=tty and body["AttachStdin"], resize=resize), \
                     SignalProxy(cli, cid, opts.sig_proxy and not tty):
                 detached = pump(cli, sock, tty, body["AttachStdin"], opts.detach_keys)
-    except ConnectError as e:
-        raise _run_failed(cli, e) from None
+    except BaseException as e:
+        if waiter is not None:
+            waiter.close()
+        if isinstance(e, (APIError, ConnectError)):
+            raise _run_failed(cli, e) from None
+        raise
     finally:
         if sock is not None:
             sock.close()

@@ -319,3 +319,11 @@ def test_created_body_is_valid_json_for_every_case(daemon):
         result = invoke(daemon, *argv, stdin=b"")
         assert result.code == 0, (argv, result)
         json.dumps(daemon.find("POST", "/containers/create")[-1].json())
+
+
+def test_attach_failure_is_a_run_failure(daemon):
+    daemon.route("POST", r"/containers/[^/]+/attach", error(409, "container is paused"))
+    result = invoke(daemon, "run", "busybox")
+    assert result.code == 125
+    assert "container is paused" in result.err
+    assert not daemon.find("POST", r"/containers/.*/start")
