@@ -333,8 +333,7 @@ class Monitor:
             record = self.read_exit()
             if record is not None:
                 return record
-            if not self.alive() and self.monitor_pid() and not _pid_exists(
-                    self.monitor_pid()):
+            if not _running(self.monitor_pid()):
                 break
             await asyncio.sleep(0.1)
         record = self.read_exit()
@@ -344,11 +343,10 @@ class Monitor:
         return record
 
 
-def _pid_exists(pid: int) -> bool:
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for init is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True

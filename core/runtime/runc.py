@@ -109,7 +109,7 @@ class Runc:
             listener.bind(console_socket)
             listener.listen(1)
             listener.settimeout(0.05)
-            args = args[:1] + ["--console-socket", console_socket] + args[1:]
+            args = args[:1] + ["--console-socket", _reachable(console_socket)] + args[1:]
         master = None
         try:
             proc = subprocess.Popen(self._argv(*args), stdin=stdio[0], stdout=stdio[1],
@@ -177,6 +177,17 @@ class Runc:
     def list(self) -> list[dict[str, Any]]:
         out = self._run("list", "--format", "json")
         return json.loads(out) if out.strip() and out.strip() != b"null" else []
+
+
+def _reachable(path: str) -> str:
+    """``path`` as the runtime can reach it: runc runs in the bundle directory, and a
+    long absolute path does not fit ``sun_path``; ``/proc/PID/cwd`` is short."""
+    full = os.path.abspath(path)
+    if len(os.fsencode(full)) <= 107:
+        return full
+    if os.sep not in path:
+        return f"/proc/{os.getpid()}/cwd/{path}"
+    return full
 
 
 def _receive_master(listener: socket.socket, proc: subprocess.Popen[bytes]) -> int | None:
