@@ -68,7 +68,8 @@ class Flag:
             head += " " + ("list" if self.kind == LIST else self.kind)
         default = ""
         if self.kind in (STR, INT, FLOAT) and self.default not in (None, "", 0):
-            default = f' (default {self.default!r})' if self.kind == STR else f" (default {self.default})"
+            default = (f' (default "{self.default}")' if self.kind == STR
+                       else f" (default {self.default})")
         elif self.kind == BOOL and self.default:
             default = " (default true)"
         return f"  {head:<28} {self.help}{default}"

@@ -344,15 +344,22 @@ def test_pull_prints_progress(daemon):
     assert invoke(daemon, "pull", "busybox").out.startswith("Using default tag: latest\n")
 
 
-def test_events_default_format_and_template(daemon):
+@pytest.fixture
+def utc(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_events_default_format_and_template(daemon, utc):
     event = {"Type": "container", "Action": "start", "Actor": {
         "ID": "abc", "Attributes": {"name": "web", "image": "busybox"}},
         "time": 1700000000, "timeNano": 1700000000123456789}
     daemon.route("GET", "/events", Reply(200, (json.dumps(event).encode() + b"\n",)))
-    import time
-
-    os.environ["TZ"] = "UTC"
-    time.tzset()
     result = invoke(daemon, "events", "--since", "1699999999", "-f", "type=container")
     assert result.out == ("2023-11-14T22:13:20.123456789Z container start abc "
                           "(image=busybox, name=web)\n")

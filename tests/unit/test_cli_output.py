@@ -148,9 +148,13 @@ COMPARED = [
 def test_output_matches_the_docker_cli(daemon, argv, monkeypatch):
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
-    code, expected = docker(daemon, *argv)
+    try:
+        code, expected = docker(daemon, *argv)
+        ours = invoke(daemon, *argv)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert code == 0
-    ours = invoke(daemon, *argv)
     assert ours.code == 0, ours
     assert ours.out == expected
 

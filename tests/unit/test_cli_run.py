@@ -110,7 +110,8 @@ FLAG_CASES = [
 
 
 def _create_body(daemon, argv, program):
-    env = {**os.environ, "DOCKER_HOST": daemon.host, "ENGINE_TEST_SET": "yes"}
+    env = {**os.environ, "DOCKER_HOST": daemon.host, "ENGINE_HOST": daemon.host,
+           "ENGINE_TEST_SET": "yes"}
     env.pop("ENGINE_TEST_UNSET", None)
     subprocess.run(program + argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                    timeout=30, cwd="/tmp")
