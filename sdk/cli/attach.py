@@ -246,6 +246,18 @@ class SignalProxy:
             signal.signal(num, old)
 
 
+def interact(cli: Cli, cid: str, sock: Any, tty: bool, stdin: bool,
+             detach_keys: str | None, sig_proxy: bool) -> bool:
+    """Run the local side of an attached container: raw terminal and resizes with a
+    TTY, signal forwarding without one, and the byte pump. True when the user
+    detached."""
+    resize = ((lambda h, w: cli.api.post(f"/containers/{cid}/resize", {"h": h, "w": w}))
+              if tty else None)
+    with TerminalSession(cli, raw=tty and stdin, resize=resize), \
+            SignalProxy(cli, cid, sig_proxy and not tty):
+        return pump(cli, sock, tty, stdin, detach_keys)
+
+
 def attach_stream(cli: Cli, cid: str, stdin: bool, stdout: bool, stderr: bool,
                   detach_keys: str | None = None, logs: bool = False) -> Any:
     params = {"stream": True, "stdin": stdin, "stdout": stdout, "stderr": stderr,
@@ -272,16 +284,18 @@ START = Spec("start", "start [OPTIONS] CONTAINER [CONTAINER...]",
 def cmd_start(cli: Cli, argv: list[str]) -> int:
     opts, args = cli.parse(START, argv)
     if not (opts.attach or opts.interactive):
-        failed = False
+        from engine.sdk.client import APIError
+
+        failed = []
         for name in args:
             try:
                 cli.api.post(f"/containers/{name}/start")
                 cli.print(name)
-            except Exception as e:  # noqa: BLE001 - report and go on, like docker
+            except APIError as e:  # report and go on, like docker
                 cli.warn(str(e))
-                failed = True
+                failed.append(name)
         if failed:
-            raise StatusError(1, "Error: failed to start containers: " + ", ".join(args))
+            raise StatusError(1, "Error: failed to start containers: " + ", ".join(failed))
         return 0
     if len(args) > 1:
         raise StatusError(1, "you cannot start and attach multiple containers at once")
@@ -294,11 +308,10 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
     waiter = cli.api.open("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
     try:
         cli.api.post(f"/containers/{cid}/start")
-        with TerminalSession(cli, raw=tty and use_stdin,
-                             resize=(lambda h, w: cli.api.post(
-                                 f"/containers/{cid}/resize", {"h": h, "w": w})) if tty else None), \
-                SignalProxy(cli, cid, not tty):
-            detached = pump(cli, sock, tty, use_stdin, opts.detach_keys)
+        detached = interact(cli, cid, sock, tty, use_stdin, opts.detach_keys, sig_proxy=True)
+    except BaseException:
+        waiter.close()
+        raise
     finally:
         sock.close()
     if detached:
@@ -343,11 +356,10 @@ def cmd_attach(cli: Cli, argv: list[str]) -> int:
     sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
     waiter = cli.api.open("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
     try:
-        with TerminalSession(cli, raw=tty and use_stdin,
-                             resize=(lambda h, w: cli.api.post(
-                                 f"/containers/{cid}/resize", {"h": h, "w": w})) if tty else None), \
-                SignalProxy(cli, cid, opts.sig_proxy and not tty):
-            detached = pump(cli, sock, tty, use_stdin, opts.detach_keys)
+        detached = interact(cli, cid, sock, tty, use_stdin, opts.detach_keys, opts.sig_proxy)
+    except BaseException:
+        waiter.close()
+        raise
     finally:
         sock.close()
     if detached:

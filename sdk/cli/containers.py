@@ -5,8 +5,7 @@ import os
 import time
 
 from . import PROG, Cli, StatusError
-from .attach import (SignalProxy, TerminalSession, attach_stream, check_tty, pump,
-                     wait_status)
+from .attach import attach_stream, check_tty, interact, wait_status
 from .common import (go_time, inspect_objects, is_terminal, parse_filters, parse_time,
                      pull, split_ref)
 from .flags import BOOL, INT, LIST, STR, Flag, Spec, UsageError
@@ -139,11 +138,8 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
             raise StatusError(start_error_code(e.message),
                               f"{PROG}: {e}.\nSee '{PROG} run --help'.") from None
         if sock is not None:
-            resize = ((lambda h, w: api.post(f"/containers/{cid}/resize", {"h": h, "w": w}))
-                      if tty else None)
-            with TerminalSession(cli, raw=tty and body["AttachStdin"], resize=resize), \
-                    SignalProxy(cli, cid, opts.sig_proxy and not tty):
-                detached = pump(cli, sock, tty, body["AttachStdin"], opts.detach_keys)
+            detached = interact(cli, cid, sock, tty, body["AttachStdin"], opts.detach_keys,
+                                opts.sig_proxy)
     except BaseException as e:
         if waiter is not None:
             waiter.close()
