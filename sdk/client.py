@@ -247,6 +247,25 @@ def _error_message(body: bytes, status: int) -> str:
     return text or f"HTTP {status}"
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _json_values(data: bytes) -> Iterator[Any]:
+    """The JSON values in ``data``, which may be several written back to back."""
+    text = data.decode("utf-8", "replace")
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos] in " \t\r\n":
+            pos += 1
+        if pos >= end:
+            return
+        try:
+            value, pos = _DECODER.raw_decode(text, pos)
+        except ValueError as e:
+            raise ConnectError(f"malformed JSON in the daemon's stream: {e}") from None
+        yield value
+
+
 class HijackedSocket:
     """The raw stream of an attach or exec after the daemon answered ``101``.
 
@@ -494,25 +513,19 @@ class APIClient:
 
     def json_lines(self, method: str, path: str, params: Params = None, body: Body = None,
                    headers: Mapping[str, str] | None = None) -> Iterator[Any]:
-        """Yield one decoded JSON value per line of a streamed response (pull
-        progress, events, stats). Values may also arrive back to back without a
-        newline; both are handled."""
-        decoder = json.JSONDecoder()
-        buf = ""
+        """Yield the JSON values of a streamed response (pull progress, events,
+        stats, load output) as each line completes. A line may hold several values
+        back to back; a multi-byte character split across chunks is reassembled."""
+        buf = b""
         for chunk in self.stream(method, path, params, body, headers):
-            buf += chunk.decode("utf-8", "replace")
+            buf += chunk
             while True:
-                buf = buf.lstrip()
-                if not buf:
+                i = buf.find(b"\n")
+                if i < 0:
                     break
-                try:
-                    value, end = decoder.raw_decode(buf)
-                except ValueError:
-                    break  # incomplete: wait for more
-                buf = buf[end:]
-                yield value
-        if buf.strip():
-            yield json.loads(buf)
+                line, buf = buf[:i], buf[i + 1:]
+                yield from _json_values(line)
+        yield from _json_values(buf)
 
     def hijack(self, method: str, path: str, params: Params = None,
                body: Body = None) -> HijackedSocket:

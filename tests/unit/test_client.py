@@ -113,6 +113,18 @@ def test_json_lines_without_newlines(daemon, api):
     assert [m["stream"] for m in api.json_lines("POST", "/images/load")] == ["a", "b"]
 
 
+def test_json_lines_multibyte_split_across_chunks(daemon, api):
+    text = '{"status":"café ☕"}\n'.encode()
+    daemon.route("GET", "/events", Reply(200, (text[:15], text[15:17], text[17:])))
+    assert list(api.json_lines("GET", "/events")) == [{"status": "café ☕"}]
+
+
+def test_json_lines_malformed(daemon, api):
+    daemon.route("GET", "/events", Reply(200, (b'{"a":1}\nnot json\n',)))
+    with pytest.raises(ConnectError, match="malformed JSON"):
+        list(api.json_lines("GET", "/events"))
+
+
 def test_file_body_is_sent_chunked(daemon, api):
     daemon.route("POST", "/images/load", Reply(200, {}))
     payload = b"x" * 200_000
