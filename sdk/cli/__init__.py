@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None, cli: Cli | None = None) -> int:
     if opts.version:
         cli.print(f"Engine version {__version__}, API 1.41")
         return 0
-    if not rest or rest[0] == "help":
+    if rest and rest[0] == "help" and len(rest) > 1:
+        rest = rest[1:] + ["--help"]  # "engine help run" is "engine run --help"
+    elif not rest or rest[0] == "help":
         cli.out.write(usage())
         return 0
     cli.host = opts.host or cli.host

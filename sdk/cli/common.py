@@ -171,6 +171,16 @@ def go_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z %Z", lt)
 
 
+def rfc3339(ts: float, nanos: int | None = None) -> str:
+    """A Unix time in local time as Go's RFC 3339 (``2024-01-02T15:04:05Z`` or
+    ``...+01:00``); with ``nanos``, the fixed nine-digit fraction docker's events use."""
+    lt = time.localtime(ts)
+    offset = time.strftime("%z", lt)
+    zone = "Z" if offset in ("+0000", "-0000") else f"{offset[:3]}:{offset[3:]}"
+    frac = f".{nanos:09d}" if nanos is not None else ""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", lt) + frac + zone
+
+
 def parse_api_time(text: str) -> float:
     """An RFC 3339 timestamp from the API (nanosecond fraction allowed) -> Unix time.
     Go's zero time and unparsable values give 0."""
@@ -214,5 +224,5 @@ def exit_with(code: int, message: str = "") -> None:
 
 
 __all__ = ["canonical_ref", "exit_with", "full_ref", "go_time", "inspect_objects", "is_terminal",
-           "parse_api_time", "parse_filters", "parse_time", "print_json", "pull",
+           "parse_api_time", "parse_filters", "parse_time", "print_json", "pull", "rfc3339",
            "split_ref", "stdin_binary", "write_bytes"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from . import Cli, StatusError
-from .common import go_time, inspect_objects, parse_filters, pull, split_ref
+from .common import go_time, inspect_objects, parse_filters, pull, rfc3339, split_ref
 from .flags import BOOL, LIST, STR, Flag, Spec
 
 TYPE_CHECKING = False
@@ -270,7 +270,7 @@ class HistoryRow:
 
     @property
     def CreatedAt(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.h.get("Created", 0)))
+        return rfc3339(self.h.get("Created", 0))
 
     @property
     def CreatedBy(self) -> str:

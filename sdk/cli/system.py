@@ -6,7 +6,7 @@ import platform
 import time
 
 from . import Cli, StatusError, __version__
-from .common import parse_filters, parse_time
+from .common import parse_filters, parse_time, rfc3339
 from .flags import BOOL, LIST, STR, Flag, Spec
 
 TYPE_CHECKING = False
@@ -156,10 +156,7 @@ def format_event(event: dict[str, Any]) -> str:
     ``2024-01-02T15:04:05.000000000Z container start ID (image=busybox, name=x)``."""
     nanos = event.get("timeNano") or int(event.get("time", 0)) * 1_000_000_000
     secs, frac = divmod(int(nanos), 1_000_000_000)
-    lt = time.localtime(secs)
-    offset = time.strftime("%z", lt)
-    zone = "Z" if offset in ("+0000", "-0000") else f"{offset[:3]}:{offset[3:]}"
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", lt) + f".{frac:09d}{zone}"
+    stamp = rfc3339(secs, frac)
     actor = event.get("Actor") or {}
     kind = event.get("Type") or ""
     action = event.get("Action") or event.get("status") or ""

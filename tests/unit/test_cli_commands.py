@@ -561,3 +561,30 @@ def test_container_management_aliases(daemon):
         assert result.code == 0 and result.out.startswith("CONTAINER ID")
     daemon.route("GET", "/images/json", Reply(200, []))
     assert invoke(daemon, "image", "ls").out.startswith("REPOSITORY")
+
+
+def test_help_command(daemon):
+    result = invoke(daemon, "help", "ps")
+    assert result.code == 0 and "Usage:  engine ps [OPTIONS]" in result.out
+    result = invoke(daemon, "help", "network", "ls")
+    assert result.code == 0 and "Usage:  engine network ls" in result.out
+
+
+def test_system_df_verbose_and_history_raw(daemon):
+    daemon.route("GET", "/system/df", Reply(200, {
+        "LayersSize": 4_261_550,
+        "Images": [{"Id": "sha256:" + "b" * 64, "RepoTags": ["busybox:latest"], "Created": 0,
+                    "Size": 4_261_550, "SharedSize": 0, "Containers": 1}],
+        "Containers": [{"Id": CID, "Names": ["/web"], "Image": "busybox", "Command": "sh",
+                        "Created": 0, "SizeRw": 12, "State": "running", "Status": "Up",
+                        "Mounts": []}],
+        "Volumes": [{"Name": "v1", "UsageData": {"Size": 2048, "RefCount": 1}}],
+        "BuildCache": []}))
+    out = invoke(daemon, "system", "df", "-v").out
+    assert "Images space usage:" in out and "busybox" in out
+    assert "Containers space usage:" in out and "web" in out
+    assert "Local Volumes space usage:" in out and "v1" in out and "2.05kB" in out
+    daemon.route("GET", r"/images/busybox/history", Reply(200, [
+        {"Id": "sha256:" + "b" * 64, "Created": 0, "CreatedBy": "x", "Size": 4_261_550}]))
+    raw = invoke(daemon, "history", "-H=false", "busybox").out.splitlines()
+    assert raw[1].split()[1:] == ["1970-01-01T00:00:00Z", "x", "4261550"]
