@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import time
 
 from . import Cli, StatusError, __version__
 from .common import parse_filters, parse_time, rfc3339
