@@ -104,10 +104,11 @@ class PluginHost:
         disabled = sorted(n for n, p in self.plugins.items() if not p.enabled)
         atomic_write(self.state_file, json.dumps({"disabled": disabled}).encode())
 
-    def discover(self) -> None:
-        """Find every plugin in the entry-point group; load the enabled ones."""
+    def discover(self, eps=None) -> None:
+        """Find every plugin in the entry-point group (or the given entry points);
+        load the enabled ones."""
         disabled = self._disabled()
-        for ep in entry_points(group=GROUP):
+        for ep in entry_points(group=GROUP) if eps is None else eps:
             if ep.name in self.plugins:
                 log.warning("plugin name %s is declared twice; keeping the first", ep.name)
                 continue

@@ -1,0 +1,80 @@
+"""The plugin host: discovery, failures recorded not fatal, enable/disable, clashes."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from engine.core.plugins import GROUP, PluginHost
+from engine.sdk.errors import Conflict, NotFound
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def ep(name: str, value: str) -> EntryPoint:
+    return EntryPoint(name=name, value=value, group=GROUP)
+
+
+BUILTIN = [ep("log-json-file", "engine.plugins.log.jsonfile"),
+           ep("vol-bind", "engine.plugins.volume.bind"),
+           ep("net-host", "engine.plugins.network.host")]
+
+
+def host(tmp_path, extra=()) -> PluginHost:
+    h = PluginHost(str(tmp_path / "data"), str(tmp_path / "run"))
+    h.discover(BUILTIN + list(extra))
+    asyncio.run(h.start_drivers())
+    return h
+
+
+def test_builtin_drivers_are_found_through_entry_points(tmp_path):
+    h = host(tmp_path)
+    assert set(h.drivers["log"]) == {"json-file"}
+    assert {"bind", "local"} <= set(h.drivers["volume"])
+    assert h.network("host").needs_netns is False
+    assert all(not p.error for p in h.plugins.values())
+
+
+def test_a_broken_plugin_is_recorded_and_the_rest_loads(tmp_path):
+    h = host(tmp_path, [ep("broken", "plugin_samples.broken"), ep("good", "plugin_samples.good")])
+    assert "broken on purpose" in h.plugins["broken"].error
+    assert h.volume("memory").name == "memory"
+    api = h.plugins["broken"].to_api()
+    assert api["Enabled"] is False and "broken on purpose" in api["Error"]
+
+
+def test_a_misspelled_hook_fails_loudly(tmp_path):
+    h = host(tmp_path, [ep("typo", "plugin_samples.typo")])
+    assert "engine_register_driverz" in h.plugins["typo"].error
+
+
+def test_a_driver_name_clash_is_an_error_not_a_silent_replace(tmp_path):
+    h = host(tmp_path, [ep("clash", "plugin_samples.clash")])
+    assert "already provided" in h.plugins["clash"].error
+    assert type(h.log("json-file")).__module__ == "engine.plugins.log.jsonfile"
+
+
+def test_disable_refuses_while_in_use_and_persists(tmp_path):
+    h = host(tmp_path, [ep("good", "plugin_samples.good")])
+    with pytest.raises(Conflict, match="in use"):
+        asyncio.run(h.disable("good", lambda kind, name: "container web" if name == "memory" else ""))
+    asyncio.run(h.disable("good", lambda kind, name: ""))
+    with pytest.raises(NotFound):
+        h.volume("memory")
+    # a new host on the same data root keeps it disabled
+    h2 = host(tmp_path, [ep("good", "plugin_samples.good")])
+    assert h2.plugins["good"].enabled is False
+    assert "memory" not in h2.drivers["volume"]
+    asyncio.run(h2.enable("good"))
+    assert h2.volume("memory").name == "memory"
+    h3 = host(tmp_path, [ep("good", "plugin_samples.good")])
+    assert h3.plugins["good"].enabled is True
+
+
+def test_unknown_driver_names_the_installed_ones(tmp_path):
+    h = host(tmp_path)
+    with pytest.raises(NotFound, match="json-file"):
+        h.log("syslogx")
