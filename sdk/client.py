@@ -27,10 +27,11 @@ import socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import IO, Any, Iterable, Iterator, Mapping, Union
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import IO, Any
 
-    Params = Union[Mapping[str, Any], Iterable[tuple[str, Any]], None]
-    Body = Union[Mapping[str, Any], list, bytes, str, IO[bytes], Iterable[bytes], None]
+    Params = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+    Body = Mapping[str, Any] | list | bytes | str | IO[bytes] | Iterable[bytes] | None
 
 DEFAULT_HOST = "unix:///run/engine/engine.sock"
 USER_AGENT = "engine-cli/0.1"
@@ -305,7 +306,7 @@ class HijackedSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "HijackedSocket":
+    def __enter__(self) -> HijackedSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -348,7 +349,7 @@ class APIClient:
             self._idle.close()
             self._idle = self._idle_reader = None
 
-    def __enter__(self) -> "APIClient":
+    def __enter__(self) -> APIClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,7 +25,8 @@ can reuse them for the ``Status`` strings it puts in container lists.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = ["Template", "TemplateError", "container_status", "go_json", "go_str",
            "human_duration", "human_size", "is_truthy", "render", "tabwrite", "truncate_id"]
@@ -237,7 +238,7 @@ class _Parser:
                 raise TemplateError("unclosed action")
             chunk = text[i:j]
             inner = text[j + 2:k]
-            if inner.startswith("- ") or inner == "-" or inner.startswith("-\t") or inner.startswith("-\n"):
+            if inner == "-" or inner[:2] in ("- ", "-\t", "-\n", "-\r"):
                 chunk = chunk.rstrip(" \t\r\n")
                 inner = inner[1:]
             trim_right = inner.endswith(" -") or inner.endswith("\t-") or inner.endswith("\n-")
@@ -696,8 +697,8 @@ def tabwrite(text: str, minwidth: int = 10, padding: int = 3) -> str:
         else:
             i += 1
     out = []
-    for row, ws in zip(rows, widths):
-        out.append("".join(cell.ljust(w) for cell, w in zip(row, ws)) + row[-1])
+    for row, ws in zip(rows, widths, strict=True):
+        out.append("".join(cell.ljust(w) for cell, w in zip(row, ws, strict=False)) + row[-1])
     return "\n".join(out)
 
 

@@ -19,7 +19,8 @@ from .flags import BOOL, STR, Flag, HelpRequested, Spec, UsageError, parse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import IO, Any, Callable
+    from collections.abc import Callable
+    from typing import IO, Any
 
     from engine.sdk.client import APIClient
 
@@ -52,7 +53,7 @@ class Cli:
         self.command = ""
 
     @property
-    def api(self) -> "APIClient":
+    def api(self) -> APIClient:
         if self._api is None:
             from engine.sdk.client import APIClient
 

@@ -19,7 +19,8 @@ from .flags import BOOL, LIST, STR, Flag, Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 _PROXIED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
@@ -190,7 +191,7 @@ class TerminalSession:
         except Exception:  # noqa: BLE001 - a failed resize must not end the session
             pass
 
-    def __enter__(self) -> "TerminalSession":
+    def __enter__(self) -> TerminalSession:
         if self.raw:
             import termios
             import tty
@@ -231,7 +232,7 @@ class SignalProxy:
         except (APIError, ConnectError, OSError) as e:
             self.cli.warn(f"failed to forward signal {name}: {e}")
 
-    def __enter__(self) -> "SignalProxy":
+    def __enter__(self) -> SignalProxy:
         if self.enabled:
             for name in _PROXIED_SIGNALS:
                 num = getattr(signal, name)

@@ -10,7 +10,8 @@ from .flags import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import IO, Any, Callable, Iterable
+    from collections.abc import Callable, Iterable
+    from typing import IO, Any
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -141,14 +142,14 @@ def parse_time(value: str, now: float | None = None) -> str:
         return str(int(now - parse_duration(value) / 1e9))
     except ValueError:
         pass
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"invalid time value {value!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     ts = dt.timestamp()
     return str(int(ts)) if ts == int(ts) else f"{ts:.9f}"
 

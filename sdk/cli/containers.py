@@ -6,8 +6,15 @@ import time
 
 from . import PROG, Cli, StatusError
 from .attach import attach_stream, check_tty, interact, wait_status
-from .common import (go_time, inspect_objects, is_terminal, parse_filters, parse_time,
-                     pull, split_ref)
+from .common import (
+    go_time,
+    inspect_objects,
+    is_terminal,
+    parse_filters,
+    parse_time,
+    pull,
+    split_ref,
+)
 from .flags import BOOL, INT, LIST, STR, Flag, Spec, UsageError
 from .opts import CREATE_FLAGS, RUN_FLAGS, build_create
 
@@ -350,7 +357,8 @@ PS = Spec("ps", "ps [OPTIONS]", "List containers", [
     Flag("-s, --size", BOOL, "Display total file sizes"),
 ], max_args=0, aliases=("container ls", "container list", "container ps"))
 
-PS_TABLE = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+PS_TABLE = ("table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t"
+            "{{.Ports}}\t{{.Names}}")
 
 
 def cmd_ps(cli: Cli, argv: list[str]) -> int:

@@ -2,7 +2,6 @@
 API with docker's flags and output."""
 from __future__ import annotations
 
-
 from . import Cli, StatusError
 from .common import inspect_objects, parse_filters
 from .flags import BOOL, LIST, STR, Flag, Spec
@@ -207,7 +206,8 @@ NETWORK_INSPECT = Spec("network inspect", "network inspect [OPTIONS] NETWORK [NE
 def cmd_network_inspect(cli: Cli, argv: list[str]) -> int:
     opts, args = cli.parse(NETWORK_INSPECT, argv)
     return inspect_objects(
-        cli, args, lambda n: cli.api.get(f"/networks/{n}", {"verbose": opts.verbose or None}).json(),
+        cli, args,
+        lambda n: cli.api.get(f"/networks/{n}", {"verbose": opts.verbose or None}).json(),
         opts.format, lambda n: f"Error response from daemon: network {n} not found")
 
 

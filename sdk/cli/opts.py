@@ -149,12 +149,12 @@ def parse_publish(spec: str) -> list[tuple[str, str, str]]:
     if host:
         hstart, hend = _split_port_range(host)
         if hend != hstart and cend != cstart and hend - hstart != cend - cstart:
-            raise ValueError(f"invalid ranges specified for container and host Ports: {ctr} and {host}")
+            raise ValueError("invalid ranges specified for container and host Ports: "
+                             f"{ctr} and {host}")
+        # a single container port may take a host range: the daemon picks one of it
+        host_range = cend == cstart and hend != hstart
         for k, port in enumerate(range(cstart, cend + 1)):
-            if cend == cstart and hend != hstart:
-                hp = f"{hstart}-{hend}"
-            else:
-                hp = str(hstart + k)
+            hp = f"{hstart}-{hend}" if host_range else str(hstart + k)
             rows.append((f"{port}/{proto}", ip, hp))
     else:
         rows.extend((f"{p}/{proto}", ip, "") for p in range(cstart, cend + 1))
@@ -425,7 +425,8 @@ def build_create(opts: Options, args: list[str], tty_size: tuple[int, int] | Non
     attach = {a.lower() for a in opts.attach}
     for a in attach:
         if a not in ("stdin", "stdout", "stderr"):
-            raise UsageError(f"invalid argument {a!r} for -a: valid streams are STDIN, STDOUT and STDERR")
+            raise UsageError(f"invalid argument {a!r} for -a: valid streams are STDIN, "
+                             "STDOUT and STDERR")
     attach_stdin = "stdin" in attach or opts.interactive
     attach_stdout = "stdout" in attach or not attach
     attach_stderr = "stderr" in attach or not attach
@@ -491,9 +492,10 @@ def build_create(opts: Options, args: list[str], tty_size: tuple[int, int] | Non
     aliases = list(opts.network_alias) + list(opts.net_alias)
     endpoints: dict[str, Any] = {}
     if aliases or opts.ip or opts.ip6 or opts.link_local_ip or opts.mac_address:
-        if network in _BUILTIN_NETWORKS or network.startswith("container:"):
-            if aliases:
-                raise UsageError("network-scoped aliases are only supported for user-defined networks")
+        builtin = network in _BUILTIN_NETWORKS or network.startswith("container:")
+        if builtin and aliases:
+            raise UsageError("network-scoped aliases are only supported for user-defined "
+                             "networks")
         ep: dict[str, Any] = {}
         if aliases:
             ep["Aliases"] = aliases

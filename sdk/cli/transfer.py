@@ -11,7 +11,8 @@ from .flags import BOOL, LIST, STR, Flag, Spec, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from typing import IO, Any, Iterator
+    from collections.abc import Iterator
+    from typing import IO, Any
 
 
 def _output(cli: Cli, path: str | None, what: str) -> tuple[IO[bytes], bool]:
@@ -243,9 +244,10 @@ def _copy_from(cli: Cli, container: str, src: str, dst: str) -> int:
             if os.path.isabs(rel) or ".." in rel.split("/"):
                 raise StatusError(1, f"refusing to extract unsafe path {member.name!r}")
             member.name = os.path.join(target, rel) if rel else target
-            if member.islnk():
+            if member.islnk():  # hard links name archive paths: rebase them too
                 lhead, lsep, lrest = member.linkname.partition("/")
-                member.linkname = os.path.join(target, lrest) if lhead == base and lsep else member.linkname
+                if lhead == base and lsep:
+                    member.linkname = os.path.join(target, lrest)
             tar.extract(member, path="/" if os.path.isabs(member.name) else ".",
                         set_attrs=not member.issym())
     return 0

@@ -17,9 +17,10 @@ import re
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -97,7 +98,7 @@ class FakeDaemon:
                 return handler(req, m)
         return error(404, f"page not found: {req.method} {req.path}")
 
-    def start(self) -> "FakeDaemon":
+    def start(self) -> FakeDaemon:
         daemon = self
 
         class _Handler(_RequestHandler):

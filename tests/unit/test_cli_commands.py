@@ -11,8 +11,16 @@ import subprocess
 import tarfile
 
 import pytest
-from cli_fakedaemon import (CID, Reply, attach_script, error, frame, invoke, start_daemon,
-                            stop_daemon)
+from cli_fakedaemon import (
+    CID,
+    Reply,
+    attach_script,
+    error,
+    frame,
+    invoke,
+    start_daemon,
+    stop_daemon,
+)
 
 DOCKER = shutil.which("docker")
 
@@ -366,7 +374,8 @@ def test_events_default_format_and_template(daemon, utc):
     req = daemon.one("GET", "/events")
     assert req.q("since") == "1699999999"
     assert json.loads(req.q("filters")) == {"type": {"container": True}}
-    result = invoke(daemon, "events", "--format", "{{.Type}}/{{.Action}} {{.Actor.Attributes.name}}")
+    result = invoke(daemon, "events", "--format",
+                    "{{.Type}}/{{.Action}} {{.Actor.Attributes.name}}")
     assert result.out == "container/start web\n"
 
 

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from cli_fakedaemon import (CID, Reply, attach_script, error, invoke, start_daemon,
-                            stop_daemon)
+from cli_fakedaemon import CID, Reply, attach_script, error, invoke, start_daemon, stop_daemon
 
 DOCKER = shutil.which("docker")
 

@@ -6,9 +6,15 @@ import socket
 
 import pytest
 from cli_fakedaemon import Reply, attach_script, error, frame, start_daemon, stop_daemon
-
-from engine.sdk.client import (APIClient, APIError, ConnectError, HostError, demux,
-                               encode_params, resolve_host)
+from engine.sdk.client import (
+    APIClient,
+    APIError,
+    ConnectError,
+    HostError,
+    demux,
+    encode_params,
+    resolve_host,
+)
 
 
 @pytest.fixture

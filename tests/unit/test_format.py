@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import pytest
-
-from engine.sdk.format import (Template, TemplateError, go_json, human_duration, human_size,
-                               render, tabwrite, truncate_id)
+from engine.sdk.format import (
+    Template,
+    TemplateError,
+    go_json,
+    human_duration,
+    human_size,
+    render,
+    tabwrite,
+    truncate_id,
+)
 
 INSPECT = {
     "Id": "0123456789abcdef" * 4,
@@ -132,9 +139,12 @@ def test_human_duration(seconds, text):
 @pytest.mark.parametrize("state, started, finished, text", [
     ({"Running": True}, 997, 0, "Up 3 seconds"),
     ({"Running": True, "Paused": True}, 700, 0, "Up 5 minutes (Paused)"),
-    ({"Running": True, "Restarting": True, "ExitCode": 1}, 900, 996, "Restarting (1) 4 seconds ago"),
-    ({"Running": True, "Health": {"Status": "healthy"}}, 999.5, 0, "Up Less than a second (healthy)"),
-    ({"Running": True, "Health": {"Status": "starting"}}, 990, 0, "Up 10 seconds (health: starting)"),
+    ({"Running": True, "Restarting": True, "ExitCode": 1}, 900, 996,
+     "Restarting (1) 4 seconds ago"),
+    ({"Running": True, "Health": {"Status": "healthy"}}, 999.5, 0,
+     "Up Less than a second (healthy)"),
+    ({"Running": True, "Health": {"Status": "starting"}}, 990, 0,
+     "Up 10 seconds (health: starting)"),
     ({"Running": False, "ExitCode": 0}, 900, 995, "Exited (0) 5 seconds ago"),
     ({"Running": False, "ExitCode": 137}, 0, 0, "Created"),
     ({"Running": False, "Dead": True}, 900, 950, "Dead"),
