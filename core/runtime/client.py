@@ -1,7 +1,7 @@
 """The daemon's side of the monitor: spawn one, then talk to it over its socket.
 
-:func:`create` and :func:`create_exec` spawn ``python -m engine.core.runtime.monitor``
-in a new session and wait for its one-line sync report (the blocking part runs in an
+:func:`create` and :func:`create_exec` spawn the monitor (:func:`monitor_argv`) in a
+new session and wait for its one-line sync report (the blocking part runs in an
 executor). :class:`Monitor` speaks the socket protocol described in
 :mod:`engine.core.runtime.monitor`; it needs nothing but the state directory, so a
 restarted daemon finds its running containers again (live restore).
@@ -73,6 +73,42 @@ def _read_sync(fd: int, timeout: float) -> bytes:
                 return b"".join(chunks)
 
 
+# The monitor runs with ``python -S`` (no site: it saves a few ms and ~2 MB per
+# container, most of it an editable install's import hook) and this bootstrap, which
+# makes the ``engine`` package and the daemon's import path available by hand.
+_BOOTSTRAP = (
+    "import sys, json\n"
+    "engine_path, import_path = json.loads(sys.argv.pop(1))\n"
+    "engine = type(sys)('engine')\n"
+    "engine.__path__ = engine_path\n"
+    "sys.modules['engine'] = engine\n"
+    "sys.path[:] = [p for p in sys.path if p] + import_path\n"
+    "from engine.core.runtime.monitor import main\n"
+    "sys.exit(main())\n"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _bootstrap_config() -> str:
+    """Where ``engine``'s subpackages live and the daemon's import path, as JSON."""
+    import importlib.util
+    engine_path: list[str] = []
+    for name in ("engine.core", "engine.plugins", "engine.sdk"):
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            parent = os.path.dirname(os.path.abspath(location))
+            if os.path.basename(location) == name.rsplit(".", 1)[1] and \
+                    parent not in engine_path:
+                engine_path.append(parent)
+    import_path = [p for p in sys.path if p and os.path.isdir(p)]
+    return json.dumps([engine_path, import_path])
+
+
+def monitor_argv(args: list[str], python: str = sys.executable) -> list[str]:
+    """The command line that runs the monitor with ``args``."""
+    return [python, "-S", "-c", _BOOTSTRAP, _bootstrap_config(), *args]
+
+
 def spawn_monitor(args: list[str], state_dir: str, *, python: str = sys.executable,
                   timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
     """Run the monitor with ``args`` (without ``--sync-fd``) and return its report.
@@ -87,7 +123,7 @@ def spawn_monitor(args: list[str], state_dir: str, *, python: str = sys.executab
                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             proc = subprocess.Popen(
-                [python, "-m", MODULE, *args, "--sync-fd", str(w)],
+                monitor_argv([*args, "--sync-fd", str(w)], python),
                 stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(w,),
                 start_new_session=True, cwd="/")
         finally:

@@ -39,7 +39,10 @@ import socket
 import struct
 import sys
 import time
-from typing import Any, Callable
+
+TYPE_CHECKING = False  # typing costs a megabyte in every monitor: type checkers only
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 SOCKET_NAME = "monitor.sock"
 READ_CHUNK = 64 * 1024
@@ -696,8 +699,15 @@ class Monitor:
         module_name, _, attr = self.writer_spec.partition(":")
         try:
             import importlib
-            factory: Callable[[dict[str, Any]], Any] = getattr(
-                importlib.import_module(module_name), attr)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError:
+                # started with -S (see client.py): a writer installed through a .pth
+                # file needs the site machinery after all
+                import site
+                site.main()
+                module = importlib.import_module(module_name)
+            factory: Callable[[dict[str, Any]], Any] = getattr(module, attr)
             self.writer = factory(dict(self.writer_context))
         except Exception as exc:
             log(f"log writer {self.writer_spec} disabled: {exc!r}")

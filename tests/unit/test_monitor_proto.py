@@ -115,18 +115,20 @@ def test_parse_rejects(argv: list[str]) -> None:
 
 
 def test_monitor_imports_stay_light() -> None:
-    code = ("import sys, engine.core.runtime.monitor as m; "
-            "print(' '.join(sorted(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    # the way the client runs it: python -S and its bootstrap
+    code = client._BOOTSTRAP.replace(
+        "from engine.core.runtime.monitor import main\nsys.exit(main())\n",
+        "import engine.core.runtime.monitor\nprint(' '.join(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-S", "-c", code, client._bootstrap_config()],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "engine.core.runtime.monitor" in out
     heavy = {"asyncio", "msgspec", "pluggy", "aiohttp", "subprocess", "argparse",
-             "engine.core.runtime.linux", "engine.sdk"}
+             "typing", "threading", "site", "engine.core.runtime.linux", "engine.sdk"}
     assert heavy.isdisjoint(out), heavy & set(out)
 
 
 def test_bad_command_line_exits_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine.core.runtime.monitor", "nope"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(client.monitor_argv(["nope"]), capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
 
 
