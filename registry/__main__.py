@@ -1,0 +1,7 @@
+"""``python -m engine.registry serve|gc ...``."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())
