@@ -267,6 +267,52 @@ def _json_values(data: bytes) -> Iterator[Any]:
         yield value
 
 
+class PendingResponse:
+    """A request already sent on its own connection; the answer is read on demand."""
+
+    def __init__(self, sock: socket.socket, method: str) -> None:
+        self.sock = sock
+        self.method = method
+        self._reader = _Reader(sock)
+
+    def wait_head(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for the status line and headers, without
+        consuming them. True when they are in (or the connection ended)."""
+        buf = self._reader.buf
+        self.sock.settimeout(timeout)
+        try:
+            while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
+                if not self._reader._fill():
+                    break
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(None)
+        return True
+
+    def response(self) -> Response:
+        """Wait for the status and headers. Non-2xx raises :class:`APIError`."""
+        try:
+            resp = APIClient._read_head(self._reader, self.method)
+        except BaseException:
+            self.sock.close()
+            raise
+        if not resp.ok:
+            resp.read()
+            self.sock.close()
+            raise APIError(resp.status, _error_message(resp.body, resp.status))
+        resp.close_after = True
+        return resp
+
+    def read(self) -> bytes:
+        """Wait for the whole answer and return its body."""
+        return self.response().read()
+
+    def close(self) -> None:
+        """Abandon the request."""
+        self.sock.close()
+
+
 class HijackedSocket:
     """The raw stream of an attach or exec after the daemon answered ``101``.
 
@@ -423,25 +469,29 @@ class APIClient:
             headers[key.strip().lower()] = value.strip()
         return Response(status, reason, headers, reader, method)
 
-    def open(self, method: str, path: str, params: Params = None, body: Body = None,
-             headers: Mapping[str, str] | None = None) -> Response:
-        """Send a request on a fresh connection and return the response with its body
-        unread (for streams and long polls such as ``wait``). Non-2xx raises
-        :class:`APIError`. The connection is closed when the body is exhausted."""
+    def send(self, method: str, path: str, params: Params = None, body: Body = None,
+             headers: Mapping[str, str] | None = None) -> PendingResponse:
+        """Send a request on a fresh connection without waiting for the answer.
+
+        For long polls that must be in place before something else happens: ``run``
+        sends ``POST /containers/{id}/wait`` before it starts the container. Docker's
+        daemon answers the headers at once (so the client knows the wait is
+        registered, see :meth:`PendingResponse.wait_head`) and the body at exit."""
         sock = self._connect()
         try:
             self._send(sock, method, self.url(path, params), body, headers,
                        {"Connection": "close"})
-            resp = self._read_head(_Reader(sock), method)
         except BaseException:
             sock.close()
             raise
-        if not resp.ok:
-            resp.read()
-            sock.close()
-            raise APIError(resp.status, _error_message(resp.body, resp.status))
-        resp.close_after = True
-        return resp
+        return PendingResponse(sock, method)
+
+    def open(self, method: str, path: str, params: Params = None, body: Body = None,
+             headers: Mapping[str, str] | None = None) -> Response:
+        """Send a request on a fresh connection and return the response with its body
+        unread (for streams). Non-2xx raises :class:`APIError`. The connection is
+        closed when the body is exhausted or the response is closed."""
+        return self.send(method, path, params, body, headers).response()
 
     def request(self, method: str, path: str, params: Params = None, body: Body = None,
                 headers: Mapping[str, str] | None = None) -> Response:
@@ -586,4 +636,4 @@ def demux(src: Any) -> Iterator[tuple[int, bytes]]:
 
 
 __all__ = ["APIClient", "APIError", "ConnectError", "HijackedSocket", "HostError",
-           "Response", "demux", "encode_params", "resolve_host"]
+           "PendingResponse", "Response", "demux", "encode_params", "resolve_host"]

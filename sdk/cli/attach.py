@@ -306,7 +306,7 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
     use_stdin = bool(opts.interactive and config.get("OpenStdin"))
     check_tty(cli, use_stdin, tty)
     sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
-    waiter = cli.api.open("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
+    waiter = send_wait(cli, cid, "next-exit")
     try:
         cli.api.post(f"/containers/{cid}/start")
         detached = interact(cli, cid, sock, tty, use_stdin, opts.detach_keys, sig_proxy=True)
@@ -321,11 +321,28 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
     return wait_status(cli, waiter)
 
 
+WAIT_REGISTERED_TIMEOUT = 1.0
+
+
+def send_wait(cli: Cli, cid: str, condition: str) -> Any:
+    """Send ``POST /containers/{id}/wait`` and give the daemon a moment to confirm it
+    (by answering the headers) so that an instant exit after ``start`` is not
+    missed; a daemon that holds the headers back only costs that moment."""
+    waiter = cli.api.send("POST", f"/containers/{cid}/wait", {"condition": condition})
+    waiter.wait_head(WAIT_REGISTERED_TIMEOUT)
+    return waiter
+
+
 def wait_status(cli: Cli, waiter: Any) -> int:
     """Read the answer of a pending ``/wait`` request: the exit code."""
     import json
 
-    body = json.loads(waiter.read() or b"{}")
+    from engine.sdk.client import APIError
+
+    try:
+        body = json.loads(waiter.read() or b"{}")
+    except APIError as e:
+        raise StatusError(125, str(e)) from None
     err = body.get("Error")
     if err and err.get("Message"):
         raise StatusError(125, err["Message"])
@@ -355,7 +372,7 @@ def cmd_attach(cli: Cli, argv: list[str]) -> int:
     use_stdin = bool(not opts.no_stdin and config.get("OpenStdin"))
     check_tty(cli, use_stdin, tty)
     sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
-    waiter = cli.api.open("POST", f"/containers/{cid}/wait", {"condition": "next-exit"})
+    waiter = send_wait(cli, cid, "next-exit")
     try:
         detached = interact(cli, cid, sock, tty, use_stdin, opts.detach_keys, opts.sig_proxy)
     except BaseException:

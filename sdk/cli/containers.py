@@ -5,7 +5,7 @@ import os
 import time
 
 from . import PROG, Cli, StatusError
-from .attach import attach_stream, check_tty, interact, wait_status
+from .attach import attach_stream, check_tty, interact, send_wait, wait_status
 from .common import (
     go_time,
     inspect_objects,
@@ -137,8 +137,7 @@ def cmd_run(cli: Cli, argv: list[str]) -> int:
         if attached:
             sock = attach_stream(cli, cid, body["AttachStdin"], body["AttachStdout"],
                                  body["AttachStderr"], opts.detach_keys)
-        waiter = api.open("POST", f"/containers/{cid}/wait",
-                          {"condition": "removed" if opts.rm else "next-exit"})
+        waiter = send_wait(cli, cid, "removed" if opts.rm else "next-exit")
         try:
             api.post(f"/containers/{cid}/start")
         except APIError as e:

@@ -327,3 +327,32 @@ def test_attach_failure_is_a_run_failure(daemon):
     assert result.code == 125
     assert "container is paused" in result.err
     assert not daemon.find("POST", r"/containers/.*/start")
+
+
+def test_wait_answered_only_after_exit(daemon):
+    """A daemon may hold back the wait response (headers included) until the
+    container exits; run must still start it."""
+    import threading
+
+    started = threading.Event()
+
+    def start(req, m):
+        started.set()
+        return Reply(204)
+
+    def wait(req, m):
+        assert started.wait(10), "the container was never started"
+        return Reply(200, {"StatusCode": 9})
+
+    daemon.route("POST", r"/containers/[^/]+/attach", Reply(hijack=attach_script([(1, b"x")])))
+    daemon.route("POST", r"/containers/[^/]+/start", start)
+    daemon.route("POST", r"/containers/[^/]+/wait", wait)
+    result = invoke(daemon, "run", "busybox")
+    assert result.code == 9 and result.out == "x"
+
+
+def test_wait_error_after_start(daemon):
+    daemon.route("POST", r"/containers/[^/]+/attach", Reply(hijack=attach_script([])))
+    daemon.route("POST", r"/containers/[^/]+/wait", error(404, "No such container: gone"))
+    result = invoke(daemon, "run", "busybox")
+    assert result.code == 125 and "No such container: gone" in result.err

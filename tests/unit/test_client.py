@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 
 import pytest
@@ -186,3 +187,23 @@ def test_server_closing_idle_connection_is_retried(daemon, api):
     assert api._idle is not None
     api._idle.shutdown(socket.SHUT_RDWR)  # as if the daemon had dropped it
     assert api.get("/version").json() == {"Version": "1"}
+
+
+def test_send_then_read_later(daemon, api):
+    import threading
+
+    release = threading.Event()
+
+    def slow(req, m):
+        release.wait(10)
+        return Reply(200, {"StatusCode": 0})
+
+    daemon.route("POST", r"/containers/x/wait", slow)
+    pending = api.send("POST", "/containers/x/wait", {"condition": "next-exit"})
+    assert pending.wait_head(0.05) is False  # the daemon holds everything back
+    release.set()
+    assert pending.wait_head(5) is True
+    assert json.loads(pending.read()) == {"StatusCode": 0}
+    daemon.route("POST", r"/containers/y/wait", error(404, "No such container: y"))
+    with pytest.raises(APIError, match="No such container"):
+        api.send("POST", "/containers/y/wait").read()
