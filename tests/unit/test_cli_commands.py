@@ -597,3 +597,17 @@ def test_system_df_verbose_and_history_raw(daemon):
         {"Id": "sha256:" + "b" * 64, "Created": 0, "CreatedBy": "x", "Size": 4_261_550}]))
     raw = invoke(daemon, "history", "-H=false", "busybox").out.splitlines()
     assert raw[1].split()[1:] == ["1970-01-01T00:00:00Z", "x", "4261550"]
+
+
+def test_cp_tar_from_stdin(daemon):
+    payload = _tar({"a.txt": b"A"})
+    daemon.route("HEAD", r"/containers/web/archive",
+                 Reply(200, b"", {"X-Docker-Container-Path-Stat": _stat("tmp", True)}))
+    daemon.route("PUT", r"/containers/web/archive", Reply(200))
+    result = invoke(daemon, "cp", "-", "web:/tmp", stdin=payload)
+    assert result.code == 0, result
+    put = daemon.one("PUT", "/containers/web/archive")
+    assert put.q("path") == "/tmp" and put.body == payload
+    daemon.route("HEAD", r"/containers/web/archive", error(404, "not found"))
+    missing = invoke(daemon, "cp", "-", "web:/nope", stdin=payload)
+    assert missing.code == 1 and "must be a directory" in missing.err
