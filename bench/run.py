@@ -1,0 +1,175 @@
+"""Compare engine with Docker and Podman on this machine, in one run.
+
+Usage (as root)::
+
+    /work/main/.venv/bin/python bench/run.py [--quick] [-n N] [--json out.json]
+        [--only engine,docker,podman] [--skip run_rm,logs,...]
+
+Each engine gets its own temporary roots under one base directory in /tmp: engine's
+``engined`` and Docker's ``dockerd`` (with its managed containerd) are started on
+sockets there, Podman runs with ``--root/--runroot`` there. The same busybox rootfs tar
+is imported into each as ``busybox:latest``. Every measurement is repeated N times and
+the table gives median and p90 per engine, and the ratios engine/docker and
+engine/podman. Everything started is stopped by PID, unmounted and deleted at the end,
+also on Ctrl-C or SIGTERM. Nothing leaves the machine: containers have no network.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import measure  # noqa: E402
+from bench.proc import unmount_under  # noqa: E402
+from bench.stats import TARGETS, Report  # noqa: E402
+from bench.targets import (  # noqa: E402
+    REPO, BenchError, DockerTarget, EngineTarget, PodmanTarget, Target, dump_json, versions)
+
+#: measurement groups, in the order they run: name -> (function, measurement ids)
+GROUPS: dict[str, tuple[Callable[[Target, Report, int], None], list[str]]] = {
+    "daemon": (measure.daemon_start, ["ready", "idle_rss"]),
+    "run_rm": (measure.run_rm, ["run_rm", "run_rm_docker_cli"]),
+    "concurrent": (measure.concurrent, ["run50", "rm50", "ctr_pss"]),
+    "logs": (measure.logs, ["log_write", "log_read"]),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py", description="Compare engine with Docker and Podman.")
+    p.add_argument("-n", "--repeat", type=int, default=None,
+                   help="repetitions of each measurement (default 10, 3 with --quick)")
+    p.add_argument("--quick", action="store_true", help="3 repetitions")
+    p.add_argument("--json", type=Path, help="write every sample to this JSON file")
+    p.add_argument("--only", default=",".join(TARGETS),
+                   help="comma-separated targets to measure (default: all)")
+    p.add_argument("--skip", default="",
+                   help=f"comma-separated measurement groups to skip ({', '.join(GROUPS)})")
+    p.add_argument("--venv-bin", type=Path, default=REPO / ".venv" / "bin",
+                   help="where engined and engine are installed")
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 10
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    unknown = set(filter(None, args.skip.split(","))) - set(GROUPS)
+    if unknown:
+        p.error(f"unknown measurement group(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def prepare(target: Target, tar: Path, report: Report) -> bool:
+    """Start the target's daemon and import the image; False (recorded) on failure."""
+    try:
+        if target.has_daemon:
+            target.start_daemon()
+        target.import_image(tar)
+        return True
+    except (BenchError, OSError) as e:
+        log(f"{target.name}: setup failed: {e}")
+        report.mark_missing(target.name, "setup failed")
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (it starts daemons and containers)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import build_busybox_tar  # the test image, built the same way
+
+    report = Report(measure.MEASUREMENTS)
+    wanted = [t for t in filter(None, args.only.split(",")) if t in TARGETS]
+    skip = set(filter(None, args.skip.split(",")))
+    base = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
+    classes = {"engine": lambda: EngineTarget(base, args.venv_bin),
+               "docker": lambda: DockerTarget(base), "podman": lambda: PodmanTarget(base)}
+    targets: list[Target] = []
+    for name in TARGETS:
+        if name not in wanted:
+            report.mark_missing(name, "not selected")
+            continue
+        target = classes[name]()
+        reason = target.missing()
+        if reason:
+            print(f"{name}: {reason}")
+            report.mark_missing(name, reason)
+        else:
+            targets.append(target)
+
+    shm_lock = Path("/dev/shm/libpod_lock")
+    shm_lock_existed = shm_lock.exists()
+    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    interrupted = False
+    try:
+        tar = build_busybox_tar(base / "busybox.tar")
+        ready = []
+        for target in targets:
+            log(f"{target.name}: starting and importing {tar.name}")
+            if prepare(target, tar, report):
+                ready.append(target)
+        for group, (func, ids) in GROUPS.items():
+            if group in skip:
+                for t in TARGETS:
+                    report.mark_missing(t, "skipped", ids)
+                continue
+            for target in ready:
+                log(f"{target.name}: {group} x{args.repeat}")
+                try:
+                    func(target, report, args.repeat)
+                except (BenchError, OSError) as e:
+                    log(f"{target.name}: {group} failed: {e}")
+                    report.mark_missing(target.name, "error", ids)
+                    report.result(ids[0], target.name).note = (
+                        f"{target.name} {group}: {str(e).splitlines()[0][:200]}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: cleaning up")
+    finally:
+        # a second Ctrl-C must not leave daemons, mounts or directories behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for target in targets:
+            try:
+                target.cleanup()
+            except Exception as e:  # noqa: BLE001 - clean up the others regardless
+                log(f"{target.name}: cleanup failed: {e}")
+        unmount_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+        if not shm_lock_existed:
+            shm_lock.unlink(missing_ok=True)  # podman's lock file, created by this run
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    print(f"\n{report.format_table()}\n")
+    if args.json:
+        meta = {"command": " ".join(sys.argv), "repeat": args.repeat,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "versions": versions(targets), "interrupted": interrupted}
+        dump_json(args.json, report.to_json(meta))
+        print(f"samples written to {args.json}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
