@@ -16,7 +16,7 @@ fi
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=$(command -v python3)
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e . >/dev/null
+.venv/bin/pip install -q --disable-pip-version-check . >/dev/null
 env -u PYTHONDONTWRITEBYTECODE .venv/bin/python -m compileall -q core plugins sdk >/dev/null || true
 ln -sf "$here/.venv/bin/engine" /usr/local/bin/engine
 ln -sf "$here/.venv/bin/engined" /usr/local/bin/engined
@@ -38,6 +38,6 @@ if ! .venv/bin/python -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.
   done
 fi
 if ! .venv/bin/engine image inspect busybox >/dev/null 2>&1; then
-  .venv/bin/python scripts/busybox-rootfs.py | .venv/bin/engine import -c 'CMD ["sh"]' - busybox:latest >/dev/null
+  .venv/bin/python scripts/busybox_rootfs.py | .venv/bin/engine import -c 'CMD ["sh"]' - busybox:latest >/dev/null
 fi
 echo "engine is installed: try 'engine run --rm busybox echo hello'"
