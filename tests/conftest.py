@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import busybox_rootfs  # noqa: E402  (scripts/busybox_rootfs.py, standard library only)
+import busybox_rootfs as _bbx  # noqa: E402  (scripts/busybox_rootfs.py, standard library only)
 
-PASSWD = busybox_rootfs.PASSWD
-GROUP = busybox_rootfs.GROUP
+PASSWD = _bbx.PASSWD
+GROUP = _bbx.GROUP
 
 
 def is_root() -> bool:
@@ -36,7 +36,7 @@ needs_root = pytest.mark.skipif(not is_root(), reason="needs root and a real ker
 def build_busybox_tar(path: Path) -> Path:
     """Write a rootfs tar of busybox to ``path`` (uncompressed) and return it."""
     try:
-        return busybox_rootfs.build_busybox_tar(path)
+        return _bbx.build_busybox_tar(path)
     except FileNotFoundError as e:
         pytest.skip(str(e))
 
