@@ -58,6 +58,8 @@ STDIN_HIGH_WATER = 1024 * 1024
 DRAIN_IDLE = 1.0
 # How long the exiting monitor keeps sending buffered output to slow attach clients.
 FLUSH_TIMEOUT = 5.0
+# How long an exited process's output may stay unread because an attach client is slow.
+PAUSED_EXIT_GRACE = 30.0
 REQUEST_MAX = 64 * 1024
 
 _HEADER = struct.Struct(">BxxxI")
@@ -291,7 +293,8 @@ class Backend:
 
     ``prepare`` runs before the sync reply and returns the host pid (0 when the process
     is only made at start); ``start`` releases it and returns its pid or raises
-    :class:`StartError`; ``cleanup`` runs once it has exited.
+    :class:`StartError` (``winsize`` is the terminal size asked for so far, for a
+    runtime that makes the pty only then); ``cleanup`` runs once it has exited.
     """
 
     terminal = False
@@ -300,7 +303,7 @@ class Backend:
     def prepare(self, stdio: Stdio) -> int:
         raise NotImplementedError
 
-    def start(self, stdio: Stdio) -> int:
+    def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         raise NotImplementedError
 
     def oom_killed(self) -> bool:
@@ -332,7 +335,7 @@ class _SpawnedBackend(Backend):
             raise StartError(exc.message, exc.exit_code) from None
         return int(self.spawned.pid)
 
-    def start(self, stdio: Stdio) -> int:
+    def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         from engine.core.runtime import linux
         try:
             self.spawned.start()
@@ -417,7 +420,7 @@ class RuncContainer(Backend):
         with open(self.pid_file) as f:
             return int(f.read().strip())
 
-    def start(self, stdio: Stdio) -> int:
+    def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         from engine.core.runtime.runc import RuncError
         try:
             self.runc.start(self.id)
@@ -452,11 +455,19 @@ class RuncExec(Backend):
     def prepare(self, stdio: Stdio) -> int:
         return 0
 
-    def start(self, stdio: Stdio) -> int:
+    def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         from engine.core.runtime.runc import RuncError
+        process_file = self.process_file
+        if self.terminal and winsize:
+            # runc runs the process at once: size its pty from the start
+            with open(process_file, "rb") as f:
+                process = json.load(f)
+            process["consoleSize"] = {"height": winsize[0], "width": winsize[1]}
+            process_file = os.path.join(os.path.dirname(self.pid_file), "process.run.json")
+            atomic_write_json(process_file, process)
         try:
             master = self.runc.exec(
-                self.container_id, self.process_file, pid_file=self.pid_file,
+                self.container_id, process_file, pid_file=self.pid_file,
                 stdio=stdio.child, console_socket="console.sock" if self.terminal else None)
         except RuncError as exc:
             raise StartError(exc.message, classify_error(exc.message)) from None
@@ -540,6 +551,8 @@ class Monitor:
         self.writer: Any = None
         self.writer_pending: list[tuple[str, bytes, int]] | None = [] if log_writer else None
         self.writer_due = False
+        self.winsize: tuple[int, int] | None = None
+        self.killed = False
         self._wake_r, self._wake_w = socket.socketpair()
 
     # ---- set-up
@@ -598,9 +611,16 @@ class Monitor:
             if not self.done:
                 self._maybe_finish()
 
+    def _awaiting_start(self) -> bool:
+        """True while a process that exited before its start waits for the daemon to
+        start it (and learn why it failed) or to kill it."""
+        return not self.started_ns and not self.killed
+
     def _timeout(self) -> float | None:
-        if self.status is None:
+        if self.status is None or self._awaiting_start():
             return None
+        if self.paused:  # waiting for a slow attach client to take its output
+            return 0.1
         return max(0.0, self.last_output + DRAIN_IDLE - time.monotonic())
 
     def _watch_outputs(self) -> None:
@@ -668,7 +688,7 @@ class Monitor:
             self.writer_pending.append((stream, data, now))
         tty = self.stdio.terminal
         framed = b""
-        for c in self.clients:
+        for c in list(self.clients):  # a client that fails is dropped on the way
             if not (c.stdout if stream == "stdout" else c.stderr):
                 continue
             if tty:
@@ -798,13 +818,15 @@ class Monitor:
             self._reply_close(sock, {"ok": False, "message": "already started",
                                      "exit_code": 125})
             return
-        if self.status is not None:
-            self._reply_close(sock, {"ok": False, "message": "the process has exited",
+        if self.killed:
+            self._reply_close(sock, {"ok": False, "message": "the process was killed",
                                      "exit_code": 125})
             return
+        # a process that died before its start (its setup failed) still goes through
+        # the runtime's start, which says why
         self.started_ns = time.time_ns()
         try:
-            pid = self.backend.start(self.stdio)
+            pid = self.backend.start(self.stdio, self.winsize)
         except StartError as exc:
             self._reply_close(sock, {"ok": False, "message": exc.message,
                                      "exit_code": exc.exit_code})
@@ -819,6 +841,7 @@ class Monitor:
             self._open_pidfd()
             atomic_write_json(os.path.join(self.state_dir, "pid"), self.pid)
             self._watch_outputs()
+            self._apply_winsize()
             self._reap()
         self._reply_close(sock, {"ok": True, "pid": self.pid})
         self.writer_due = bool(self.writer_spec)
@@ -835,12 +858,19 @@ class Monitor:
 
     def op_resize(self, sock: socket.socket, msg: dict[str, Any]) -> None:
         h, w = int(msg.get("height", 0)), int(msg.get("width", 0))
-        if self.stdio.terminal and self.stdio.master >= 0 and h > 0 and w > 0:
-            _resize(self.stdio.master, h, w)
+        if self.stdio.terminal and h > 0 and w > 0:
+            self.winsize = (h, w)
+            self._apply_winsize()
         self._reply_close(sock, {"ok": True})
+
+    def _apply_winsize(self) -> None:
+        """Size the pty as last asked (kept when asked before the pty exists)."""
+        if self.winsize and self.stdio.master >= 0:
+            _resize(self.stdio.master, *self.winsize)
 
     def op_kill(self, sock: socket.socket, msg: dict[str, Any]) -> None:
         sig = int(msg.get("signal", signal.SIGKILL))
+        self.killed = True
         if self.pidfd >= 0 and self.status is None:
             try:
                 signal.pidfd_send_signal(self.pidfd, sig)
@@ -976,12 +1006,12 @@ class Monitor:
     # ---- exit
 
     def _maybe_finish(self) -> None:
-        if self.status is None:
+        if self.status is None or self._awaiting_start():
             return
         if self.outputs and not self.paused and \
                 time.monotonic() - self.last_output < DRAIN_IDLE:
             return
-        if self.paused and time.monotonic() - self.exited_at < FLUSH_TIMEOUT * 6:
+        if self.paused and time.monotonic() - self.exited_at < PAUSED_EXIT_GRACE:
             return
         self._finish()
 
@@ -1025,25 +1055,28 @@ class Monitor:
             self.stdin_fd = -1
 
     def _flush_all_clients(self) -> None:
+        """Send each attach client what it still has coming, then close it (each as
+        soon as it is done; a client that takes no data is dropped at the deadline)."""
         deadline = time.monotonic() + FLUSH_TIMEOUT
         for c in self.clients:
             c.reading = False
-        while any(c.out for c in self.clients) and time.monotonic() < deadline:
-            for c in list(self.clients):
-                self._update_client(c)
-            ready = self.sel.select(max(0.0, deadline - time.monotonic()))
-            for key, events in ready:
-                if key.data == self._on_client and events & selectors.EVENT_WRITE:
-                    c = self._find_client(key.fileobj)  # type: ignore[arg-type]
-                    if c is not None:
-                        self._flush_client(c)
+            self._update_client(c)
+        while True:
+            for c in [c for c in self.clients if not c.out]:
+                try:
+                    c.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self._drop_client(c)
+            left = deadline - time.monotonic()
+            if not self.clients or left <= 0:
+                break
+            for key, events in self.sel.select(left):
+                if key.data == self._on_client:
+                    self._on_client(key.fileobj, events)  # type: ignore[arg-type]
                 elif key.data == self._on_wake:
                     self._on_wake(key.fileobj, events)
         for c in list(self.clients):
-            try:
-                c.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._drop_client(c)
 
 

@@ -88,11 +88,11 @@ class Containers:
                                      **kwargs)
         return cid, client.Monitor(str(state)), report
 
-    async def exec(self, cid: str, target_pid: int, args: list[str], **kwargs: Any
-                   ) -> client.Monitor:
+    async def exec(self, cid: str, target_pid: int, args: list[str], *,
+                   tty: bool = False, **kwargs: Any) -> client.Monitor:
         state = self.state_dir(cid) / "exec" / uuid.uuid4().hex[:12]
-        process = {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": args,
-                   "env": ["PATH=/bin"], "cwd": "/"}
+        process = {"terminal": tty, "user": {"uid": 0, "gid": 0}, "args": args,
+                   "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/"}
         await client.create_exec(
             exec_id=state.name, state_dir=str(state), target_pid=target_pid,
             process=process, cgroups_path=f"/{CGROUP_PARENT}/{cid}",
@@ -248,6 +248,38 @@ def test_exec(containers: Containers) -> None:
     assert out == f"in-exec\nsleep\x0030\x00\n{cid[:12]}\n".encode()
     assert first["exit_code"] == 5 and second["exit_code"] == 143
     assert container_state["running"]  # the execs left the container alone
+
+
+def test_exec_tty_stdin_and_failure(containers: Containers) -> None:
+    async def go():
+        cid, mon, report = await containers.create(["sleep", "30"])
+        await mon.start()
+        tty_exec = await containers.exec(cid, report["pid"], ["stty", "size"], tty=True)
+        reader, _w, tty = await tty_exec.attach(False, True, True)
+        assert tty
+        await tty_exec.resize(20, 30)  # before start: runc makes the pty only then
+        await tty_exec.start()
+        tty_out = await reader.read()
+        stdin_exec = await containers.exec(cid, report["pid"],
+                                           ["sh", "-c", "read x; echo got $x"],
+                                           stdin_open=True, stdin_once=True)
+        reader, writer, _tty = await stdin_exec.attach(True, True, True)
+        await stdin_exec.start()
+        writer.write(b"abc\n")
+        writer.write_eof()
+        stdin_out = frames(await reader.read())[1]
+        bad = await containers.exec(cid, report["pid"], ["no-such-command"])
+        with pytest.raises(client.MonitorError) as info:
+            await bad.start()
+        results = [await m.wait() for m in (tty_exec, stdin_exec, bad)]
+        await mon.kill(signal.SIGKILL)
+        await mon.wait()
+        return tty_out, stdin_out, info.value, results
+
+    tty_out, stdin_out, error, results = run(go())
+    assert tty_out == b"20 30\r\n" and stdin_out == b"got abc\n"
+    assert error.exit_code == 127 and "no-such-command" in error.message
+    assert [r["exit_code"] for r in results] == [0, 0, 127]
 
 
 def test_log_writer(containers: Containers, monkeypatch: pytest.MonkeyPatch,

@@ -21,6 +21,7 @@ from engine.core.runtime import client, monitor
 from engine.core.runtime.monitor import Backend, Monitor, Stdio
 
 SH = "/bin/sh"
+DRAIN_WAIT = monitor.DRAIN_IDLE + 0.2
 
 
 # --------------------------------------------------------------------- helpers
@@ -154,10 +155,11 @@ class HostProcess(Backend):
     """A backend that runs ``argv`` on the host, released by ``start``."""
 
     def __init__(self, argv: list[str], terminal: bool = False,
-                 fail_start: str = "") -> None:
+                 fail_start: str = "", exit_early: bool = False) -> None:
         self.argv = argv
         self.terminal = terminal
         self.fail_start = fail_start
+        self.exit_early = exit_early
         self.pid = 0
         self.start_w = -1
         self.cleaned = False
@@ -173,6 +175,8 @@ class HostProcess(Backend):
                     fcntl.ioctl(stdio.tty_slave, termios.TIOCSCTTY, 0)
                 for n, fd in enumerate(stdio.child):
                     os.dup2(fd, n)
+                if self.exit_early:  # a setup failure before the release
+                    os._exit(127)
                 if os.read(start_r, 1) == b"\0":
                     os.execv(self.argv[0], self.argv)
             finally:
@@ -181,12 +185,16 @@ class HostProcess(Backend):
         self.pid = pid
         return pid
 
-    def start(self, stdio: Stdio) -> int:
+    def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         if self.fail_start:
             os.close(self.start_w)  # the child exits 127 without exec'ing
             raise monitor.StartError(self.fail_start, 127)
-        os.write(self.start_w, b"\0")
-        os.close(self.start_w)
+        try:
+            os.write(self.start_w, b"\0")
+        except BrokenPipeError:
+            raise monitor.StartError("setup failed", 127) from None
+        finally:
+            os.close(self.start_w)
         return self.pid
 
 
@@ -277,7 +285,7 @@ def test_large_output_and_two_clients(tmp_path: Path, monitors: list[int]) -> No
         a = await mon.attach(False, True, True)
         b = await mon.attach(False, True, False)
         await mon.start()
-        return [await asyncio.wait_for(r.read(), 20) for r, _w, _t in (a, b)]
+        return await asyncio.wait_for(asyncio.gather(a[0].read(), b[0].read()), 20)
 
     for data in asyncio.run(go()):
         frames = read_frames(data)
@@ -354,6 +362,32 @@ def test_start_failure(tmp_path: Path, monitors: list[int]) -> None:
         return await asyncio.wait_for(mon.wait(), 10)
 
     assert asyncio.run(go())["exit_code"] == 127
+
+
+@pytest.mark.parametrize("then", ["start", "kill"])
+def test_process_dead_before_start_waits_for_the_daemon(
+        tmp_path: Path, monitors: list[int], then: str) -> None:
+    state = tmp_path / "c"
+    monitors.append(run_monitor(state, HostProcess(["/bin/true"], exit_early=True)))
+    mon = client.Monitor(str(state))
+
+    async def go() -> tuple[dict, dict]:
+        deadline = time.monotonic() + 10
+        while (before := await mon.state())["exit_code"] is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(DRAIN_WAIT)  # the monitor must still be there
+        if then == "start":
+            with pytest.raises(client.MonitorError) as info:
+                await mon.start()
+            assert info.value.exit_code == 127 and info.value.message == "setup failed"
+        else:
+            await mon.kill()
+        return before, await asyncio.wait_for(mon.wait(), 10)
+
+    before, result = asyncio.run(go())
+    assert before["status"] == "exited" and before["exit_code"] == 127
+    assert result["exit_code"] == 127
 
 
 def test_bad_requests_and_long_state_path(tmp_path: Path, monitors: list[int]) -> None:
