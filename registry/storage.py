@@ -66,7 +66,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
@@ -146,7 +146,7 @@ class Storage:
     def _link_blob(self, name: str, digest: str) -> None:
         link = self._layer_link(name, digest)
         if not link.exists():
-            _atomic_write(link, b"")
+            atomic_write(link, b"")
 
     def delete_blob(self, name: str, digest: str) -> None:
         """Forget a blob in one repository (the bytes go with the next :meth:`gc`)."""
@@ -202,7 +202,7 @@ class Storage:
         d = self._uploads / ident
         d.mkdir()
         (d / "data").touch()
-        _atomic_write(d / "name", name.encode())
+        atomic_write(d / "name", name.encode())
         return ident
 
     def _upload_dir(self, name: str, ident: str) -> Path:
@@ -314,12 +314,12 @@ class Storage:
         media_type = spec.media_type_of(doc, content_type)
         self._check_references(name, doc, media_type)
         self._store_bytes(data)
-        _atomic_write(self._revision(name, digest), media_type.encode())
+        atomic_write(self._revision(name, digest), media_type.encode())
         subject = doc.get("subject")
         if isinstance(subject, dict) and spec.valid_digest(str(subject.get("digest", ""))):
             self._add_referrer(name, subject["digest"], doc, media_type, digest, len(data))
         if tag:
-            _atomic_write(self._tag(name, tag), digest.encode())
+            atomic_write(self._tag(name, tag), digest.encode())
         return digest
 
     @staticmethod
@@ -381,7 +381,7 @@ class Storage:
         if doc.get("annotations"):
             desc["annotations"] = doc["annotations"]
         path = self._repo(name) / "_referrers" / _hex(subject) / _hex(digest)
-        _atomic_write(path, json.dumps(desc).encode())
+        atomic_write(path, json.dumps(desc).encode())
 
     def delete_manifest(self, name: str, ref: str) -> None:
         """Delete a tag, or a manifest by digest together with the tags naming it."""

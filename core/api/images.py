@@ -124,26 +124,13 @@ async def prune(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    """``fromSrc`` imports a rootfs tar; ``fromImage`` pulls (not available yet)."""
+    """``fromSrc`` imports a rootfs tar; ``fromImage`` pulls from a registry."""
     s = svc(request)
     src = request.query.get("fromSrc")
     if src is None:
-        image = request.query.get("fromImage") or ""
-        tagq = request.query.get("tag") or ""
-        ref = image + (":" + tagq if tagq and "@" not in image else "")
-        try:
-            img = await _run(s, s.images.get, ref)
-        except NotFound:
-            img = None
-        if img is None:
-            raise NotFound(f"pull access denied for {image}: pulling from a registry is not "
-                           "supported by this engine yet; load the image with `engine load` "
-                           "or `engine import`")
-        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await resp.prepare(request)
-        await resp.write(encode({"status": f"Status: Image is up to date for {ref}"}) + b"\n")
-        await resp.write_eof()
-        return resp
+        from .distribution import pull
+
+        return await pull(request)
     if src != "-":
         raise InvalidArgument("importing from a URL is not supported: pass the tar in the body "
                               "(fromSrc=-)")

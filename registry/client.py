@@ -1,0 +1,870 @@
+"""Pull, push and login against a distribution registry, for the daemon.
+
+:class:`RegistryClient` works on the daemon's content and image stores. Network I/O is
+asyncio (one ``aiohttp.ClientSession`` per operation); file work (hashing, ingesting,
+compressing, creating the image) runs in the default executor.
+
+* Pull: resolve the reference (``busybox`` -> ``registry-1.docker.io/library/busybox:
+  latest``), fetch the manifest (Docker schema 2, OCI, manifest list or OCI index), pick
+  the platform, then fetch the config and the layers not yet in the content store, three
+  at a time. Each layer goes to a partial file that survives a daemon kill and is resumed
+  with a ``Range`` request; it enters the content store only complete and verified
+  against its digest. Tags are set only once the image exists.
+* Push: upload each layer unless the registry has it (``HEAD``), mounting it from another
+  repository of the same registry when we know one holds it; layers stored uncompressed
+  are gzip-compressed once and the compressed blob is kept, so every push of a layer
+  sends the same bytes. Then the config and a Docker schema 2 manifest.
+* Auth: anonymous, basic, or Docker's bearer token flow, with credentials from
+  ``X-Registry-Auth`` or Docker's ``config.json``.
+* TLS: the system CAs plus ``<certs_dir>/<host:port>/*.crt`` (client certificates as
+  ``*.cert`` + ``*.key``). Plain HTTP only for insecure registries (loopback addresses
+  and ``localhost`` by default, like Docker); there it is tried after HTTPS fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import gzip
+import ipaddress
+import json
+import logging
+import os
+import platform as _platform
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yarl
+
+from engine.core.store import reference
+from engine.core.store.compression import detect
+from engine.core.store.content import ContentStore
+from engine.core.store.images import Image, ImageStore
+from engine.sdk.errors import EngineError, Forbidden, InvalidArgument, NotFound
+
+from . import spec
+from .auth import DOCKER_HUB, DOCKER_HUB_REGISTRY, Challenge, Credentials, parse_challenge
+from .auth import from_config
+from .storage import atomic_write
+
+log = logging.getLogger("engine.registry.client")
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+DEFAULT_CERTS_DIR = "/etc/engine/certs.d"
+#: Layers downloaded (and uploaded) at the same time, as Docker's default.
+CONCURRENCY = 3
+#: Upload chunk size: blobs up to this size go in one PUT, larger ones in PATCH chunks.
+CHUNK = 16 << 20
+_READ = 1 << 20
+
+
+class RegistryError(EngineError):
+    """The registry could not be reached or answered something unexpected."""
+
+    status = 500
+
+
+class Unauthorized(RegistryError):
+    """The registry refused the credentials (or wants some)."""
+
+    status = 401
+
+
+async def _quiet(_msg: dict[str, Any]) -> None:
+    return None
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
+def host_platform() -> tuple[str, str, str]:
+    """``(os, architecture, variant)`` of this machine in OCI terms."""
+    machine = _platform.machine().lower()
+    arch, variant = {
+        "x86_64": ("amd64", ""), "amd64": ("amd64", ""), "aarch64": ("arm64", ""),
+        "arm64": ("arm64", ""), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
+        "i686": ("386", ""), "i386": ("386", ""), "ppc64le": ("ppc64le", ""),
+        "s390x": ("s390x", ""), "riscv64": ("riscv64", ""),
+    }.get(machine, (machine, ""))
+    return "linux", arch, variant
+
+
+def parse_platform(value: str) -> tuple[str, str, str]:
+    """``linux/arm64/v8`` -> ``("linux", "arm64", "v8")``; empty means this machine."""
+    if not value:
+        return host_platform()
+    parts = value.lower().split("/")
+    if len(parts) == 1:
+        return "linux", parts[0], ""
+    if len(parts) > 3 or not all(parts):
+        raise InvalidArgument(f"invalid platform {value!r}: want os/arch[/variant]")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+
+
+def select_platform(manifests: list[dict[str, Any]], want: tuple[str, str, str]) -> dict[str, Any]:
+    """The entry of an index that runs on ``want`` (variant optional, like Docker)."""
+    os_name, arch, variant = want
+    candidates = []
+    for entry in manifests:
+        p = entry.get("platform") or {}
+        if p.get("os") != os_name or p.get("architecture") != arch:
+            continue
+        if variant and p.get("variant") and p["variant"] != variant:
+            continue
+        candidates.append(entry)
+    if not candidates:
+        wanted = "/".join(x for x in want if x)
+        raise NotFound(f"no matching manifest for {wanted} in the manifest list entries")
+    # an exact variant match first, then entries without a variant
+    candidates.sort(key=lambda e: (e.get("platform") or {}).get("variant", "") != variant)
+    return candidates[0]
+
+
+def registry_host(domain: str) -> str:
+    """Where a reference's domain serves the registry API."""
+    return DOCKER_HUB_REGISTRY if domain == DOCKER_HUB else domain
+
+
+class RegistryHosts:
+    """Per-host transport settings: insecure registries and TLS material."""
+
+    def __init__(self, insecure: Iterable[str] = (), certs_dir: str | Path = DEFAULT_CERTS_DIR,
+                 *, loopback_insecure: bool = True) -> None:
+        self.insecure = set(insecure)
+        self.certs_dir = Path(certs_dir)
+        self.loopback_insecure = loopback_insecure
+        self._schemes: dict[str, str] = {}
+        self._contexts: dict[str, ssl.SSLContext] = {}
+
+    def is_insecure(self, host: str) -> bool:
+        """Plain HTTP (and unverified TLS) allowed for ``host``?"""
+        if host in self.insecure:
+            return True
+        if not self.loopback_insecure:
+            return False
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]")
+        if name == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+    def ssl_context(self, host: str, *, verify: bool = True) -> ssl.SSLContext:
+        """System CAs plus the host's own CAs and client certificate from ``certs_dir``."""
+        key = f"{host}|{verify}"
+        ctx = self._contexts.get(key)
+        if ctx is not None:
+            return ctx
+        ctx = ssl.create_default_context()
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        d = self.certs_dir / host
+        if d.is_dir():
+            for crt in sorted(d.glob("*.crt")):
+                ctx.load_verify_locations(cafile=str(crt))
+            for cert in sorted(d.glob("*.cert")):
+                key_file = cert.with_suffix(".key")
+                if not key_file.exists():
+                    raise RegistryError(f"client certificate {cert} has no key {key_file}")
+                ctx.load_cert_chain(str(cert), str(key_file))
+        self._contexts[key] = ctx
+        return ctx
+
+
+class _Conn:
+    """A connection to one repository of one registry, with its auth state."""
+
+    def __init__(self, http: aiohttp.ClientSession, hosts: RegistryHosts, host: str,
+                 creds: Credentials | None, scopes: list[str]) -> None:
+        self.http = http
+        self.hosts = hosts
+        self.host = host
+        self.creds = creds
+        self.scopes = scopes
+        self.base: yarl.URL | None = None
+        self._ssl: ssl.SSLContext | bool = True
+        self._authorization: str | None = None
+        self._lock = asyncio.Lock()
+        #: a refresh token the token server handed out (Docker's identity token)
+        self.refresh_token = ""
+
+    async def _connect(self) -> None:
+        """Pick the scheme: HTTPS, or for an insecure registry HTTP after HTTPS failed."""
+        if self.base is not None:
+            return
+        insecure = self.hosts.is_insecure(self.host)
+        https = yarl.URL(f"https://{self.host}")
+        ctx = self.hosts.ssl_context(self.host, verify=not insecure)
+        if not insecure:
+            self.base, self._ssl = https, ctx
+            return
+        known = self.hosts._schemes.get(self.host)
+        if known == "http":
+            self.base, self._ssl = yarl.URL(f"http://{self.host}"), False
+            return
+        if known == "https":
+            self.base, self._ssl = https, ctx
+            return
+        try:
+            async with self.http.get(https / "v2/", ssl=ctx, allow_redirects=False,
+                                     timeout=aiohttp.ClientTimeout(total=10)):
+                pass
+            self.base, self._ssl = https, ctx
+            self.hosts._schemes[self.host] = "https"
+        except (aiohttp.ClientConnectionError, ssl.SSLError, asyncio.TimeoutError):
+            self.base, self._ssl = yarl.URL(f"http://{self.host}"), False
+            self.hosts._schemes[self.host] = "http"
+
+    def url(self, path: str) -> yarl.URL:
+        assert self.base is not None
+        return self.base.join(yarl.URL(path, encoded=True))
+
+    async def request(self, method: str, target: str | yarl.URL, *,
+                      headers: dict[str, str] | None = None, data: bytes | None = None,
+                      params: dict[str, str] | None = None,
+                      ok: Iterable[int] = (200,)) -> aiohttp.ClientResponse:
+        """Send a request, answering one auth challenge; raise unless the status is ``ok``.
+
+        The caller releases the response (``async with`` or ``release()``).
+        """
+        await self._connect()
+        url = target if isinstance(target, yarl.URL) else self.url(target)
+        if params:
+            url = url.update_query(params)
+        for attempt in range(2):
+            hdrs = dict(headers or {})
+            if self._authorization:
+                hdrs["Authorization"] = self._authorization
+            try:
+                resp = await self.http.request(method, url, headers=hdrs, data=data,
+                                               ssl=self._ssl if url.scheme == "https" else False)
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise RegistryError(f"TLS certificate of {self.host} not trusted: {exc}") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError) as exc:
+                raise RegistryError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            if resp.status == 401 and attempt == 0:
+                challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+                resp.release()
+                await self._authenticate(challenge)
+                continue
+            if resp.status in ok:
+                return resp
+            await _raise_for(resp, method, url)
+        raise AssertionError("unreachable")
+
+    async def _authenticate(self, challenge: Challenge | None) -> None:
+        """Answer a challenge: basic credentials, or a bearer token from the realm."""
+        creds = self.creds
+        if challenge is None or challenge.scheme not in ("basic", "bearer"):
+            raise Unauthorized(f"{self.host}: authentication required")
+        async with self._lock:
+            if challenge.scheme == "basic":
+                if creds is None or not creds.username:
+                    raise Unauthorized(f"{self.host}: authentication required")
+                pair = f"{creds.username}:{creds.password}".encode()
+                self._authorization = "Basic " + base64.b64encode(pair).decode()
+                return
+            if creds is not None and creds.registry_token:
+                self._authorization = "Bearer " + creds.registry_token
+                return
+            self._authorization = "Bearer " + await self._token(challenge)
+
+    async def _token(self, challenge: Challenge) -> str:
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise Unauthorized(f"{self.host}: bearer challenge without realm")
+        scopes = list(self.scopes)
+        if challenge.params.get("scope"):
+            for s in challenge.params["scope"].split(" "):
+                if s not in scopes:
+                    scopes.append(s)
+        service = challenge.params.get("service", "")
+        creds = self.creds
+        realm_url = yarl.URL(realm)
+        tls = self.hosts.ssl_context(realm_url.host or "",
+                                     verify=not self.hosts.is_insecure(realm_url.host or ""))
+        try:
+            if creds is not None and creds.identity_token:
+                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                        "service": service, "client_id": "engine", "scope": " ".join(scopes)}
+                resp = await self.http.post(realm_url, data=form,
+                                            ssl=tls if realm_url.scheme == "https" else False)
+            else:
+                query = [("service", service)] if service else []
+                query += [("scope", s) for s in scopes]
+                auth = (aiohttp.BasicAuth(creds.username, creds.password)
+                        if creds is not None and creds.username else None)
+                resp = await self.http.get(realm_url.update_query(query), auth=auth,
+                                           ssl=tls if realm_url.scheme == "https" else False)
+            async with resp:
+                if resp.status in (401, 403):
+                    raise Unauthorized(f"{self.host}: token request refused "
+                                       f"({resp.status}): {await _error_text(resp)}")
+                if resp.status != 200:
+                    raise RegistryError(f"token server {realm}: HTTP {resp.status}")
+                doc = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise RegistryError(f"token server {realm}: {exc}") from None
+        token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
+        if not token:
+            raise RegistryError(f"token server {realm} returned no token")
+        if isinstance(doc, dict) and doc.get("refresh_token"):
+            self.refresh_token = str(doc["refresh_token"])
+        return str(token)
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    """The messages of a distribution error document, or the raw body."""
+    try:
+        body = await resp.content.read(64 * 1024)
+    except aiohttp.ClientError:
+        return resp.reason or ""
+    try:
+        errors = json.loads(body).get("errors") or []
+        return "; ".join(f"{e.get('code', '').lower().replace('_', ' ')}: {e.get('message', '')}"
+                         for e in errors) or body.decode(errors="replace")
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip() or (resp.reason or "")
+
+
+async def _raise_for(resp: aiohttp.ClientResponse, method: str, url: yarl.URL) -> None:
+    text = await _error_text(resp)
+    resp.release()
+    status = resp.status
+    if status == 401:
+        raise Unauthorized(f"unauthorized: {text or 'authentication required'}")
+    if status == 403:
+        raise Forbidden(f"denied: {text}")
+    if status == 404:
+        raise NotFound(text or f"{url.path}: not found")
+    if status == 400:
+        raise InvalidArgument(f"{method} {url.path}: {text}")
+    raise RegistryError(f"{method} {url.path}: HTTP {status}: {text}")
+
+
+class _State:
+    """What the client remembers between operations, under ``state_dir``.
+
+    ``compressed.json``: uncompressed layer blob -> the gzip blob pushed for it.
+    ``sources.json``: blob -> repositories (``host/path``) known to hold it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _load(self, name: str) -> dict[str, Any]:
+        try:
+            doc = json.loads((self.dir / name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def compressed(self, digest: str) -> str | None:
+        value = self._load("compressed.json").get(digest)
+        return value if isinstance(value, str) else None
+
+    def set_compressed(self, digest: str, gz: str) -> None:
+        with self._lock:
+            doc = self._load("compressed.json")
+            doc[digest] = gz
+            atomic_write(self.dir / "compressed.json", json.dumps(doc, sort_keys=True).encode())
+
+    def sources(self, digest: str) -> list[str]:
+        value = self._load("sources.json").get(digest)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    def add_sources(self, digests: Iterable[str], repo: str) -> None:
+        with self._lock:
+            doc = self._load("sources.json")
+            for d in digests:
+                known = doc.setdefault(d, [])
+                if repo in known:
+                    known.remove(repo)
+                known.insert(0, repo)
+                del known[8:]
+            atomic_write(self.dir / "sources.json", json.dumps(doc, sort_keys=True).encode())
+
+
+class _Resolved:
+    """A manifest fetched and verified: where it came from and what it lists."""
+
+    def __init__(self, ref: reference.Reference, digest: str, media_type: str,
+                 doc: dict[str, Any], index_digest: str = "") -> None:
+        self.ref = ref
+        self.digest = digest
+        self.media_type = media_type
+        self.doc = doc
+        self.index_digest = index_digest
+
+
+class RegistryClient:
+    """Pull, push and login for one daemon's content and image stores."""
+
+    def __init__(self, content: ContentStore, images: ImageStore, state_dir: str | Path,
+                 hosts: RegistryHosts | None = None, *, concurrency: int = CONCURRENCY,
+                 config_dir: str | Path | None = None) -> None:
+        self.content = content
+        self.images = images
+        self.hosts = hosts or RegistryHosts()
+        self.state = _State(Path(state_dir))
+        # partial downloads live beside the content store, not in its tmp dir (which the
+        # store empties when it opens), so a restarted daemon resumes them
+        self.downloads = Path(state_dir) / "downloads"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.config_dir = config_dir
+        self._concurrency = concurrency
+        self._inflight: dict[str, asyncio.Future[None]] = {}
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    async def _run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def _creds(self, domain: str, creds: Credentials | None) -> Credentials | None:
+        if creds is not None and not creds.empty:
+            return creds
+        return from_config(domain, self.config_dir)
+
+    @contextlib.asynccontextmanager
+    async def _session(self):  # type: ignore[no-untyped-def]
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
+        connector = aiohttp.TCPConnector(limit=16)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                         auto_decompress=False) as http:
+            yield http
+
+    # -- manifests -----------------------------------------------------------------------
+
+    async def _manifest(self, conn: _Conn, path: str, ref: str) -> tuple[bytes, str, str]:
+        """Fetch a manifest; return ``(bytes, media type, digest)``, its digest verified."""
+        accept = ", ".join(spec.MANIFEST_TYPES)
+        resp = await conn.request("GET", f"/v2/{path}/manifests/{ref}",
+                                  headers={"Accept": accept})
+        async with resp:
+            if (resp.content_length or 0) > spec.MANIFEST_LIMIT:
+                raise RegistryError(f"manifest {ref} is larger than {spec.MANIFEST_LIMIT} bytes")
+            data = await resp.content.read(spec.MANIFEST_LIMIT + 1)
+            if len(data) > spec.MANIFEST_LIMIT:
+                raise RegistryError(f"manifest {ref} is larger than {spec.MANIFEST_LIMIT} bytes")
+            content_type = resp.headers.get("Content-Type", "")
+            header_digest = resp.headers.get("Docker-Content-Digest", "")
+        digest = spec.sha256(data)
+        if ref.startswith("sha256:") and digest != ref:
+            raise RegistryError(f"manifest digest mismatch: asked for {ref}, got {digest}")
+        if header_digest.startswith("sha256:") and header_digest != digest:
+            raise RegistryError(f"manifest digest mismatch: registry says {header_digest}, "
+                                f"content is {digest}")
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise RegistryError(f"manifest {ref} is not JSON") from None
+        if not isinstance(doc, dict):
+            raise RegistryError(f"manifest {ref} is not a JSON object")
+        if doc.get("schemaVersion") == 1:
+            raise InvalidArgument("Docker image manifests of schema 1 are not supported")
+        return data, spec.media_type_of(doc, content_type), digest
+
+    async def _resolve(self, conn: _Conn, ref: reference.Reference,
+                       want: tuple[str, str, str]) -> _Resolved:
+        """The image manifest for ``ref`` on platform ``want`` (through an index)."""
+        target = ref.digest or ref.tag or reference.DEFAULT_TAG
+        try:
+            data, media_type, digest = await self._manifest(conn, ref.path, target)
+        except NotFound:
+            raise NotFound(f"manifest for {reference.familiar(str(ref.with_default_tag()))} "
+                           "not found: manifest unknown") from None
+        doc = json.loads(data)
+        if media_type in spec.INDEX_MANIFESTS:
+            entry = select_platform(doc.get("manifests") or [], want)
+            child = str(entry.get("digest", ""))
+            if not spec.valid_digest(child):
+                raise RegistryError(f"manifest list entry with invalid digest {child!r}")
+            cdata, ctype, cdigest = await self._manifest(conn, ref.path, child)
+            return _Resolved(ref, cdigest, ctype, json.loads(cdata), index_digest=digest)
+        if media_type not in spec.IMAGE_MANIFESTS:
+            raise InvalidArgument(f"{ref}: unsupported manifest type {media_type}")
+        return _Resolved(ref, digest, media_type, doc)
+
+    # -- pull ------------------------------------------------------------------------------
+
+    async def pull(self, ref: str, *, platform: str = "", creds: Credentials | None = None,
+                   progress: Progress = _quiet) -> Image:
+        """Pull ``ref`` into the stores and tag it; return the image.
+
+        Errors before the first progress message (unknown image, refused credentials)
+        let the caller answer with an error status instead of a stream.
+        """
+        r = reference.parse(ref).with_default_tag()
+        want = parse_platform(platform)
+        host = registry_host(r.domain)
+        creds = self._creds(r.domain, creds)
+        async with self._session() as http:
+            conn = _Conn(http, self.hosts, host, creds, [f"repository:{r.path}:pull"])
+            resolved = await self._resolve(conn, r, want)
+            await progress({"status": f"Pulling from {r.path}",
+                            "id": r.digest or r.tag})
+            img, fetched = await self._fetch(conn, resolved, progress)
+        repo_digest = resolved.index_digest or resolved.digest
+        await self._run(self._record_pull, img, r, repo_digest)
+        self.state.add_sources([d["digest"] for d in resolved.doc.get("layers") or []],
+                               f"{host}/{r.path}")
+        await progress({"status": f"Digest: {repo_digest}"})
+        shown = reference.familiar(str(r))
+        verb = "Downloaded newer image for" if fetched else "Image is up to date for"
+        await progress({"status": f"Status: {verb} {shown}"})
+        return self.images.get(img.id)
+
+    def _record_pull(self, img: Image, r: reference.Reference, digest: str) -> None:
+        if r.tag and not r.digest:
+            self.images.tag(img.id, str(r))
+        self.images.add_digest(img.id, r.name, digest)
+
+    async def _fetch(self, conn: _Conn, resolved: _Resolved,
+                     progress: Progress) -> tuple[Image, bool]:
+        doc = resolved.doc
+        config = doc.get("config") or {}
+        layers = [d for d in doc.get("layers") or []
+                  if d.get("mediaType") not in spec.FOREIGN_LAYERS]
+        for desc in [config, *layers]:
+            if not spec.valid_digest(str(desc.get("digest", ""))):
+                raise RegistryError(f"manifest has an invalid digest {desc.get('digest')!r}")
+        config_bytes = await self._blob_bytes(conn, resolved.ref.path, config["digest"])
+        config_id = spec.sha256(config_bytes)
+        if await self._run(self.images.exists, config_id):
+            existing = await self._run(self.images.get, config_id)
+            if all(self.content.has(d["digest"]) for d in layers):
+                for d in layers:
+                    await progress({"status": "Already exists", "progressDetail": {},
+                                    "id": _short(d["digest"])})
+                return existing, False
+        missing = [d for d in layers if not self.content.has(d["digest"])]
+        for d in layers:
+            status = "Pulling fs layer" if d in missing else "Already exists"
+            await progress({"status": status, "progressDetail": {}, "id": _short(d["digest"])})
+        sem = asyncio.Semaphore(self._concurrency)
+
+        async def one(desc: dict[str, Any]) -> None:
+            if sem.locked():
+                await progress({"status": "Waiting", "progressDetail": {},
+                                "id": _short(desc["digest"])})
+            async with sem:
+                await self._download(conn, resolved.ref.path, desc, progress)
+
+        tasks = [asyncio.ensure_future(one(d)) for d in missing]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        blobs = [(d["digest"], str(d.get("mediaType") or spec.MT_OCI_LAYER_GZIP))
+                 for d in layers]
+        img = await self._run(self.images.create, config_bytes, blobs)
+        for d in missing:
+            await progress({"status": "Pull complete", "progressDetail": {},
+                            "id": _short(d["digest"])})
+        return img, True
+
+    async def _blob_bytes(self, conn: _Conn, path: str, digest: str) -> bytes:
+        """A small blob (a config), verified; kept in memory."""
+        resp = await conn.request("GET", f"/v2/{path}/blobs/{digest}")
+        async with resp:
+            data = await resp.content.read(spec.MANIFEST_LIMIT * 4 + 1)
+        if len(data) > spec.MANIFEST_LIMIT * 4:
+            raise RegistryError(f"config blob {digest} is too large")
+        if spec.sha256(data) != digest:
+            raise RegistryError(f"config blob digest mismatch: expected {digest}, got "
+                                f"{spec.sha256(data)}")
+        return data
+
+    async def _download(self, conn: _Conn, path: str, desc: dict[str, Any],
+                        progress: Progress) -> None:
+        """One layer into the content store; concurrent pulls of a blob share one download."""
+        digest = desc["digest"]
+        running = self._inflight.get(digest)
+        if running is not None:
+            await asyncio.shield(running)
+            await progress({"status": "Download complete", "progressDetail": {},
+                            "id": _short(digest)})
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[digest] = fut
+        try:
+            await self._download_blob(conn, path, digest, int(desc.get("size") or 0), progress)
+            fut.set_result(None)
+        except BaseException as exc:
+            fut.set_exception(exc if isinstance(exc, Exception) else RegistryError("cancelled"))
+            fut.exception()  # retrieved: waiting pulls see it, nobody else has to
+            raise
+        finally:
+            del self._inflight[digest]
+
+    async def _download_blob(self, conn: _Conn, path: str, digest: str, size: int,
+                             progress: Progress) -> None:
+        ident = _short(digest)
+        partial = self.downloads / (digest.removeprefix("sha256:") + ".partial")
+        have = partial.stat().st_size if partial.exists() else 0
+        if size and have > size:
+            have = 0
+        if not (size and have == size):
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            resp = await conn.request("GET", f"/v2/{path}/blobs/{digest}", headers=headers,
+                                      ok=(200, 206))
+            async with resp:
+                if resp.status == 200:
+                    have = 0
+                total = size or (have + (resp.content_length or 0))
+                f = await self._run(open, partial, "ab" if have else "wb")
+                try:
+                    last = 0.0
+                    while chunk := await resp.content.read(_READ):
+                        await self._run(f.write, chunk)
+                        have += len(chunk)
+                        if size and have > size:
+                            raise RegistryError(f"blob {digest} is larger than its "
+                                                f"descriptor's {size} bytes")
+                        now = time.monotonic()
+                        if now - last > 0.2 or have == total:
+                            last = now
+                            await progress({"status": "Downloading", "id": ident,
+                                            "progressDetail": {"current": have, "total": total},
+                                            "progress": _bar(have, total)})
+                finally:
+                    await self._run(f.close)
+        await progress({"status": "Verifying Checksum", "progressDetail": {}, "id": ident})
+        try:
+            await self._run(self._ingest, partial, digest, size)
+        except InvalidArgument as exc:
+            partial.unlink(missing_ok=True)
+            raise RegistryError(f"layer {digest} failed verification: {exc}") from None
+        partial.unlink(missing_ok=True)
+        await progress({"status": "Download complete", "progressDetail": {}, "id": ident})
+
+    def _ingest(self, partial: Path, digest: str, size: int) -> None:
+        with open(partial, "rb") as f:
+            self.content.ingest(f, expected=digest, size=size or None)
+
+    # -- push ------------------------------------------------------------------------------
+
+    async def push(self, ref: str, *, creds: Credentials | None = None,
+                   progress: Progress = _quiet) -> str:
+        """Push a local image to the registry its name says; return the manifest digest."""
+        r = reference.parse(ref).with_default_tag()
+        if r.digest:
+            raise InvalidArgument(f"cannot push a digest reference: {ref}")
+        img = await self._run(self.images.get, str(r))
+        host = registry_host(r.domain)
+        creds = self._creds(r.domain, creds)
+        config_bytes = await self._run(self.images.config_bytes, img)
+        blobs = [await self._run(self._push_blob_of, layer.digest) for layer in img.layers]
+        oci = any(mt == spec.MT_OCI_LAYER_ZSTD for _, _, mt in blobs)
+        sources = {d: [s for s in self.state.sources(d)
+                       if s.startswith(host + "/") and s != f"{host}/{r.path}"]
+                   for d, _, _ in blobs}
+        scopes = [f"repository:{r.path}:pull,push"]
+        for repos in sources.values():
+            for s in repos[:1]:
+                scope = f"repository:{s.split('/', 1)[1]}:pull"
+                if scope not in scopes:
+                    scopes.append(scope)
+        await progress({"status": f"The push refers to repository [{r.name}]"})
+        async with self._session() as http:
+            conn = _Conn(http, self.hosts, host, creds, scopes)
+            await conn.request("GET", "/v2/")  # authenticate before any upload
+            for d, _, _ in reversed(blobs):
+                await progress({"status": "Preparing", "progressDetail": {}, "id": _short(d)})
+            sem = asyncio.Semaphore(self._concurrency)
+
+            async def one(digest: str, size: int) -> None:
+                async with sem:
+                    await self._upload(conn, r.path, digest, size, sources[digest], progress,
+                                       show=True)
+
+            await asyncio.gather(*(one(d, s) for d, s, _ in blobs))
+            config_digest = spec.sha256(config_bytes)
+            if not self.content.has(config_digest):
+                await self._run(self.content.write, config_bytes)
+            await self._upload(conn, r.path, config_digest, len(config_bytes), [], progress,
+                               show=False)
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": spec.MT_OCI_MANIFEST if oci else spec.MT_DOCKER_MANIFEST,
+                "config": {"mediaType": spec.MT_OCI_CONFIG if oci else spec.MT_DOCKER_CONFIG,
+                           "size": len(config_bytes), "digest": config_digest},
+                "layers": [{"mediaType": mt, "size": s, "digest": d} for d, s, mt in blobs],
+            }
+            body = json.dumps(manifest, indent=3).encode()
+            digest = spec.sha256(body)
+            resp = await conn.request("PUT", f"/v2/{r.path}/manifests/{r.tag}", data=body,
+                                      headers={"Content-Type": manifest["mediaType"]},
+                                      ok=(200, 201, 202))
+            returned = resp.headers.get("Docker-Content-Digest", "")
+            resp.release()
+            if returned and returned != digest:
+                raise RegistryError(f"registry stored the manifest as {returned}, not {digest}")
+        await self._run(self.images.add_digest, img.id, r.name, digest)
+        self.state.add_sources([d for d, _, _ in blobs], f"{host}/{r.path}")
+        await progress({"status": f"{r.tag}: digest: {digest} size: {len(body)}"})
+        await progress({"progressDetail": {},
+                        "aux": {"Tag": r.tag, "Digest": digest, "Size": len(body)}})
+        return digest
+
+    def _push_blob_of(self, digest: str) -> tuple[str, int, str]:
+        """``(blob digest, size, media type)`` to push for a stored layer blob.
+
+        Compressed blobs go as they are. An uncompressed one is gzip-compressed once; the
+        compressed blob stays in the content store and the mapping is recorded, so later
+        pushes send the same digest.
+        """
+        with self.content.open(digest) as f:
+            kind = detect(f.read(8))
+        if kind == "gzip":
+            return digest, self.content.size(digest), spec.MT_DOCKER_LAYER_GZIP
+        if kind == "zstd":
+            return digest, self.content.size(digest), spec.MT_OCI_LAYER_ZSTD
+        if kind != "none":
+            raise InvalidArgument(f"layer {digest} is {kind}-compressed, which registries "
+                                  "do not accept")
+        gz = self.state.compressed(digest)
+        if gz is not None and self.content.has(gz):
+            return gz, self.content.size(gz), spec.MT_DOCKER_LAYER_GZIP
+        tmp = self.content.tmp_dir / f"gzip-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with self.content.open(digest) as src, open(tmp, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as out:
+                    while chunk := src.read(_READ):
+                        out.write(chunk)
+            with open(tmp, "rb") as f:
+                gz, size = self.content.ingest(f)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.state.set_compressed(digest, gz)
+        return gz, size, spec.MT_DOCKER_LAYER_GZIP
+
+    async def _upload(self, conn: _Conn, path: str, digest: str, size: int,
+                      mount_from: list[str], progress: Progress, *, show: bool) -> None:
+        ident = _short(digest)
+
+        async def say(status: str, **extra: Any) -> None:
+            if show:
+                await progress({"status": status, "progressDetail": {}, "id": ident, **extra})
+
+        resp = await conn.request("HEAD", f"/v2/{path}/blobs/{digest}", ok=(200, 404))
+        resp.release()
+        if resp.status == 200:
+            await say("Layer already exists")
+            return
+        location = None
+        for source in mount_from[:1]:
+            repo = source.split("/", 1)[1]
+            resp = await conn.request("POST", f"/v2/{path}/blobs/uploads/",
+                                      params={"mount": digest, "from": repo}, ok=(201, 202))
+            resp.release()
+            if resp.status == 201:
+                await say(f"Mounted from {repo}")
+                return
+            location = resp.headers.get("Location")
+        if location is None:
+            resp = await conn.request("POST", f"/v2/{path}/blobs/uploads/", ok=(202,))
+            resp.release()
+            location = resp.headers.get("Location")
+        if not location:
+            raise RegistryError("registry started an upload without a Location")
+        await say("Pushing", progressDetail={"current": 0, "total": size})
+        url = conn.url(location)
+        with self.content.open(digest) as f:
+            if size <= CHUNK:
+                data = await self._run(f.read)
+            else:
+                offset = 0
+                while offset < size:
+                    chunk = await self._run(f.read, CHUNK)
+                    end = offset + len(chunk) - 1
+                    resp = await conn.request(
+                        "PATCH", url, data=chunk, ok=(202, 204),
+                        headers={"Content-Type": "application/octet-stream",
+                                 "Content-Range": f"{offset}-{end}"})
+                    resp.release()
+                    url = conn.url(resp.headers.get("Location") or str(url))
+                    offset = end + 1
+                    await say("Pushing", progressDetail={"current": offset, "total": size},
+                              progress=_bar(offset, size))
+                data = b""
+        resp = await conn.request("PUT", url.update_query({"digest": digest}), data=data,
+                                  headers={"Content-Type": "application/octet-stream"},
+                                  ok=(201, 204))
+        resp.release()
+        await say("Pushed")
+
+    # -- login and inspection ----------------------------------------------------------------
+
+    async def login(self, server: str, creds: Credentials) -> str:
+        """Check ``creds`` against the registry at ``server``; return an identity token
+        (empty unless the token server handed out a refresh token)."""
+        from .auth import server_host
+
+        host = registry_host(server_host(server or DOCKER_HUB))
+        async with self._session() as http:
+            conn = _Conn(http, self.hosts, host, creds, [])
+            try:
+                resp = await conn.request("GET", "/v2/")
+            except Unauthorized as exc:
+                scheme = conn.base.scheme if conn.base else "https"
+                raise Unauthorized(f"login attempt to {scheme}://{host}/v2/ failed with status: "
+                                   f"401 Unauthorized ({exc})") from None
+            resp.release()
+            return conn.refresh_token
+
+    async def distribution(self, ref: str, creds: Credentials | None = None) -> dict[str, Any]:
+        """``GET /distribution/{name}/json``: the manifest descriptor and its platforms."""
+        r = reference.parse(ref).with_default_tag()
+        host = registry_host(r.domain)
+        async with self._session() as http:
+            conn = _Conn(http, self.hosts, host, self._creds(r.domain, creds),
+                         [f"repository:{r.path}:pull"])
+            data, media_type, digest = await self._manifest(conn, r.path, r.digest or r.tag)
+            doc = json.loads(data)
+            platforms = []
+            if media_type in spec.INDEX_MANIFESTS:
+                for entry in doc.get("manifests") or []:
+                    p = entry.get("platform") or {}
+                    if p:
+                        platforms.append({k: v for k, v in p.items() if v})
+            else:
+                cfg = json.loads(await self._blob_bytes(conn, r.path, doc["config"]["digest"]))
+                platforms.append({k: cfg[k] for k in ("architecture", "os", "variant")
+                                  if cfg.get(k)})
+        return {"Descriptor": {"mediaType": media_type, "digest": digest, "size": len(data)},
+                "Platforms": platforms}
+
+
+def _bar(current: int, total: int) -> str:
+    """Docker's progress bar text: ``[=====>      ]  1.2MB/3.4MB``."""
+    if total <= 0:
+        return _size(current)
+    width = 50
+    filled = min(width, int(width * current / total))
+    bar = "=" * filled + (">" if filled < width else "") + " " * max(0, width - filled - 1)
+    return f"[{bar}] {_size(current):>8}/{_size(total)}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.4g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n}B"
