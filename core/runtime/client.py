@@ -281,7 +281,7 @@ class Monitor:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
             return await asyncio.wait_for(_open_unix(self.socket_path), CONNECT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise MonitorUnavailable(f"cannot reach the monitor at {self.socket_path}: "
                                      f"{exc or type(exc).__name__}") from None
 
@@ -293,7 +293,7 @@ class Monitor:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             line = await asyncio.wait_for(reader.readline(), timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             writer.close()
             raise MonitorUnavailable(f"monitor {request.get('op')}: "
                                      f"{exc or type(exc).__name__}") from None

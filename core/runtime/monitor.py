@@ -42,7 +42,8 @@ import time
 
 TYPE_CHECKING = False  # typing costs a megabyte in every monitor: type checkers only
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from collections.abc import Callable
+    from typing import Any
 
 SOCKET_NAME = "monitor.sock"
 READ_CHUNK = 64 * 1024
@@ -72,7 +73,7 @@ def frame(stream: int, data: bytes) -> bytes:
     """Docker stdcopy frames for ``data`` (each payload at most ``FRAME_MAX`` bytes)."""
     if len(data) <= FRAME_MAX:
         return _HEADER.pack(stream, len(data)) + data
-    parts = []
+    parts: list[bytes | memoryview] = []
     view = memoryview(data)
     for off in range(0, len(data), FRAME_MAX):
         chunk = view[off:off + FRAME_MAX]

@@ -17,7 +17,8 @@ import os
 import socket
 import subprocess
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 DEFAULT_BINARY = "runc"
 CONSOLE_TIMEOUT = 30.0
@@ -196,7 +197,7 @@ def _receive_master(listener: socket.socket, proc: subprocess.Popen[bytes]) -> i
     while time.monotonic() < deadline:
         try:
             conn, _ = listener.accept()
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             if proc.poll() is not None:
                 return None
             continue

@@ -468,11 +468,11 @@ def test_log_writer_gets_everything_and_a_bad_one_is_disabled(
                                               "log_dir": str(sink)}))
             mon = client.Monitor(str(state))
 
-            async def go() -> dict:
+            async def go(mon: client.Monitor) -> dict:
                 await mon.start()
                 return await asyncio.wait_for(mon.wait(), 10)
 
-            assert asyncio.run(go())["exit_code"] == 0
+            assert asyncio.run(go(mon))["exit_code"] == 0
     finally:
         sys.path.remove(str(writer_mod))
     lines = (sink / "out").read_text().splitlines()
