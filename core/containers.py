@@ -33,6 +33,7 @@ from engine.sdk.errors import (
 from . import netns as netns_mod
 from .events import Events
 from .models import TRANSITIONS, Container, ExecRecord, State
+from .networks import clean_endpoint, ports_summary, ports_view
 from .plugins import PluginHost
 from .runtime import client as monitor_client
 from .runtime import spec as spec_mod
@@ -120,7 +121,8 @@ class ContainerService:
     def __init__(self, *, data_root: str, exec_root: str, images, layers, plugins: PluginHost,
                  events: Events, default_log_driver: str = "json-file",
                  default_log_opts: dict[str, str] | None = None,
-                 default_runtime: str = "builtin", default_network: str = "") -> None:
+                 default_runtime: str = "builtin", default_network: str = "",
+                 networks=None) -> None:
         self.root = Path(data_root, "containers")
         self.exec_root = Path(exec_root)
         self.images = images
@@ -131,6 +133,7 @@ class ContainerService:
         self.default_log_opts = default_log_opts or {}
         self.default_runtime = default_runtime
         self.default_network = default_network
+        self.networks = networks   # the NetworkService (core/networks.py), when there is one
         self.containers: dict[str, Container] = {}
         self.rt: dict[str, Runtime] = {}
         self.names: dict[str, str] = {}
@@ -281,6 +284,8 @@ class ContainerService:
         if runtime == "runc" and not shutil.which("runc"):
             raise InvalidArgument("runtime runc is not installed")
         self._validate_host_config(host_config)
+        networks = (self.networks.plan(host_config, body.get("NetworkingConfig"),
+                                       self.default_network) if self.networks else {})
         restart = host_config.get("RestartPolicy") or {}
         if restart.get("Name") not in (None, "", "no", "always", "unless-stopped", "on-failure"):
             raise InvalidArgument(f"invalid restart policy '{restart.get('Name')}'")
@@ -297,7 +302,7 @@ class ContainerService:
             id=cid, name="/" + name, created=rfc3339(), image=image.id, image_ref=image_ref,
             path=argv[0], args=argv[1:], config=config, host_config=host_config,
             runtime=runtime, log_driver=log_driver, log_opts=log_opts,
-            platform=platform or "linux",
+            platform=platform or "linux", networks=networks,
         )
         self.names[name] = cid  # reserve the name before the first await
         d = self.dir(cid)
@@ -607,6 +612,9 @@ class ContainerService:
                 fut.set_exception(e)
 
     async def _join_network(self, c: Container, undo: AsyncExitStack):
+        if self.networks is not None:
+            ns_path, host_net = await self.networks.join_container(c, undo, self.default_network)
+            return ns_path, host_net, None
         mode = c.host_config.get("NetworkMode") or "default"
         if mode == "default":
             mode = self.default_network or ("bridge" if "bridge" in self.plugins.drivers["network"] else "none")
@@ -682,7 +690,8 @@ class ContainerService:
             hosts += f"{ip}\t{host}\n"
         atomic_write(d / "hosts", hosts.encode())
         atomic_write(d / "hostname", (hostname + "\n").encode())
-        atomic_write(d / "resolv.conf", _resolv_conf(hc, host_net).encode())
+        embedded = [ns for ep in c.networks.values() for ns in ep.get("_dns") or []]
+        atomic_write(d / "resolv.conf", _resolv_conf(hc, host_net, embedded[:1]).encode())
         ro = "ro" if hc.get("ReadonlyRootfs") else "rw"
         return [{"destination": f"/etc/{n}", "type": "bind", "source": str(d / n),
                  "options": ["rbind", "rprivate", ro]} for n in ("resolv.conf", "hostname", "hosts")]
@@ -749,7 +758,9 @@ class ContainerService:
 
     async def _teardown(self, c: Container) -> None:
         """Undo what start did, in reverse order. Each step tolerates 'already gone'."""
-        for mode, ep in list(c.networks.items()):
+        if self.networks is not None:
+            await self.networks.leave_container(c)
+        for mode, ep in list(c.networks.items()) if self.networks is None else ():
             try:
                 drv = self.plugins.network(ep.get("Driver") or mode)
                 from engine.sdk.drivers import NetworkSpec
@@ -1193,6 +1204,8 @@ class ContainerService:
         hc.setdefault("Runtime", c.runtime if c.runtime != "builtin" else "runc")
         cfg = {k: v for k, v in c.config.items()}
         d = self.dir(c.id)
+        networks = {k: clean_endpoint(ep) for k, ep in c.networks.items()}
+        main_ep = networks.get("bridge") or {}
         out = {
             "Id": c.id, "Created": c.created, "Path": c.path, "Args": c.args,
             "State": {
@@ -1216,12 +1229,15 @@ class ContainerService:
             "Config": cfg,
             "NetworkSettings": {
                 "Bridge": "", "SandboxID": c.id if c.netns else "", "HairpinMode": False,
-                "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "Ports": {},
+                "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+                "Ports": ports_view(c),
                 "SandboxKey": c.netns, "SecondaryIPAddresses": None,
-                "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "",
-                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "",
-                "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-                "Networks": c.networks,
+                "SecondaryIPv6Addresses": None, "EndpointID": main_ep.get("EndpointID", ""),
+                "Gateway": main_ep.get("Gateway", ""), "GlobalIPv6Address": "",
+                "GlobalIPv6PrefixLen": 0, "IPAddress": main_ep.get("IPAddress", ""),
+                "IPPrefixLen": main_ep.get("IPPrefixLen", 0), "IPv6Gateway": "",
+                "MacAddress": main_ep.get("MacAddress", ""),
+                "Networks": networks,
             },
         }
         if size:
@@ -1240,10 +1256,12 @@ class ContainerService:
         out = {
             "Id": c.id, "Names": [c.name], "Image": c.image_ref, "ImageID": c.image,
             "Command": " ".join([c.path] + c.args), "Created": int(parse_time(c.created)),
-            "Ports": [], "Labels": c.config.get("Labels") or {}, "State": st.status,
+            "Ports": ports_summary(c), "Labels": c.config.get("Labels") or {},
+            "State": st.status,
             "Status": _status_text(st),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode") or "default"},
-            "NetworkSettings": {"Networks": c.networks},
+            "NetworkSettings": {"Networks": {k: clean_endpoint(ep)
+                                             for k, ep in c.networks.items()}},
             "Mounts": [{k: v for k, v in m.items() if not k.startswith("_") and k != "Anonymous"}
                        for m in c.mounts],
         }
@@ -1379,7 +1397,9 @@ def _container_matches(c: Container, filters: dict) -> bool:
     return True
 
 
-def _resolv_conf(hc: dict, host_net: bool) -> str:
+def _resolv_conf(hc: dict, host_net: bool, embedded: list[str] = ()) -> str:
+    """The container's resolv.conf: the embedded DNS server of its user-defined network
+    when it has one, else the host's resolvers (loopback ones dropped) or ``--dns``."""
     try:
         host = Path("/etc/resolv.conf").read_text()
     except OSError:
@@ -1394,6 +1414,8 @@ def _resolv_conf(hc: dict, host_net: bool) -> str:
             ns = ["8.8.8.8", "8.8.4.4"]
     if hc.get("Dns"):
         ns = list(hc["Dns"])
+    if embedded:
+        ns = list(embedded)
     if hc.get("DnsSearch"):
         search = ["search " + " ".join(hc["DnsSearch"])]
     if hc.get("DnsOptions"):

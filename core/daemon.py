@@ -33,6 +33,7 @@ class Services:
     plugins: object
     events: object
     containers: object
+    networks: object = None
 
 
 def _lock(data_root: str) -> int:
@@ -61,6 +62,7 @@ def _daemon_id(data_root: str) -> str:
 async def build(cfg: Config) -> Services:
     from .containers import ContainerService
     from .events import Events
+    from .networks import NetworkService
     from .plugins import PluginHost
     from .store.content import ContentStore
     from .store.images import ImageStore
@@ -76,14 +78,19 @@ async def build(cfg: Config) -> Services:
     plugins.discover()
     await plugins.start_drivers()
     events = Events()
+    networks = NetworkService(data_root=root, exec_root=cfg.exec_root, plugins=plugins,
+                              events=events)
+    await networks.start()
     containers = ContainerService(
         data_root=root, exec_root=cfg.exec_root, images=images, layers=layers,
         plugins=plugins, events=events, default_log_driver=cfg.log_driver,
         default_log_opts=cfg.log_opts, default_runtime=cfg.default_runtime,
-        default_network=cfg.default_network)
+        default_network=cfg.default_network, networks=networks)
+    networks.containers = containers
     await containers.restore()
     return Services(config=cfg, daemon_id=_daemon_id(root), content=content, layers=layers,
-                    images=images, plugins=plugins, events=events, containers=containers)
+                    images=images, plugins=plugins, events=events, containers=containers,
+                    networks=networks)
 
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:

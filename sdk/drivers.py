@@ -77,6 +77,10 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     mac_address: str = ""
     ipv6_address: str = ""
     dns: list[str] = []
+    # Published ports as Docker's NetworkSettings.Ports shows them:
+    # {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+    ports: dict[str, list[dict[str, str]]] = {}
+    interface: str = ""   # the interface's name inside the sandbox (eth0, eth1...)
 
 
 class NetworkDriver(Driver):
@@ -100,7 +104,14 @@ class NetworkDriver(Driver):
 
     async def join(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox,
                    options: dict[str, Any]) -> EndpointInfo:
-        """Create an endpoint for the sandbox and plug it in."""
+        """Create an endpoint for the sandbox and plug it in.
+
+        ``options`` may hold (all optional; drivers ignore what they do not support):
+        ``names`` (list of DNS names for the endpoint: container name, aliases, short
+        id), ``ipv4_address`` (the address the user asked for), ``gateway`` (bool: this
+        endpoint provides the default route), ``port_bindings`` (Docker's
+        ``HostConfig.PortBindings``), ``exposed_ports`` and ``publish_all``.
+        """
         return EndpointInfo()
 
     async def leave(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from engine.sdk.errors import EngineError
 
-from . import containers, distribution, execs, images, plugins, system, volumes
+from . import containers, distribution, execs, images, networks, plugins, system, volumes
 from .keys import API_VERSION, MIN_API_VERSION
 from .util import json_response
 
@@ -69,7 +69,7 @@ def make_app(services) -> web.Application:
 
     app[SERVICES] = services
     table: list[tuple[str, str, object]] = []
-    for mod in (system, containers, execs, images, distribution, volumes, plugins):
+    for mod in (system, containers, execs, images, distribution, volumes, networks, plugins):
         table.extend(mod.ROUTES)
     for method, path, handler in table:
         app.router.add_route(method, path, handler)
