@@ -131,7 +131,15 @@ def spawn_monitor(args: list[str], state_dir: str, *, python: str = sys.executab
         os.close(w)
         w = -1
         proc.wait()  # the first process forks the real monitor and exits at once
-        raw = _read_sync(r, timeout)
+        try:
+            raw = _read_sync(r, timeout)
+        except MonitorUnavailable:
+            # stuck before reporting: end it and whatever it started in its group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
     finally:
         os.close(r)
         if w >= 0:

@@ -139,6 +139,21 @@ def test_spawn_monitor_reports_a_monitor_that_dies(tmp_path: Path) -> None:
     assert "usage" in (tmp_path / "monitor.log").read_text()
 
 
+def test_spawn_monitor_ends_a_monitor_that_never_reports(tmp_path: Path) -> None:
+    # a stand-in for python: detaches a child that holds the sync pipe and never writes
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nsleep 30 &\necho $! > {tmp_path}/child\n")
+    fake.chmod(0o755)
+    with pytest.raises(client.MonitorUnavailable, match="in time"):
+        client.spawn_monitor(["create"], str(tmp_path / "s"), python=str(fake),
+                             timeout=0.5)
+    child = int((tmp_path / "child").read_text())
+    deadline = time.monotonic() + 5
+    while client._running(child):  # killed (a zombie until init reaps it counts)
+        assert time.monotonic() < deadline, "the stuck monitor was not killed"
+        time.sleep(0.02)
+
+
 def test_spawn_monitor_reports_a_create_failure(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with pytest.raises(client.MonitorError) as info:
