@@ -138,6 +138,10 @@ class ContainerService:
         self.rt: dict[str, Runtime] = {}
         self.names: dict[str, str] = {}
         self.execs: dict[str, ExecRecord] = {}
+        # set when an exec's exit code is recorded (see exec_wait)
+        self._exec_exited: dict[str, asyncio.Event] = {}
+        # terminal sizes asked for before an exec's process was made
+        self._exec_sizes: dict[str, tuple[int, int]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         (self.exec_root / "c").mkdir(parents=True, exist_ok=True)
         (self.exec_root / "x").mkdir(parents=True, exist_ok=True)
@@ -836,8 +840,13 @@ class ContainerService:
             return
         if not c.state.running or rt.monitor is None:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
-        if n in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-            c.manual_stop = c.manual_stop or n == signal.SIGKILL and False
+        # Docker: a kill with SIGKILL, or with the container's stop signal (any signal
+        # when none is configured), is a manual stop: the restart policy does not apply
+        # when the container dies of it.
+        stop_sig = c.config.get("StopSignal")
+        if n == signal.SIGKILL or not stop_sig or n == parse_signal(stop_sig):
+            c.manual_stop = True
+            self.save(c)
         await rt.monitor.kill(n)
         if c.state.status == "paused" and n == signal.SIGKILL:
             await self._thaw(c)
@@ -1133,9 +1142,19 @@ class ContainerService:
                 stdin_open=bool(cfg.get("AttachStdin")) and not detach,
                 runc_root=str(self.exec_root / "runc"))
         except monitor_client.MonitorError as e:
+            x.exit_code = e.exit_code or 126
             shutil.rmtree(sdir, ignore_errors=True)
-            raise _start_error(e) from None
+            raise _start_error(e, exec_=True) from None
         m = monitor_client.Monitor(str(sdir))
+        x.config["_monitor"] = str(sdir)
+        size = self._exec_sizes.pop(eid, None)
+        if use_tty and size:
+            # a resize that came before the process existed: the CLI sends it as soon
+            # as the start request is answered
+            try:
+                await m.resize(*size)
+            except monitor_client.MonitorError as e:
+                log.warning("exec %s: early resize failed: %s", eid[:12], e)
         stream = None
         if not detach:
             stream = await m.attach(bool(cfg.get("AttachStdin")),
@@ -1148,13 +1167,13 @@ class ContainerService:
             shutil.rmtree(sdir, ignore_errors=True)
             if stream:
                 stream[1].close()
-            raise _start_error(e) from None
+            raise _start_error(e, exec_=True) from None
         x.running = True
         x.pid = int(res.get("pid") or 0)
+        self._exec_exited[eid] = asyncio.Event()
         self.events.emit("container", "exec_start", c.id,
                          self._attrs(c, execID=eid, **{"exec": " ".join(cfg["Cmd"])}))
         asyncio.create_task(self._watch_exec(x, m, sdir))
-        x.config["_monitor"] = str(sdir)
         return stream
 
     async def _watch_exec(self, x: ExecRecord, m, sdir: Path) -> None:
@@ -1165,16 +1184,36 @@ class ContainerService:
         x.running = False
         x.exit_code = int(res.get("exit_code", 255))
         x.pid = 0
+        done = self._exec_exited.pop(x.id, None)
+        if done:
+            done.set()
         shutil.rmtree(sdir, ignore_errors=True)
         c = self.containers.get(x.container_id)
         if c:
             self.events.emit("container", "exec_die", c.id,
                              self._attrs(c, execID=x.id, exitCode=x.exit_code))
 
+    async def exec_wait(self, eid: str, timeout: float = 5.0) -> None:
+        """Return once the exec's exit code is recorded (or after ``timeout``).
+
+        The attach stream of an exec ends when the process closes its output, which
+        can be a moment before the monitor reports the exit; clients read the exit
+        code with an inspect as soon as the stream ends, as Docker lets them."""
+        done = self._exec_exited.get(eid)
+        if done is None:
+            return
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
     async def exec_resize(self, eid: str, h: int, w: int) -> None:
         x = self.get_exec(eid)
-        if not x.running:
+        if x.exit_code is not None:
             raise Conflict(f"Exec {eid} is not running")
+        if "_monitor" not in x.config:
+            self._exec_sizes[eid] = (h, w)  # applied as soon as its monitor exists
+            return
         await monitor_client.Monitor(x.config["_monitor"]).resize(h, w)
 
     def exec_inspect(self, eid: str) -> dict:
@@ -1445,12 +1484,14 @@ def _copy_up(rootfs: str, dest: str, volume_dir: str) -> None:
     os.chmod(volume_dir, st.st_mode & 0o7777)
 
 
-def _start_error(e) -> EngineError:
+def _start_error(e, exec_: bool = False) -> EngineError:
     """A start failure as Docker words it; the CLI maps the words to 126/127."""
     msg = getattr(e, "message", str(e))
+    prefix = ("OCI runtime exec failed: exec failed" if exec_ else
+              "failed to create task for container: failed to create shim task: OCI runtime "
+              "create failed: runc create failed")
     err = InvalidArgument(
-        f"failed to create task for container: failed to create shim task: OCI runtime create "
-        f"failed: runc create failed: unable to start container process: {msg}: unknown"
+        f"{prefix}: unable to start container process: {msg}: unknown"
         if getattr(e, "exit_code", 0) in (126, 127) else msg)
     err.status = 400 if getattr(e, "exit_code", 0) in (126, 127) else 500
     err.exit_code = getattr(e, "exit_code", 0) or 0

@@ -67,6 +67,9 @@ class Settings:
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("registry-settings", Settings)
+#: The authenticated user of a request (None: anonymous). RequestKey came with aiohttp 3.12.
+USER: Any = (web.RequestKey("registry-user", object) if hasattr(web, "RequestKey")
+             else "registry-user")
 
 
 async def _run(fn: Callable[..., T], *args: Any) -> T:
@@ -106,7 +109,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     challenge = {"WWW-Authenticate": f'Basic realm="{settings.realm}"'}
     try:
         user = await _user(request, settings)
-        request["user"] = user
+        request[USER] = user
         if settings.htpasswd is not None and user is None and request.path.rstrip("/") == "/v2":
             raise DistributionError("UNAUTHORIZED", "authentication required")
         resp = await handler(request)
@@ -124,7 +127,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def _authorize(request: web.Request, action: str, name: str) -> None:
     settings = request.app[SETTINGS]
-    user = request.get("user")
+    user = request.get(USER)
     if settings.access.allowed(user, action, name, auth_enabled=settings.htpasswd is not None):
         return
     if user is None:
@@ -231,7 +234,7 @@ async def start_upload(request: web.Request, name: str, m: dict[str, str]) -> we
     if mount and source:
         check_name(source)
         settings = request.app[SETTINGS]
-        if settings.access.allowed(request.get("user"), "pull", source,
+        if settings.access.allowed(request.get(USER), "pull", source,
                                    auth_enabled=settings.htpasswd is not None):
             if await _run(storage.mount, name, mount, source):
                 return web.Response(status=201, headers={
@@ -374,11 +377,11 @@ async def tags_list(request: web.Request, name: str, m: dict[str, str]) -> web.R
 
 async def catalog(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if settings.htpasswd is not None and request.get("user") is None:
+    if settings.htpasswd is not None and request.get(USER) is None:
         raise DistributionError("UNAUTHORIZED", "authentication required")
     repos = await _run(settings.storage.catalog)
     repos = [r for r in repos if settings.access.allowed(
-        request.get("user"), "pull", r, auth_enabled=settings.htpasswd is not None)]
+        request.get(USER), "pull", r, auth_enabled=settings.htpasswd is not None)]
     page, headers = _page(request, repos, "/v2/_catalog")
     return web.json_response({"repositories": page}, headers=headers)
 

@@ -84,7 +84,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _hex(digest: str) -> str:
     if not spec.valid_digest(digest):
-        if spec.ANY_DIGEST_RE.match(digest):
+        if not digest.startswith("sha256:") and spec.ANY_DIGEST_RE.match(digest):
             raise DistributionError("UNSUPPORTED", f"unsupported digest algorithm: {digest}",
                                     status=400)
         raise DistributionError("DIGEST_INVALID", f"invalid digest {digest!r}")
