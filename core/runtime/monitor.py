@@ -20,10 +20,27 @@ stdio, creates the container process (which waits, not yet exec'd, like
 ``DIR/pid`` and writes one JSON line to the sync fd: ``{"pid": N, "monitor_pid": M}``
 or ``{"message": ..., "exit_code": 125|126|127}``.
 
-Protocol on ``monitor.sock``: one request per connection, one JSON line each way
-(``start``, ``attach``, ``resize``, ``kill``, ``wait``, ``state``); after an ``attach``
-reply the connection carries the streams: raw bytes for a tty, otherwise Docker's
-stdcopy frames, and raw stdin bytes the other way.
+Protocol on ``monitor.sock``: one request per connection, one JSON line each way.
+
+* ``{"op": "start"}`` -> ``{"ok": true, "pid": N}`` or ``{"ok": false, "message",
+  "exit_code"}`` (the exec failed: 127 not found, 126 not executable, 125 other).
+* ``{"op": "attach", "stdin", "stdout", "stderr"}`` -> ``{"ok": true, "tty": bool}``,
+  then the connection carries the streams: raw bytes for a tty, otherwise Docker's
+  stdcopy frames (at most 32 KiB of payload each); raw stdin bytes the other way.
+  A client gets the output from the moment it attached; at the exit it gets the rest
+  and its connection is closed.
+* ``{"op": "resize", "height", "width"}``, ``{"op": "kill", "signal"}`` -> ``{"ok": true}``
+  (signals go through a pidfd: a recycled pid is never hit).
+* ``{"op": "wait"}`` -> once the process exited and its output is drained:
+  ``{"exit_code", "oom_killed", "started_at", "finished_at", "pid"}``.
+* ``{"op": "state"}`` -> ``{"pid", "running", "status", "started_at", "exit_code", "tty"}``.
+
+Exit: the exit record goes to ``DIR/exit.json`` (atomically), the log writer is
+closed, attach clients get the rest of the output, the cgroup is destroyed (builtin
+runtime) or ``runc delete`` runs, the socket is removed, waiters get the record and
+the monitor exits. A process that died before it was started (its setup failed)
+keeps its monitor until the daemon starts it (and so learns why) or kills it.
+runc has no create/start split for execs: ``runc exec`` runs at ``start``.
 
 The module must stay light (a few MB, a few ms to start): only small stdlib modules at
 import time; the runtime helpers, the runc adapter and the log writer are imported

@@ -149,7 +149,7 @@ def test_spawn_monitor_ends_a_monitor_that_never_reports(tmp_path: Path) -> None
                              timeout=0.5)
     child = int((tmp_path / "child").read_text())
     deadline = time.monotonic() + 5
-    while client._running(child):  # killed (a zombie until init reaps it counts)
+    while client._running(child):  # a zombie counts as gone
         assert time.monotonic() < deadline, "the stuck monitor was not killed"
         time.sleep(0.02)
 
