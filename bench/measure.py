@@ -88,7 +88,7 @@ def concurrent(target: Target, report: Report, n: int, count: int = 50) -> None:
         finally:
             if ids:
                 started = time.perf_counter()
-                run_cmd([*target.cli(), "rm", "-f", *ids], env, timeout=300)
+                run_cmd([*target.cli(), *target.rm_force(), *ids], env, timeout=300)
                 if not failed:
                     report.add("rm50", target.name, time.perf_counter() - started)
             if failed:
@@ -132,7 +132,7 @@ def logs(target: Target, report: Report, n: int) -> None:
                     report.result("log_read", target.name).note = (
                         f"{target.name}: logs gave {got} bytes of {LOG_BYTES}")
         finally:
-            run_cmd([*target.cli(), "rm", "-f", name], env, timeout=120)
+            run_cmd([*target.cli(), *target.rm_force(), name], env, timeout=120)
 
 
 def count_output(argv: list[str], env: dict[str, str]) -> int:

@@ -69,6 +69,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def busybox_tar(path: Path) -> Path:
+    """Build the test suite's busybox image (a rootfs tar) at ``path``: with the
+    standalone builder in scripts/ when it is there, else with tests/conftest.py's."""
+    for folder, module in (("scripts", "busybox_rootfs"), ("tests", "conftest")):
+        if (REPO / folder / f"{module}.py").exists():
+            sys.path.insert(0, str(REPO / folder))
+            try:
+                build = __import__(module).build_busybox_tar
+            finally:
+                sys.path.remove(str(REPO / folder))
+            return build(path)
+    raise BenchError("no busybox image builder (scripts/busybox_rootfs.py, tests/conftest.py)")
+
+
 def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -95,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run.py needs root (it starts daemons and containers)", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import build_busybox_tar  # the test image, built the same way
 
     report = Report(measure.MEASUREMENTS)
     wanted = [t for t in filter(None, args.only.split(",")) if t in TARGETS]
@@ -122,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     interrupted = False
     try:
-        tar = build_busybox_tar(base / "busybox.tar")
+        tar = busybox_tar(base / "busybox.tar")
         ready = []
         for target in targets:
             log(f"{target.name}: starting and importing {tar.name}")

@@ -156,6 +156,10 @@ class Target(ABC):
         """Flags every ``run`` gets, the same meaning for every target."""
         return ["--network", "none"]
 
+    def rm_force(self) -> list[str]:
+        """The verb and flags that remove running containers at once (SIGKILL)."""
+        return ["rm", "-f"]
+
     def own(self, *args: str, timeout: float = 120, stdout: int | None = subprocess.PIPE,
             input: bytes | None = None) -> bytes:
         """Run the own CLI with ``args`` to completion."""
@@ -174,7 +178,7 @@ class Target(ABC):
     def remove_all_containers(self) -> None:
         ids = self.container_ids()
         if ids:
-            self.own("rm", "-f", *ids, timeout=300)
+            self.own(*self.rm_force(), *ids, timeout=300)
 
     @abstractmethod
     def overhead_pids(self) -> list[int]:
@@ -368,8 +372,13 @@ class PodmanTarget(Target):
         env.pop("DOCKER_CONFIG")  # podman would read its registry logins from there
         return env
 
+    def rm_force(self) -> list[str]:
+        # podman's rm -f stops with the 10 s grace period first (docker's kills at
+        # once; sleep as PID 1 ignores SIGTERM): -t 0 is the same operation
+        return ["rm", "-f", "-t", "0"]
+
     def remove_all_containers(self) -> None:
-        self.own("rm", "-f", "-a", "-t", "0", timeout=300)
+        self.own(*self.rm_force(), "-a", timeout=300)
 
     def overhead_pids(self) -> list[int]:
         return [p for p in proc.pids_mentioning(str(self.dir))
