@@ -173,8 +173,10 @@ async def extract_to(cs, c, path: str, content, no_overwrite_dir_non_dir: bool =
                 except NotADirectoryError:
                     raise InvalidArgument(f"extraction point is not a directory: {path}") from None
                 try:
-                    # the layer extractor never follows a symlink it did not resolve
-                    extract_layer(spool, f"/proc/self/fd/{dfd}", whiteout_format="vfs")
+                    # the layer extractor never follows a symlink it did not resolve,
+                    # nor a final symlink in its destination: "/." keeps the magic
+                    # /proc link out of the final component
+                    extract_layer(spool, f"/proc/self/fd/{dfd}/.", whiteout_format="vfs")
                 finally:
                     os.close(dfd)
 
