@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import os
 import tempfile
@@ -39,14 +40,27 @@ async def list_(request: web.Request) -> web.Response:
         if not qbool(request, "all") and not im.repo_tags and not im.repo_digests and \
                 s.images.children(im.id):
             continue  # an intermediate image
-        out.append(summary(s, im))
+        d = summary(s, im)
+        refs = filters.get("reference")
+        if refs:
+            # like Docker, list only the tags the filter asked for
+            d["RepoTags"] = _matching_tags(im.repo_tags, list(refs))
+        out.append(d)
     out.sort(key=lambda d: d["Created"], reverse=True)
     return json_response(out)
 
 
-def _image_matches(s, im, filters: dict) -> bool:
+def _matching_tags(tags: list[str], patterns: list[str]) -> list[str]:
+    """The tags that a ``reference`` filter pattern matches, as ``repo:tag`` or as the
+    repository alone (Docker's FamiliarMatch)."""
     import fnmatch
 
+    return [t for t in tags
+            if any(fnmatch.fnmatch(t, p) or fnmatch.fnmatch(t.rsplit(":", 1)[0], p)
+                   for p in patterns)]
+
+
+def _image_matches(s, im, filters: dict) -> bool:
     def vals(key):
         v = filters.get(key) or []
         return list(v) if isinstance(v, list) else [k for k, on in v.items() if on]
@@ -56,16 +70,8 @@ def _image_matches(s, im, filters: dict) -> bool:
         if (vals("dangling")[0] in ("true", "1")) != dangling:
             return False
     refs = vals("reference")
-    if refs:
-        names = [t for t in im.repo_tags]
-        ok = False
-        for r in refs:
-            for n in names:
-                repo = n.rsplit(":", 1)[0]
-                if fnmatch.fnmatch(n, r) or fnmatch.fnmatch(repo, r):
-                    ok = True
-        if not ok:
-            return False
+    if refs and not _matching_tags(im.repo_tags, refs):
+        return False
     labels = vals("label")
     if labels:
         cfg = (s.images.config(im).get("config") or {}).get("Labels") or {}
