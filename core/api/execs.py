@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .util import body_json, hijack, json_response, qint, splice, svc
+from engine.sdk.errors import Conflict, EngineError
+
+from .util import body_json, frame, hijack, json_response, qint, splice, svc
 
 
 async def create(request: web.Request) -> web.Response:
@@ -19,12 +21,30 @@ async def start(request: web.Request) -> web.StreamResponse:
     detach = bool(body.get("Detach"))
     x = cs.get_exec(eid)
     tty = bool(body.get("Tty", x.config.get("Tty")))
-    # start before hijacking: a command that cannot run is an ordinary HTTP error
-    stream = await cs.exec_start(eid, detach, tty)
-    if detach or stream is None:
+    if detach:
+        await cs.exec_start(eid, True, tty)
         return web.Response(status=200)
+    if x.running or x.exit_code is not None:
+        raise Conflict(f"Error: Exec command {eid} has already run")
+    c = cs.get(x.container_id)
+    if not c.state.running:
+        raise Conflict(f"Container {c.id} is not running")
+    # Like Docker, hijack first: a command that cannot run is reported on the stream
+    # (its exit code, 126 or 127, is in the exec's inspect), not as an HTTP error.
     client = await hijack(request, multiplexed=not tty)
-    await splice(client, stream[:2], stdin=bool(x.config.get("AttachStdin")))
+    try:
+        stream = await cs.exec_start(eid, False, tty)
+    except EngineError as e:
+        msg = f"{e.message}\r\n".encode()
+        client[1].write(msg if tty else frame(1, msg))
+        try:
+            await client[1].drain()
+        except ConnectionError:
+            pass
+        client[1].close()
+        return web.Response()
+    await splice(client, stream[:2], stdin=bool(x.config.get("AttachStdin")),
+                 before_close=lambda: cs.exec_wait(eid))
     return web.Response()
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
@@ -101,9 +102,11 @@ async def hijack(request: web.Request, *, multiplexed: bool) -> tuple[asyncio.St
     return reader, writer
 
 
-async def splice(client: tuple, backend: tuple, *, stdin: bool) -> None:
+async def splice(client: tuple, backend: tuple, *, stdin: bool,
+                 before_close: Callable[[], Awaitable[None]] | None = None) -> None:
     """Copy backend -> client until the backend ends, and client -> backend (stdin)
-    until the client half-closes, passing the half-close on."""
+    until the client half-closes, passing the half-close on. ``before_close`` is
+    awaited after the backend's end and before the client's connection is closed."""
     cr, cw = client
     br, bw = backend
 
@@ -137,6 +140,8 @@ async def splice(client: tuple, backend: tuple, *, stdin: bool) -> None:
         pass
     finally:
         task.cancel()
+        if before_close is not None:
+            await before_close()
         for w in (cw, bw):
             try:
                 if w is cw and w.can_write_eof():
