@@ -497,3 +497,58 @@ def test_log_writer_gets_everything_and_a_bad_one_is_disabled(
         stream, text = json.loads(line)
         got[stream] += text
     assert got == {"stdout": "one\nthree\n", "stderr": "two\n"}
+
+
+# --------------------------------------------------------------------- runc adapter
+
+
+def _fake_runtime(tmp_path: Path, message: str, name: str = "fake-runc") -> Path:
+    """A runtime binary that logs ``message`` (if any) as a JSON error and fails."""
+    fake = tmp_path / name
+    log_line = (f"printf '%s\\n' '{{\"level\":\"error\",\"msg\":\"{message}\"}}' "
+                f">> \"$log\"\n" if message else "")
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"echo \"$@\" >> {tmp_path}/argv\n"
+        "while [ $# -gt 0 ]; do\n"
+        "  if [ \"$1\" = --log ]; then log=$2; fi\n"
+        "  shift\n"
+        "done\n"
+        + log_line +
+        "echo 'noise on stderr' >&2\n"
+        "exit 1\n")
+    fake.chmod(0o755)
+    return fake
+
+
+def test_runc_error_comes_from_its_log(tmp_path: Path) -> None:
+    from engine.core.runtime.runc import Runc, RuncError
+    runc = Runc(str(tmp_path / "root"), binary=str(_fake_runtime(tmp_path, "boom")),
+                log_file=str(tmp_path / "runc.log"))
+    with pytest.raises(RuncError, match="^boom$"):
+        runc.start("c1")
+    argv = (tmp_path / "argv").read_text().split()
+    assert argv[:2] == ["--root", str(tmp_path / "root")] and argv[-2:] == ["start", "c1"]
+    # a later failure that logs nothing: its stderr, not the earlier "boom"
+    quiet = Runc(str(tmp_path / "root"), binary=str(_fake_runtime(tmp_path, "", "quiet")),
+                 log_file=str(tmp_path / "runc.log"))
+    with pytest.raises(RuncError, match="^noise on stderr$"):
+        quiet.kill("c1", 15)
+
+
+def test_runc_delete_of_an_unknown_container_is_fine(tmp_path: Path) -> None:
+    from engine.core.runtime.runc import Runc
+    fake = _fake_runtime(tmp_path, "container does not exist")
+    Runc(str(tmp_path / "root"), binary=str(fake),
+         log_file=str(tmp_path / "runc.log")).delete("gone", force=True)
+
+
+def test_runc_console_socket_path_stays_short(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.core.runtime import runc
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    monkeypatch.chdir(deep)
+    assert runc._reachable("console.sock") == f"/proc/{os.getpid()}/cwd/console.sock"
+    assert runc._reachable("/run/x/console.sock") == "/run/x/console.sock"
+    assert runc.default_root("/run/engine/containers/abc") == "/run/engine/containers/.runc"
