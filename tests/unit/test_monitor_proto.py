@@ -307,6 +307,21 @@ def test_large_output_and_two_clients(tmp_path: Path, monitors: list[int]) -> No
         assert len(frames[1]) == 196000 and frames[2] == b""
 
 
+def test_output_before_attach_is_not_replayed(tmp_path: Path, monitors: list[int]) -> None:
+    state = tmp_path / "c"
+    monitors.append(run_monitor(state, HostProcess(
+        [SH, "-c", "echo early; sleep 0.6; echo late"])))
+    mon = client.Monitor(str(state))
+
+    async def go() -> bytes:
+        await mon.start()
+        await asyncio.sleep(0.3)
+        reader, _writer, _tty = await mon.attach(False, True, True)
+        return await asyncio.wait_for(reader.read(), 10)
+
+    assert read_frames(asyncio.run(go())) == {1: b"late\n", 2: b""}
+
+
 def test_stdin_once_closes_stdin(tmp_path: Path, monitors: list[int]) -> None:
     state = tmp_path / "c"
     monitors.append(run_monitor(state, HostProcess(["/bin/cat"]), stdin_open=True,
