@@ -271,8 +271,7 @@ class _Conn:
             if challenge.scheme == "basic":
                 if creds is None or not creds.username:
                     raise Unauthorized(f"{self.host}: authentication required")
-                pair = f"{creds.username}:{creds.password}".encode()
-                self._authorization = "Basic " + base64.b64encode(pair).decode()
+                self._authorization = _basic(creds)
                 return
             if creds is not None and creds.registry_token:
                 self._authorization = "Bearer " + creds.registry_token
@@ -302,9 +301,9 @@ class _Conn:
             else:
                 query = [("service", service)] if service else []
                 query += [("scope", s) for s in scopes]
-                auth = (aiohttp.BasicAuth(creds.username, creds.password)
-                        if creds is not None and creds.username else None)
-                resp = await self.http.get(realm_url.update_query(query), auth=auth,
+                headers = ({"Authorization": _basic(creds)}
+                           if creds is not None and creds.username else {})
+                resp = await self.http.get(realm_url.update_query(query), headers=headers,
                                            ssl=tls if realm_url.scheme == "https" else False)
             async with resp:
                 if resp.status in (401, 403):
@@ -321,6 +320,11 @@ class _Conn:
         if isinstance(doc, dict) and doc.get("refresh_token"):
             self.refresh_token = str(doc["refresh_token"])
         return str(token)
+
+
+def _basic(creds: Credentials) -> str:
+    pair = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:
@@ -631,7 +635,7 @@ class RegistryClient:
                 f = await self._run(open, partial, "ab" if have else "wb")
                 try:
                     last = 0.0
-                    while chunk := await resp.content.read(_READ):
+                    while chunk := await self._read(resp, digest):
                         await self._run(f.write, chunk)
                         have += len(chunk)
                         if size and have > size:
@@ -653,6 +657,14 @@ class RegistryClient:
             raise RegistryError(f"layer {digest} failed verification: {exc}") from None
         partial.unlink(missing_ok=True)
         await progress({"status": "Download complete", "progressDetail": {}, "id": ident})
+
+    @staticmethod
+    async def _read(resp: aiohttp.ClientResponse, digest: str) -> bytes:
+        try:
+            return await resp.content.read(_READ)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise RegistryError(f"download of {digest} interrupted: {exc or type(exc).__name__}"
+                                ) from None
 
     def _ingest(self, partial: Path, digest: str, size: int) -> None:
         with open(partial, "rb") as f:
