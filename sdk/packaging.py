@@ -44,8 +44,12 @@ import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
+
+if TYPE_CHECKING:  # pragma: no cover
+    from importlib.metadata import Distribution
 
 MANIFEST = "engine-plugin.json"
 GROUP = "engine.plugins"
@@ -218,13 +222,31 @@ def validate_plugin_dir(directory: str | os.PathLike[str]) -> tuple[str, dict[st
     return name, dict(eps), manifest
 
 
+def _can_build_locally() -> bool:
+    """Whether this environment's setuptools can build wheels by itself (it can from
+    70.1 on, or with the ``wheel`` package beside it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("wheel") is not None:
+        return True
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(x) for x in version("setuptools").split(".")[:2])
+    except (ImportError, ValueError, LookupError):
+        return False
+    return (major, minor) >= (70, 1)
+
+
 def build_wheel(directory: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Build a wheel of a plugin directory into ``out_dir`` and return its path.
 
     The source is copied first (the build writes ``build/`` and ``*.egg-info``, which do
-    not belong in the user's tree), built with ``pip wheel --no-deps`` without build
-    isolation (the build tools of this environment are used; nothing is fetched), and
-    the result is checked: it must carry the entry points and the manifest."""
+    not belong in the user's tree) and built with ``pip wheel --no-deps``: without
+    build isolation when this environment has what it takes (nothing is fetched),
+    else in pip's isolated build environment (its build requirements come from the
+    package index). The result is checked: it must carry the entry points and the
+    manifest."""
     directory = Path(directory).resolve()
     validate_plugin_dir(directory)
     out_dir = Path(out_dir)
@@ -233,9 +255,10 @@ def build_wheel(directory: str | os.PathLike[str], out_dir: str | os.PathLike[st
         src = Path(tmp, "src")
         shutil.copytree(directory, src, ignore=_IGNORED, symlinks=True)
         wheels = Path(tmp, "wheels")
+        isolation = [] if not _can_build_locally() else ["--no-build-isolation"]
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-             "--no-input", "--disable-pip-version-check", "-q", "-w", str(wheels), str(src)],
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--no-input",
+             "--disable-pip-version-check", "-q", "-w", str(wheels), str(src)],
             capture_output=True, text=True, cwd=tmp)
         built = sorted(wheels.glob("*.whl")) if wheels.exists() else []
         if proc.returncode != 0 or len(built) != 1:
@@ -271,21 +294,15 @@ def read_manifest(source: str | os.PathLike[str]) -> Manifest:
     raise InvalidArgument(f"{source}: neither a wheel file nor a plugin directory")
 
 
-def installed_manifest(dist_name: str, paths: list[str] | None = None) -> Manifest | None:
-    """The manifest of an installed distribution (found through its RECORD), or None."""
-    from importlib.metadata import distributions
-
-    for dist in distributions(path=paths) if paths is not None else distributions():
-        if normalize_name(dist.metadata["Name"] or "") != normalize_name(dist_name):
-            continue
-        for f in dist.files or []:
-            parts = f.parts
-            if len(parts) == 2 and parts[1] == MANIFEST:
-                try:
-                    return Manifest.parse(f.read_text(), f"{dist_name}:{f}")
-                except (OSError, InvalidArgument):
-                    return None
-        return None
+def installed_manifest(dist: "Distribution") -> Manifest | None:
+    """The manifest of an installed distribution (found through its RECORD), or None
+    when it has none or it is unreadable. Nothing of the plugin is imported."""
+    for f in dist.files or []:
+        if len(f.parts) == 2 and f.parts[1] == MANIFEST:
+            try:
+                return Manifest.parse(f.read_text(), f"{dist.metadata['Name']}:{f}")
+            except (OSError, InvalidArgument):
+                return None
     return None
 
 

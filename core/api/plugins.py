@@ -1,14 +1,63 @@
-"""/plugins: the plugin host as Docker's plugin API shows it."""
+"""/plugins: the plugin host as Docker's plugin API shows it.
+
+Install sources are given in ``remote``: the absolute path of a wheel file or of a
+plugin directory on the daemon's machine (registry references are not supported yet).
+The granted privileges travel as the JSON body of ``pull`` and ``upgrade``, and must
+match what ``/plugins/privileges`` answered.
+"""
 from __future__ import annotations
+
+import asyncio
+import json
 
 from aiohttp import web
 
-from .util import json_response, svc
+from engine.sdk.errors import InvalidArgument
+
+from .util import encode, json_response, json_stream, qbool, qfilters, svc
+
+
+def _remote(request: web.Request) -> str:
+    remote = request.query.get("remote", "")
+    if not remote:
+        raise InvalidArgument("remote is required: a wheel file or a plugin directory")
+    return remote
+
+
+async def _granted(request: web.Request) -> list:
+    """The JSON list in the request body (granted privileges, settings)."""
+    data = await request.read()
+    if not data.strip():
+        return []
+    try:
+        granted = json.loads(data)
+    except ValueError as e:
+        raise InvalidArgument(f"invalid JSON: {e}") from None
+    if granted is None:
+        return []
+    if not isinstance(granted, list):
+        raise InvalidArgument("the request body must be a JSON list")
+    return granted
+
+
+def _matches(p: dict, filters: dict) -> bool:
+    for value in filters.get("enabled") or {}:
+        if str(p["Enabled"]).lower() != str(value).lower():
+            return False
+    caps = list(filters.get("capability") or {})
+    if caps:
+        types = [t.split(".", 1)[-1].split("/")[0] for t in p["Config"]["Interface"]["Types"]]
+        if not any(c.lower() in types or f"{c.lower()}driver" in types for c in caps):
+            return False
+    return True
 
 
 async def list_(request: web.Request) -> web.Response:
     host = svc(request).plugins
-    return json_response([p.to_api() for p in host.plugins.values()])
+    filters = {k: (dict.fromkeys(v, True) if isinstance(v, list) else v)
+               for k, v in qfilters(request).items()}
+    return json_response([p.to_api() for p in host.plugins.values()
+                          if _matches(p.to_api(), filters)])
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -31,9 +80,78 @@ async def disable(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def privileges(request: web.Request) -> web.Response:
+    remote = _remote(request)
+    loop = asyncio.get_running_loop()
+    return json_response(await loop.run_in_executor(None, svc(request).plugins.privileges,
+                                                    remote))
+
+
+async def _progress(request: web.Request, lines: list[dict]) -> web.StreamResponse:
+    resp = await json_stream(request)
+    for line in lines:
+        await resp.write(encode(line) + b"\n")
+    await resp.write_eof()
+    return resp
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    s = svc(request)
+    remote = _remote(request)
+    alias = request.query.get("name", "")
+    if alias == remote:
+        alias = ""  # Docker's CLI sends the remote as the name when there is no alias
+    names = await s.plugins.install(remote, alias, await _granted(request))
+    for name in names:
+        s.events.emit("plugin", "pull", name, {"name": name})
+    return await _progress(request, [{"status": f"Installing {remote}"},
+                                     {"status": f"Installed plugin {', '.join(names)}"}])
+
+
+async def upgrade(request: web.Request) -> web.StreamResponse:
+    s = svc(request)
+    name = request.match_info["name"]
+    remote = _remote(request)
+    await s.plugins.upgrade(name, remote, await _granted(request))
+    s.events.emit("plugin", "upgrade", name, {"name": name})
+    return await _progress(request, [{"status": f"Upgraded plugin {name} from {remote}"}])
+
+
+async def remove(request: web.Request) -> web.Response:
+    s = svc(request)
+    name = request.match_info["name"]
+    await s.plugins.remove(name, s.containers.driver_in_use, force=qbool(request, "force"))
+    s.events.emit("plugin", "remove", name, {"name": name})
+    return web.Response(status=200)
+
+
+async def create(request: web.Request) -> web.Response:
+    s = svc(request)
+    name = request.query.get("name", "")
+    names = await s.plugins.create(name, await request.read())
+    for n in names:
+        s.events.emit("plugin", "create", n, {"name": n})
+    return web.Response(status=204)
+
+
+async def set_(request: web.Request) -> web.Response:
+    """Docker's ``plugin set KEY=VALUE``: engine plugins have no settable keys (they
+    take driver options instead), so only an empty list is accepted."""
+    svc(request).plugins.get(request.match_info["name"])
+    if await _granted(request):
+        raise InvalidArgument("engine plugins have no settings: use driver options")
+    return web.Response(status=204)
+
+
 ROUTES = [
     ("GET", "/plugins", list_),
+    ("GET", "/plugins/privileges", privileges),
+    ("POST", "/plugins/pull", pull),
+    ("POST", "/plugins/create", create),
     ("GET", "/plugins/{name}/json", inspect),
     ("POST", "/plugins/{name}/enable", enable),
     ("POST", "/plugins/{name}/disable", disable),
+    ("POST", "/plugins/{name}/upgrade", upgrade),
+    ("POST", "/plugins/{name}/set", set_),
+    ("DELETE", "/plugins/{name}", remove),
 ]
