@@ -40,6 +40,9 @@ class LineBuffer:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
+            while nl + 1 - start > self.limit:
+                out.append((buf[start:start + self.limit], False))
+                start += self.limit
             out.append((buf[start:nl + 1], True))
             start = nl + 1
         rest = buf[start:]
@@ -167,7 +170,8 @@ class NonBlockingWriter(LogWriter):
                     self.cond.wait()
                 if not self.queue:
                     return
-                stream, line, ns = self.queue[0]
+                item = self.queue[0]
+            stream, line, ns = item
             try:
                 self.inner.write(stream, line, ns)
             except Exception as e:  # keep draining: one bad write must not stop the rest
@@ -175,6 +179,8 @@ class NonBlockingWriter(LogWriter):
                 if self.errors == 1:
                     self.report(f"log writer error (non-blocking mode): {e!r}")
             with self.cond:
+                if not self.queue or self.queue[0] is not item:
+                    return  # close() gave up on the queue while this write was stuck
                 self.queue.popleft()
                 self.queued -= len(line)
 

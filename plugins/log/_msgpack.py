@@ -89,6 +89,8 @@ def _pack(obj: Any, out: bytearray) -> None:
 
 
 def _pack_int(n: int, out: bytearray) -> None:
+    if n >= 1 << 64 or n < -(1 << 63):
+        raise OverflowError(f"integer {n} does not fit in msgpack")
     if 0 <= n < 0x80:
         out.append(n)
     elif -32 <= n < 0:
@@ -99,7 +101,7 @@ def _pack_int(n: int, out: bytearray) -> None:
         out += b"\xcd" + struct.pack(">H", n)
     elif 0 <= n < 0x100000000:
         out += b"\xce" + struct.pack(">I", n)
-    elif 0 <= n < 1 << 64:
+    elif n > 0:
         out += b"\xcf" + struct.pack(">Q", n)
     elif -0x80 <= n:
         out += b"\xd0" + struct.pack(">b", n)
@@ -107,10 +109,8 @@ def _pack_int(n: int, out: bytearray) -> None:
         out += b"\xd1" + struct.pack(">h", n)
     elif -0x80000000 <= n:
         out += b"\xd2" + struct.pack(">i", n)
-    elif -(1 << 63) <= n:
-        out += b"\xd3" + struct.pack(">q", n)
     else:
-        raise OverflowError(f"integer {n} does not fit in msgpack")
+        out += b"\xd3" + struct.pack(">q", n)
 
 
 _FIXEXT = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}

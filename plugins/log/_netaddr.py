@@ -6,6 +6,7 @@ import errno
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlsplit
 
 CONNECT_TIMEOUT = 5.0
@@ -104,7 +105,9 @@ class Connection:
             raise
         return s
 
-    def send(self, data: bytes) -> bool:
+    def send(self, data: bytes, frame: Callable[[bytes], bytes] | None = None) -> bool:
+        """Send one message; on a stream socket ``frame(data)`` is sent instead (a
+        unix address may turn out to be either kind)."""
         for attempt in (0, 1):
             if self.sock is None:
                 if time.monotonic() < self.next_try:
@@ -116,7 +119,7 @@ class Connection:
                     return False
             try:
                 if self.stream:
-                    self.sock.sendall(data)
+                    self.sock.sendall(frame(data) if frame else data)
                 else:
                     self.sock.send(data)
                 return True

@@ -90,16 +90,17 @@ class SyslogWriter(LogWriter):
         pri = self.facility * 8 + SEVERITY.get(stream, 6)
         msg = format_message(self.format, pri, time_ns, self.hostname, self.tag, self.pid,
                              text).encode()
-        if self.conn.stream:
-            if self.format.startswith("rfc5424"):
-                msg = str(len(msg)).encode() + b" " + msg   # octet counting
-            else:
-                msg += b"\n"
-        if not self.conn.send(msg):
+        if not self.conn.send(msg, self._frame):
             self.lost += 1
             if self.lost == 1:
                 sys.stderr.write(f"syslog: cannot send to {self.addr}: "
                                  f"{self.conn.last_error}; dropping lines until it is back\n")
+
+    def _frame(self, msg: bytes) -> bytes:
+        """Framing on a stream: octet counting for RFC 5424, else a newline."""
+        if self.format.startswith("rfc5424"):
+            return str(len(msg)).encode() + b" " + msg
+        return msg + b"\n"
 
     def abort(self) -> None:
         self.conn.abort()
