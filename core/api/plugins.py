@@ -12,7 +12,13 @@ import json
 
 from aiohttp import web
 
-from engine.sdk.errors import InvalidArgument
+from engine.sdk.errors import EngineError, InvalidArgument
+
+
+class NotSupported(EngineError):
+    """A part of Docker's plugin API the engine does not implement yet."""
+
+    status = 501
 
 from .util import encode, json_response, json_stream, qbool, qfilters, svc
 
@@ -105,7 +111,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     for name in names:
         s.events.emit("plugin", "pull", name, {"name": name})
     return await _progress(request, [{"status": f"Installing {remote}"},
-                                     {"status": f"Installed plugin {', '.join(names)}"}])
+                                     {"aux": {"Plugins": names}}])
 
 
 async def upgrade(request: web.Request) -> web.StreamResponse:
@@ -143,6 +149,12 @@ async def set_(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def push(request: web.Request) -> web.Response:
+    svc(request).plugins.get(request.match_info["name"])
+    raise NotSupported("pushing plugins to a registry is not supported yet: share the "
+                       "wheel (engine plugin create DIR builds it) instead")
+
+
 ROUTES = [
     ("GET", "/plugins", list_),
     ("GET", "/plugins/privileges", privileges),
@@ -153,5 +165,6 @@ ROUTES = [
     ("POST", "/plugins/{name}/disable", disable),
     ("POST", "/plugins/{name}/upgrade", upgrade),
     ("POST", "/plugins/{name}/set", set_),
+    ("POST", "/plugins/{name}/push", push),
     ("DELETE", "/plugins/{name}", remove),
 ]

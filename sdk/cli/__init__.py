@@ -179,6 +179,8 @@ MANAGEMENT: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
         "enable": ("objects", "cmd_plugin_enable"),
         "disable": ("objects", "cmd_plugin_disable"),
         "rm": ("objects", "cmd_plugin_rm"), "remove": ("objects", "cmd_plugin_rm"),
+        "upgrade": ("objects", "cmd_plugin_upgrade"),
+        "create": ("objects", "cmd_plugin_create"), "push": ("objects", "cmd_plugin_push"),
     }),
     "system": ("Manage the engine", {
         "df": ("system", "cmd_system_df"), "prune": ("system", "cmd_system_prune"),

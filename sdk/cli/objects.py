@@ -421,6 +421,8 @@ class PluginRow:
         from .containers import ellipsis
 
         desc = ((self.p.get("Config") or {}).get("Description") or "").replace("\n", " ")
+        if self.p.get("Error"):  # why a plugin is not running, where ``ls`` shows it
+            desc = f"error: {self.p['Error']}".replace("\n", " ")
         desc = desc.replace("\r", " ")
         return ellipsis(desc, 45) if self.trunc else desc
 
@@ -456,7 +458,7 @@ def cmd_plugin_inspect(cli: Cli, argv: list[str]) -> int:
 
 
 PLUGIN_INSTALL = Spec("plugin install", "plugin install [OPTIONS] PLUGIN [KEY=VALUE...]",
-                      "Install a plugin", [
+                      "Install a plugin (a wheel file or a plugin directory)", [
                           Flag("--alias", STR, "Local name for plugin"),
                           Flag("--disable", BOOL, "Do not enable the plugin on install"),
                           Flag("--grant-all-permissions", BOOL, "Grant all permissions "
@@ -464,28 +466,148 @@ PLUGIN_INSTALL = Spec("plugin install", "plugin install [OPTIONS] PLUGIN [KEY=VA
                       ], min_args=1)
 
 
+def _plugin_remote(ref: str) -> str:
+    """A local wheel or directory travels as an absolute path (the daemon runs on
+    this machine); anything else is passed on as a registry reference."""
+    import os
+
+    if ref.startswith(("/", "./", "../", "~")) or ref.endswith(".whl") or os.path.exists(ref):
+        return os.path.abspath(os.path.expanduser(ref))
+    return ref
+
+
+def _grant(cli: Cli, remote: str, shown: str, grant_all: bool) -> list[dict[str, Any]]:
+    """Docker's privilege prompt: show what the plugin asks for and ask, on a
+    terminal; without one, only ``--grant-all-permissions`` grants."""
+    privileges = cli.api.get("/plugins/privileges", {"remote": remote}).json() or []
+    if not privileges or grant_all:
+        return privileges
+    cli.print(f"Plugin \"{shown}\" is requesting the following privileges:")
+    for p in privileges:
+        cli.print(f" - {p.get('Name', '')}: [{' '.join(p.get('Value') or [])}]")
+    isatty = getattr(cli.stdin, "isatty", None)
+    if not (isatty and isatty()):
+        raise StatusError(1, "plugin installation cancelled: the plugin asks for privileges "
+                          "and there is no terminal to ask; use --grant-all-permissions")
+    cli.out.write("Do you grant the above permissions? [y/N] ")
+    cli.out.flush()
+    if cli.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise StatusError(1, "plugin installation cancelled")
+    return privileges
+
+
+def _progress(cli: Cli, messages: Any) -> list[str]:
+    """Print a progress stream; return the plugin names its ``aux`` carried."""
+    names: list[str] = []
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("error"):
+            raise StatusError(1, str(msg["error"]))
+        aux = msg.get("aux")
+        if isinstance(aux, dict):
+            names.extend(aux.get("Plugins") or [])
+        elif msg.get("status"):
+            cli.print(str(msg["status"]))
+    return names
+
+
 def cmd_plugin_install(cli: Cli, argv: list[str]) -> int:
     opts, args = cli.parse(PLUGIN_INSTALL, argv)
-    remote, settings = args[0], args[1:]
-    privileges = cli.api.get("/plugins/privileges", {"remote": remote}).json() or []
-    if privileges and not opts.grant_all_permissions:
-        cli.print(f"Plugin \"{remote}\" is requesting the following privileges:")
-        for p in privileges:
-            cli.print(f" - {p.get('Name', '')}: {p.get('Value')}")
-        from .containers import confirm
+    remote, settings = _plugin_remote(args[0]), args[1:]
+    privileges = _grant(cli, remote, args[0], opts.grant_all_permissions)
+    params = {"remote": remote, "name": opts.alias or None}
+    names = _progress(cli, cli.api.json_lines("POST", "/plugins/pull", params, body=privileges))
+    names = [opts.alias] if opts.alias else names
+    for name in names:
+        if settings:
+            cli.api.post(f"/plugins/{name}/set", body=settings)
+        if not opts.disable:
+            cli.api.post(f"/plugins/{name}/enable", {"timeout": 30})
+        cli.print(f"Installed plugin {name}")
+    return 0
 
-        if not confirm(cli, False, "Do you grant the above permissions?"):
-            raise StatusError(1, "plugin installation cancelled")
-    name = opts.alias or remote
-    for msg in cli.api.json_lines("POST", "/plugins/pull", {"remote": remote, "name": name},
-                                  body=privileges):
-        if isinstance(msg, dict) and msg.get("error"):
-            raise StatusError(1, str(msg["error"]))
-    if settings:
-        cli.api.post(f"/plugins/{name}/set", body=settings)
-    if not opts.disable:
-        cli.api.post(f"/plugins/{name}/enable", {"timeout": 30})
-    cli.print(f"Installed plugin {name}")
+
+PLUGIN_UPGRADE = Spec("plugin upgrade", "plugin upgrade [OPTIONS] PLUGIN [REMOTE]",
+                      "Upgrade an existing plugin (it must be disabled)", [
+                          Flag("--grant-all-permissions", BOOL, "Grant all permissions "
+                               "necessary to run the plugin"),
+                          Flag("--skip-remote-check", BOOL, "Do not check if specified "
+                               "remote plugin matches existing plugin image"),
+                      ], min_args=1, max_args=2)
+
+
+def cmd_plugin_upgrade(cli: Cli, argv: list[str]) -> int:
+    opts, args = cli.parse(PLUGIN_UPGRADE, argv)
+    name = args[0]
+    current = cli.api.get(f"/plugins/{name}/json").json() or {}
+    ref = args[1] if len(args) > 1 else current.get("PluginReference", "")
+    remote = _plugin_remote(ref)
+    cli.print(f"Upgrading plugin {name} from {current.get('PluginReference', '')} to {remote}")
+    privileges = _grant(cli, remote, ref, opts.grant_all_permissions)
+    _progress(cli, cli.api.json_lines("POST", f"/plugins/{name}/upgrade", {"remote": remote},
+                                      body=privileges))
+    cli.print(f"Upgraded plugin {name} to {remote}")
+    return 0
+
+
+PLUGIN_CREATE = Spec("plugin create", "plugin create [OPTIONS] [PLUGIN] PLUGIN-DATA-DIR",
+                     "Create a plugin from a plugin directory (pyproject.toml and "
+                     "engine-plugin.json); with only the directory, build its wheel locally", [
+                         Flag("--compress", BOOL, "Compress the context using gzip"),
+                         Flag("-o, --output", STR, "Where a local build puts the wheel "
+                              "(default DIR/dist)"),
+                     ], min_args=1, max_args=2)
+
+
+def _tar_dir(directory: str, compress: bool) -> bytes:
+    import io
+    import os
+    import tarfile
+
+    skip = {"build", "dist", ".git", "__pycache__", ".venv", ".tox", ".pytest_cache"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if compress else "w") as tf:
+        for root, dirs, files in os.walk(directory):
+            dirs[:] = sorted(d for d in dirs if d not in skip and not d.endswith(".egg-info"))
+            for f in sorted(files):
+                path = os.path.join(root, f)
+                tf.add(path, os.path.relpath(path, directory), recursive=False)
+    return buf.getvalue()
+
+
+def cmd_plugin_create(cli: Cli, argv: list[str]) -> int:
+    from engine.sdk.errors import EngineError
+    from engine.sdk.packaging import build_wheel, validate_plugin_dir
+
+    opts, args = cli.parse(PLUGIN_CREATE, argv)
+    directory = args[-1]
+    try:
+        validate_plugin_dir(directory)
+        if len(args) == 1:
+            import os
+
+            out = opts.output or os.path.join(directory, "dist")
+            cli.print(str(build_wheel(directory, out)))
+            return 0
+    except EngineError as e:
+        raise StatusError(1, str(e)) from None
+    cli.api.post("/plugins/create", {"name": args[0]}, body=_tar_dir(directory, opts.compress),
+                 headers={"Content-Type": "application/x-tar"})
+    cli.print(args[0])
+    return 0
+
+
+PLUGIN_PUSH = Spec("plugin push", "plugin push [OPTIONS] PLUGIN[:TAG]",
+                   "Push a plugin to a registry", [
+                       Flag("--disable-content-trust", BOOL, "Skip image signing",
+                            default=True),
+                   ], min_args=1, max_args=1)
+
+
+def cmd_plugin_push(cli: Cli, argv: list[str]) -> int:
+    _, args = cli.parse(PLUGIN_PUSH, argv)
+    _progress(cli, cli.api.json_lines("POST", f"/plugins/{args[0]}/push"))
     return 0
 
 
