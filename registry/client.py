@@ -515,6 +515,7 @@ class RegistryClient:
         want = parse_platform(platform)
         host = registry_host(r.domain)
         creds = self._creds(r.domain, creds)
+        before = await self._run(self._current, str(r))
         async with self._session() as http:
             conn = _Conn(http, self.hosts, host, creds, [f"repository:{r.path}:pull"])
             resolved = await self._resolve(conn, r, want)
@@ -527,9 +528,18 @@ class RegistryClient:
                                f"{host}/{r.path}")
         await progress({"status": f"Digest: {repo_digest}"})
         shown = reference.familiar(str(r))
-        verb = "Downloaded newer image for" if fetched else "Image is up to date for"
+        # like Docker: "newer" when layers came in or the name now means another image
+        verb = ("Downloaded newer image for" if fetched or before != img.id
+                else "Image is up to date for")
         await progress({"status": f"Status: {verb} {shown}"})
         return self.images.get(img.id)
+
+    def _current(self, ref: str) -> str | None:
+        """The id of the image ``ref`` names now (None when it names none)."""
+        try:
+            return self.images.get(ref).id
+        except (NotFound, InvalidArgument):
+            return None
 
     def _record_pull(self, img: Image, r: reference.Reference, digest: str) -> None:
         if r.tag and not r.digest:

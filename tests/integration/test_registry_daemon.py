@@ -1,0 +1,169 @@
+"""A real daemon pulling and pushing through the API, and the ``docker`` CLI's pull, push
+and login against engine with ``engine registry serve`` (loopback only)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import urllib.parse
+
+import pytest
+from conftest import Daemon, needs_root, new_daemon_dir
+from engine.registry.htpasswd import bcrypt_hash
+from test_registry_peers import engine_registry
+
+pytestmark = [pytest.mark.root, needs_root]
+
+DOCKER = shutil.which("docker")
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = engine_registry(tmp_path / "registry")
+    yield reg
+    reg.stop()
+
+
+def lines(body: bytes) -> list[dict]:
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def test_daemon_pushes_and_pulls_through_the_api(fresh_daemon, registry):
+    d = fresh_daemon
+    repo = f"{registry.host}/busybox"
+    q = urllib.parse.urlencode({"repo": repo, "tag": "latest"})
+    assert d.request("POST", f"/images/busybox:latest/tag?{q}")[0] == 201
+    status, body = d.request("POST", f"/images/{repo}/push?tag=latest")
+    assert status == 200, body
+    pushed = lines(body)
+    assert not [m for m in pushed if "error" in m], pushed
+    digest = pushed[-1]["aux"]["Digest"]
+    image_id = json.loads(d.request("GET", "/images/busybox/json")[1])["Id"]
+    # a second daemon, with nothing in its stores, pulls it
+    other = Daemon(new_daemon_dir()).start()
+    try:
+        check_pull(other, repo, digest, image_id)
+    finally:
+        other.cleanup()
+
+
+def check_pull(d: Daemon, repo: str, digest: str, image_id: str) -> None:
+    status, body = d.request(
+        "POST", f"/images/create?fromImage={urllib.parse.quote(repo)}&tag=latest")
+    assert status == 200, body
+    pulled = lines(body)
+    statuses = [m.get("status") for m in pulled]
+    assert "Pulling fs layer" in statuses and "Pull complete" in statuses
+    assert statuses[-2:] == [f"Digest: {digest}",
+                             f"Status: Downloaded newer image for {repo}:latest"]
+    layer = next(m for m in pulled if m.get("status") == "Pulling fs layer")
+    assert layer["progressDetail"] == {} and len(layer["id"]) == 12
+    status, body = d.request("GET", f"/images/{repo}:latest/json")
+    info = json.loads(body)
+    assert info["Id"] == image_id
+    assert info["RepoTags"] == [f"{repo}:latest"]
+    assert info["RepoDigests"] == [f"{repo}@{digest}"]
+    # the registry's description of it
+    status, body = d.request("GET", f"/distribution/{repo}:latest/json")
+    assert status == 200 and json.loads(body)["Descriptor"]["digest"] == digest
+
+
+def test_pull_errors_before_and_inside_the_stream(fresh_daemon, registry):
+    d = fresh_daemon
+    status, body = d.request("POST", f"/images/create?fromImage={registry.host}/nothing&tag=x")
+    assert status == 404, body
+    assert "not found" in json.loads(body)["message"]
+    status, body = d.request("POST", "/images/nothing-local/push")
+    assert status == 404
+
+
+def test_auth_checks_credentials_against_the_registry(fresh_daemon, tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"bob:{bcrypt_hash('pw')}\n")
+    reg = engine_registry(tmp_path / "reg", "--htpasswd", str(htpasswd))
+    try:
+        ok = fresh_daemon.request("POST", "/auth", {"username": "bob", "password": "pw",
+                                                    "serveraddress": reg.host})
+        assert ok[0] == 200 and json.loads(ok[1]) == {"Status": "Login Succeeded",
+                                                     "IdentityToken": ""}
+        bad = fresh_daemon.request("POST", "/auth", {"username": "bob", "password": "no",
+                                                     "serveraddress": reg.host})
+        assert bad[0] == 401, bad
+        # push with X-Registry-Auth: the fixture's request() has no headers, so use a
+        # raw request over the socket
+        repo = f"{reg.host}/private"
+        q = urllib.parse.urlencode({"repo": repo, "tag": "v1"})
+        assert fresh_daemon.request("POST", f"/images/busybox/tag?{q}")[0] == 201
+        status, body = fresh_daemon.request("POST", f"/images/{repo}/push?tag=v1")
+        assert status == 401 or any("error" in m for m in lines(body))
+        header = base64.urlsafe_b64encode(json.dumps(
+            {"username": "bob", "password": "pw", "serveraddress": reg.host}).encode()).decode()
+        status, body = raw_request(fresh_daemon, "POST", f"/images/{repo}/push?tag=v1",
+                                   {"X-Registry-Auth": header})
+        assert status == 200 and "aux" in lines(body)[-1], body
+    finally:
+        reg.stop()
+
+
+def raw_request(daemon, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(60)
+    s.connect(daemon.sock)
+    head = f"{method} {path} HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n" \
+           "Content-Length: 0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall(head.encode() + b"\r\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    header, _, rest = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in header.lower():
+        out = b""
+        while rest:
+            size, _, rest = rest.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            out, rest = out + rest[:n], rest[n + 2:]
+        rest = out
+    return int(header.split()[1]), rest
+
+
+@pytest.mark.clients
+@pytest.mark.skipif(DOCKER is None, reason="the docker CLI is not installed")
+def test_docker_cli_push_pull_login_and_run(fresh_daemon, tmp_path):
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt_hash('secret')}\n")
+    reg = engine_registry(tmp_path / "reg", "--htpasswd", str(htpasswd))
+    env = fresh_daemon.env
+
+    def docker(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([DOCKER or "docker", *args], input=input, capture_output=True,
+                              env=env, timeout=120)
+
+    try:
+        repo = f"{reg.host}/tools/busybox"
+        assert docker("tag", "busybox", f"{repo}:1").returncode == 0
+        denied = docker("push", f"{repo}:1")
+        assert denied.returncode != 0
+        login = docker("login", reg.host, "-u", "alice", "--password-stdin", input=b"secret\n")
+        assert login.returncode == 0, login.stderr
+        assert b"Login Succeeded" in login.stdout
+        push = docker("push", f"{repo}:1")
+        assert push.returncode == 0, push.stderr
+        assert b"1: digest: sha256:" in push.stdout
+        assert docker("rmi", f"{repo}:1").returncode == 0
+        pull = docker("pull", f"{repo}:1")
+        assert pull.returncode == 0, pull.stderr
+        assert f"Downloaded newer image for {repo}:1".encode() in pull.stdout
+        run = docker("run", "--rm", f"{repo}:1", "echo", "pulled")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout == b"pulled\n"
+        again = docker("pull", f"{repo}:1")
+        assert f"Image is up to date for {repo}:1".encode() in again.stdout
+    finally:
+        reg.stop()
