@@ -246,7 +246,9 @@ async def top(request: web.Request) -> web.Response:
         raise Conflict(f"Container {c.id} is not running")
     from ..runtime import cgroups
 
-    pids = await cs.run(cgroups.pids, f"engine/{c.id}")
+    from ..containers import cgroup_path
+
+    pids = await cs.run(cgroups.pids, cgroup_path(c.id))
     args = request.query.get("ps_args") or "-ef"
     if not pids:
         return json_response({"Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],

@@ -165,12 +165,35 @@ def resources(host_config: Mapping) -> dict:
     return res
 
 
+_CAP_SYS_RESOURCE = 24
+
+
+def default_nofile() -> int:
+    """Docker's default open-file limit, or the daemon's own hard limit when that is
+    lower and the daemon lacks CAP_SYS_RESOURCE to raise it (some sandboxes): a limit
+    the runtime cannot set would fail every start (runc: "error setting rlimit")."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard >= DEFAULT_NOFILE:
+        return DEFAULT_NOFILE
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    if int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1:
+                        return DEFAULT_NOFILE
+    except OSError:
+        pass
+    return hard
+
+
 def rlimits(host_config: Mapping) -> list[dict]:
     """``process.rlimits`` from HostConfig.Ulimits, with Docker's default
     ``RLIMIT_NOFILE`` of 1048576 unless overridden."""
+    nofile = default_nofile()
     limits: dict[str, dict] = {
-        "RLIMIT_NOFILE": {"type": "RLIMIT_NOFILE", "hard": DEFAULT_NOFILE,
-                          "soft": DEFAULT_NOFILE},
+        "RLIMIT_NOFILE": {"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile},
     }
     for ulimit in host_config.get("Ulimits") or ():
         name = str(ulimit.get("Name", "")).lower()

@@ -174,7 +174,10 @@ def test_memory_swap_values(root: Path) -> None:
     assert "pids" not in spec.resources({"PidsLimit": -1})
 
 
-def test_rlimits(root: Path) -> None:
+def test_rlimits(root: Path, monkeypatch) -> None:
+    from engine.core.runtime import spec
+
+    monkeypatch.setattr(spec, "default_nofile", lambda: 1048576)
     assert build(root)["process"]["rlimits"] == [
         {"type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576}]
     hc = {"Ulimits": [{"Name": "nofile", "Soft": 10, "Hard": 20},
@@ -282,3 +285,14 @@ def test_pidfd_open_becomes_readable_on_exit() -> None:
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 7
     finally:
         os.close(fd)
+
+
+def test_default_nofile_never_exceeds_what_can_be_set() -> None:
+    import resource
+
+    from engine.core.runtime import spec
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    n = spec.default_nofile()
+    assert n == spec.DEFAULT_NOFILE or n == hard
+    assert n <= spec.DEFAULT_NOFILE
