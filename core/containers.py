@@ -92,6 +92,12 @@ _RIGHT = ("albattani allen almeida archimedes ardinghelli aryabhata austin babba
           "williams wilson wing wozniak wright yalow yonath").split()
 
 
+def cgroup_path(cid: str) -> str:
+    """The container's cgroup, absolute so every runtime puts it in the same place
+    (runc treats a relative path as relative to its own cgroup)."""
+    return f"/engine/{cid}"
+
+
 def random_name() -> str:
     return f"{random.choice(_LEFT)}_{random.choice(_RIGHT)}"
 
@@ -562,7 +568,7 @@ class ContainerService:
                     domainname=cfg.get("Domainname") or "", rootfs=rootfs,
                     readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=oci_mounts,
                     netns=ns_path, host_network=host_net, host_config=hc,
-                    cgroups_path=f"engine/{c.id}",
+                    cgroups_path=cgroup_path(c.id),
                     annotations={"org.opencontainers.image.ref.name": c.image_ref}))
             except ValueError as e:
                 raise InvalidArgument(str(e)) from None
@@ -906,7 +912,7 @@ class ContainerService:
     async def _thaw(self, c: Container) -> None:
         from .runtime import cgroups
 
-        await self.run(cgroups.thaw, f"engine/{c.id}")
+        await self.run(cgroups.thaw, cgroup_path(c.id))
         c.state.status = "running"
         self.save(c)
 
@@ -918,7 +924,7 @@ class ContainerService:
             raise Conflict(f"Container {c.id} is already paused")
         if c.state.status != "running":
             raise Conflict(f"Container {c.id} is not running")
-        await self.run(cgroups.freeze, f"engine/{c.id}")
+        await self.run(cgroups.freeze, cgroup_path(c.id))
         self.set_status(c, "paused")
         self.save(c)
         self.events.emit("container", "pause", c.id, self._attrs(c))
@@ -1138,7 +1144,7 @@ class ContainerService:
         try:
             res = await monitor_client.create_exec(
                 exec_id=eid, state_dir=str(sdir), target_pid=c.state.pid, process=process,
-                cgroups_path=f"engine/{c.id}", runtime=c.runtime, container_id=c.id,
+                cgroups_path=cgroup_path(c.id), runtime=c.runtime, container_id=c.id,
                 stdin_open=bool(cfg.get("AttachStdin")) and not detach,
                 runc_root=str(self.exec_root / "runc"))
         except monitor_client.MonitorError as e:
@@ -1161,7 +1167,7 @@ class ContainerService:
                                     cfg.get("AttachStdout", True) is not False,
                                     cfg.get("AttachStderr", True) is not False)
         try:
-            await m.start()
+            started_pid = await m.start()
         except monitor_client.MonitorError as e:
             x.exit_code = e.exit_code or 126
             shutil.rmtree(sdir, ignore_errors=True)
@@ -1169,7 +1175,8 @@ class ContainerService:
                 stream[1].close()
             raise _start_error(e, exec_=True) from None
         x.running = True
-        x.pid = int(res.get("pid") or 0)
+        # runc runs an exec only at start, so the create report may say pid 0
+        x.pid = int(started_pid or res.get("pid") or 0)
         self._exec_exited[eid] = asyncio.Event()
         self.events.emit("container", "exec_start", c.id,
                          self._attrs(c, execID=eid, **{"exec": " ".join(cfg["Cmd"])}))
