@@ -361,6 +361,7 @@ class BridgeNetworkDriver(NetworkDriver):
                     await self._run(iptables.remove_network, net.bridge, net.pool.subnet,
                                     not net.masquerade)
                     await self._run(delete_link, net.bridge)
+                    self.leases.forget(net.bridge)
             except Exception as e:
                 log.warning("network %s not taken down: %s", net.spec.name, e)
         try:
@@ -399,6 +400,7 @@ class BridgeNetworkDriver(NetworkDriver):
                 net.resolver.close()
             await self._run(iptables.remove_network, net.bridge, net.pool.subnet, not net.masquerade)
             await self._run(delete_link, net.bridge)
+            self.leases.forget(net.bridge)
             self._net_file(network.id).unlink(missing_ok=True)
             if not self.networks:
                 await self._run(iptables.teardown_base)

@@ -197,6 +197,14 @@ class Leases:
             return True
         return False
 
+    def forget(self, bridge: str) -> None:
+        """Remove the bridge's (empty) lease directory, and the root once it is empty."""
+        for d in (self.root / bridge, self.root):
+            try:
+                d.rmdir()
+            except OSError:   # not empty (other endpoints or bridges), or gone
+                return
+
     def drop(self, bridge: str, ip: str, endpoint: str) -> None:
         """Give the lease back if ``endpoint`` holds it."""
         path = self._path(bridge, ip)

@@ -65,8 +65,11 @@ def remove(table: str, chain: str, rule: Rule) -> None:
 
 
 def ensure_chain(table: str, chain: str) -> None:
+    """Create ``chain`` unless it exists (another daemon may be making it right now)."""
     if run(["-t", table, "-n", "-L", chain], check=False).returncode != 0:
-        run(["-t", table, "-N", chain])
+        p = run(["-t", table, "-N", chain], check=False)
+        if p.returncode != 0 and "exists" not in p.stderr:
+            raise DriverError(f"iptables -t {table} -N {chain}: {p.stderr.strip()}")
 
 
 def setup_base() -> None:

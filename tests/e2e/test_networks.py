@@ -1,0 +1,239 @@
+"""Networks end to end, with the real docker CLI and docker-py against our daemon:
+user-defined networks with name resolution, isolation, published ports, --network
+none, connect/disconnect, and the /networks API's answers.
+
+Traffic goes only to loopback and to addresses of networks the tests create.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.clients]
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def ok(p: subprocess.CompletedProcess) -> str:
+    assert p.returncode == 0, p.stderr.decode() + p.stdout.decode()
+    return p.stdout.decode()
+
+
+@pytest.fixture
+def made(docker):
+    """Names of containers and networks the test makes; removed afterwards."""
+    things: dict[str, list[str]] = {"containers": [], "networks": []}
+    yield things
+    if things["containers"]:
+        docker("rm", "-f", *things["containers"])
+    for n in things["networks"]:
+        docker("network", "rm", n)
+    left = ok(docker("network", "ls", "-q", "--filter", "type=custom")).split()
+    names = [json.loads(ok(docker("network", "inspect", n)))[0]["Name"] for n in left]
+    assert not set(names) & set(things["networks"])
+
+
+def connect_read(port: int, timeout: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+                data = s.recv(100)
+            if data:
+                return data
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return b""
+        time.sleep(0.1)
+
+
+def test_network_create_ls_inspect_rm_prune(docker, made):
+    n = uid("net")
+    made["networks"].append(n)
+    nid = ok(docker("network", "create", "--label", "team=a", n)).strip()
+    assert len(nid) == 64
+    ls = ok(docker("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"))
+    assert f"{n} bridge local" in ls
+    for builtin in ("bridge bridge local", "host host local", "none null local"):
+        assert builtin in ls
+    info = json.loads(ok(docker("network", "inspect", n)))[0]
+    assert info["Id"] == nid and info["Labels"] == {"team": "a"}
+    subnet = info["IPAM"]["Config"][0]["Subnet"]
+    assert info["IPAM"]["Config"][0]["Gateway"].endswith(".1")
+    p = docker("network", "create", n)
+    assert p.returncode != 0 and b"already exists" in p.stderr
+    p = docker("network", "create", "--subnet", subnet, uid("dup"))
+    assert p.returncode != 0 and b"Pool overlaps with other one on this address space" in p.stderr
+    p = docker("network", "rm", "bridge")
+    assert p.returncode != 0 and b"bridge is a pre-defined network and cannot be removed" in p.stderr
+    p = docker("network", "create", "-d", "no-such-driver", uid("x"))
+    assert p.returncode != 0
+    assert ok(docker("network", "ls", "-q", "--filter", f"name={n}")).strip() == nid[:12]
+    assert ok(docker("network", "ls", "-q", "--filter", "label=team=a")).strip() == nid[:12]
+    ok(docker("network", "rm", n))
+    p = docker("network", "inspect", n)
+    assert p.returncode != 0 and b"not found" in p.stderr
+    # prune removes unused custom networks only
+    m = uid("prune")
+    made["networks"].append(m)
+    ok(docker("network", "create", m))
+    assert m in ok(docker("network", "prune", "-f"))
+    assert "bridge" in ok(docker("network", "ls"))
+
+
+def test_containers_resolve_each_other_and_other_networks_are_isolated(docker, made):
+    n1, n2, a1 = uid("n1"), uid("n2"), uid("a1")
+    made["networks"] += [n1, n2]
+    ok(docker("network", "create", n1))
+    ok(docker("network", "create", "--subnet", "10.214.7.0/24", n2))
+    made["containers"].append(a1)
+    ok(docker("run", "-d", "--name", a1, "--network", n1, "--network-alias", "db",
+              "busybox", "sleep", "60"))
+    ip = json.loads(ok(docker("inspect", a1)))[0]["NetworkSettings"]["Networks"][n1]["IPAddress"]
+    assert ip
+    out = ok(docker("run", "--rm", "--network", n1, "busybox", "sh", "-c",
+                    f"ping -c1 -W2 {a1} && ping -c1 -W2 db && nslookup {a1}"))
+    assert f"Name:\t{a1}" in out and ip in out
+    resolv = ok(docker("run", "--rm", "--network", n1, "busybox", "cat", "/etc/resolv.conf"))
+    gateway = json.loads(ok(docker("network", "inspect", n1)))[0]["IPAM"]["Config"][0]["Gateway"]
+    assert f"nameserver {gateway}" in resolv
+    # another network: no route to a1 (dropped between bridges), and no name for it
+    p = docker("run", "--rm", "--network", n2, "busybox", "ping", "-c1", "-W1", ip)
+    assert p.returncode != 0
+    p = docker("run", "--rm", "--network", n2, "busybox", "nslookup", a1)
+    assert p.returncode != 0
+    # the network shows its container; removing it is refused while it runs
+    info = json.loads(ok(docker("network", "inspect", n1)))[0]
+    (entry,) = info["Containers"].values()
+    assert entry["Name"] == a1 and entry["IPv4Address"].startswith(ip + "/")
+    p = docker("network", "rm", n1)
+    assert p.returncode != 0 and b"has active endpoints" in p.stderr
+
+
+def test_published_port_answers_on_loopback(docker, made):
+    port = free_port()
+    web, second = uid("web"), uid("web2")
+    made["containers"] += [web, second]
+    ok(docker("run", "-d", "--name", web, "-p", f"127.0.0.1:{port}:8080", "busybox",
+              "nc", "-ll", "-p", "8080", "-e", "echo", "hi"))
+    assert connect_read(port) == b"hi\n"
+    assert ok(docker("port", web)).strip() == f"8080/tcp -> 127.0.0.1:{port}"
+    ps = ok(docker("ps", "--filter", f"name={web}", "--format", "{{.Ports}}"))
+    assert ps.strip() == f"127.0.0.1:{port}->8080/tcp"
+    ports = json.loads(ok(docker("inspect", web)))[0]["NetworkSettings"]["Ports"]
+    assert ports == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}
+    # the same host port again: a clear error, and the second container is not left running
+    p = docker("run", "-d", "--name", second, "-p", f"127.0.0.1:{port}:80", "busybox",
+               "sleep", "60")
+    assert p.returncode != 0 and b"port is already allocated" in p.stderr
+    state = json.loads(ok(docker("inspect", second)))[0]["State"]
+    assert not state["Running"]
+    assert connect_read(port) == b"hi\n"
+    ok(docker("rm", "-f", web))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_publish_all_uses_ephemeral_ports(docker, made):
+    c = uid("pa")
+    made["containers"].append(c)
+    ok(docker("run", "-d", "--name", c, "-P", "--expose", "7000", "busybox", "nc", "-ll",
+              "-p", "7000", "-e", "echo", "eph"))
+    out = ok(docker("port", c, "7000/tcp")).strip().splitlines()[0]
+    host_port = int(out.rsplit(":", 1)[1])
+    assert host_port > 0
+    assert connect_read(host_port) == b"eph\n"
+
+
+def test_network_none_has_only_loopback(docker):
+    out = ok(docker("run", "--rm", "--network", "none", "busybox", "ip", "-o", "link"))
+    names = [line.split(":")[1].strip() for line in out.splitlines()]
+    assert names == ["lo"]
+
+
+def test_default_bridge_gets_eth0_and_an_address(docker):
+    out = ok(docker("run", "--rm", "busybox", "ip", "-o", "-4", "addr", "show", "eth0"))
+    assert "inet " in out
+    bridge = json.loads(ok(docker("network", "inspect", "bridge")))[0]
+    subnet = bridge["IPAM"]["Config"][0]["Subnet"]
+    assert bridge["Options"]["com.docker.network.bridge.name"] == "engine0"
+    assert out.split("inet ")[1].split(".")[:2] == subnet.split(".")[:2]
+
+
+def test_connect_and_disconnect_a_running_container(docker, made):
+    n, c = uid("cn"), uid("cc")
+    made["networks"].append(n)
+    made["containers"].append(c)
+    ok(docker("network", "create", n))
+    ok(docker("run", "-d", "--name", c, "busybox", "sleep", "60"))
+    ok(docker("network", "connect", "--alias", "extra", n, c))
+    links = ok(docker("exec", c, "ip", "-o", "link"))
+    assert "eth1" in links
+    nets = json.loads(ok(docker("inspect", c)))[0]["NetworkSettings"]["Networks"]
+    assert set(nets) == {"bridge", n} and "extra" in nets[n]["Aliases"]
+    p = docker("network", "connect", n, c)
+    assert p.returncode != 0
+    ok(docker("network", "disconnect", n, c))
+    assert "eth1" not in ok(docker("exec", c, "ip", "-o", "link"))
+    ok(docker("network", "rm", n))
+    made["networks"].remove(n)
+
+
+def test_static_address_and_internal_network(docker, made):
+    n, c = uid("in"), uid("ic")
+    made["networks"].append(n)
+    made["containers"].append(c)
+    ok(docker("network", "create", "--internal", "--subnet", "10.214.9.0/24", n))
+    ok(docker("run", "-d", "--name", c, "--network", n, "--ip", "10.214.9.77", "busybox",
+              "sleep", "60"))
+    ep = json.loads(ok(docker("inspect", c)))[0]["NetworkSettings"]["Networks"][n]
+    assert ep["IPAddress"] == "10.214.9.77" and ep["MacAddress"] == "02:42:0a:d6:09:4d"
+    assert "default" not in ok(docker("exec", c, "ip", "route"))
+    assert json.loads(ok(docker("network", "inspect", n)))[0]["Internal"] is True
+
+
+def test_docker_py_networks(engine_daemon):
+    docker_mod = pytest.importorskip("docker")
+    client = docker_mod.DockerClient(base_url=engine_daemon.host, version="1.41", timeout=60)
+    name = uid("py")
+    net = client.networks.create(name, driver="bridge", labels={"via": "py"})
+    c = None
+    try:
+        assert client.networks.get(name).id == net.id
+        assert name in [n.name for n in client.networks.list(names=[name])]
+        c = client.containers.run("busybox", ["sleep", "60"], detach=True, network=name,
+                                  name=uid("pyc"))
+        net.reload()
+        assert c.id in net.attrs["Containers"]
+        pinger = client.containers.run("busybox", ["ping", "-c1", "-W2", c.name], network=name,
+                                       detach=True)
+        try:
+            assert pinger.wait(timeout=30)["StatusCode"] == 0
+            assert b"1 packets received" in pinger.logs()
+        finally:
+            pinger.remove(force=True)
+        net.disconnect(c, force=True)
+        c.reload()
+        assert name not in c.attrs["NetworkSettings"]["Networks"]
+    finally:
+        if c is not None:
+            c.remove(force=True)
+        net.remove()
+        client.close()
+    assert name not in [n.name for n in client.networks.list()]
