@@ -379,6 +379,16 @@ class _State:
         value = self._load("compressed.json").get(digest)
         return value if isinstance(value, str) else None
 
+    def compressed_all(self) -> dict[str, str]:
+        return {k: v for k, v in self._load("compressed.json").items() if isinstance(v, str)}
+
+    def forget_compressed(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            doc = self._load("compressed.json")
+            for d in digests:
+                doc.pop(d, None)
+            atomic_write(self.dir / "compressed.json", json.dumps(doc, sort_keys=True).encode())
+
     def set_compressed(self, digest: str, gz: str) -> None:
         with self._lock:
             doc = self._load("compressed.json")
@@ -427,6 +437,10 @@ class RegistryClient:
         # store empties when it opens), so a restarted daemon resumes them
         self.downloads = Path(state_dir) / "downloads"
         self.downloads.mkdir(parents=True, exist_ok=True)
+        for partial in self.downloads.glob("*.partial"):
+            # finished by someone else meanwhile (a load, another pull): not needed any more
+            if content.has("sha256:" + partial.name.removesuffix(".partial")):
+                partial.unlink(missing_ok=True)
         self.config_dir = config_dir
         self._concurrency = concurrency
         self._inflight: dict[str, asyncio.Future[None]] = {}
@@ -692,6 +706,7 @@ class RegistryClient:
         host = registry_host(r.domain)
         creds = self._creds(r.domain, creds)
         config_bytes = await self._run(self.images.config_bytes, img)
+        await self._run(self.prune_compressed)
         blobs = [await self._run(self._push_blob_of, layer.digest) for layer in img.layers]
         oci = any(mt == spec.MT_OCI_LAYER_ZSTD for _, _, mt in blobs)
         sources = {d: [s for s in self.state.sources(d)
@@ -744,6 +759,23 @@ class RegistryClient:
         await progress({"progressDetail": {},
                         "aux": {"Tag": r.tag, "Digest": digest, "Size": len(body)}})
         return digest
+
+    def prune_compressed(self) -> list[str]:
+        """Delete the gzip blobs made for pushes whose uncompressed layer blob is gone
+        (its image was deleted) and that no image uses; return their digests."""
+        mapping = self.state.compressed_all()
+        stale = {raw: gz for raw, gz in mapping.items() if not self.content.has(raw)}
+        if not stale:
+            return []
+        used = {layer.digest for img in self.images.list() for layer in img.layers}
+        still_mapped = {gz for raw, gz in mapping.items() if raw not in stale}
+        removed = []
+        for gz in set(stale.values()) - used - still_mapped:
+            with contextlib.suppress(NotFound):
+                self.content.delete(gz)
+                removed.append(gz)
+        self.state.forget_compressed(stale)
+        return sorted(removed)
 
     def _push_blob_of(self, digest: str) -> tuple[str, int, str]:
         """``(blob digest, size, media type)`` to push for a stored layer blob.

@@ -180,7 +180,7 @@ async def get_blob(request: web.Request, name: str, m: dict[str, str]) -> web.St
     digest = m["digest"]
     path = await _run(storage.repo_blob, name, digest)
     headers = {"Docker-Content-Digest": digest, "Content-Type": "application/octet-stream",
-               "Accept-Ranges": "bytes", "ETag": f'"{digest}"'}
+               "Accept-Ranges": "bytes"}
     if request.method == "HEAD":
         size = (await _run(path.stat)).st_size
         return web.Response(headers={**headers, "Content-Length": str(size)})
@@ -439,7 +439,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--read-only", action="store_true", help="refuse every write")
     serve.add_argument("--gc", action="store_true", help="collect garbage before serving")
-    gc = sub.add_parser("gc", help="delete blobs no manifest refers to (server stopped)")
+    gc = sub.add_parser("gc", help="delete blobs no manifest refers to and uploads idle for "
+                        "a day (run it with the server stopped)")
     gc.add_argument("--root", required=True)
     gc.add_argument("--dry-run", action="store_true")
     gc.add_argument("--delete-untagged", action="store_true",
@@ -484,8 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(args_in)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "gc" or getattr(args, "gc", False):
-        removed = Storage(args.root).gc(dry_run=getattr(args, "dry_run", False),
-                                        delete_untagged=getattr(args, "delete_untagged", False))
+        storage = Storage(args.root)
+        if not getattr(args, "dry_run", False):
+            storage.purge_uploads()
+        removed = storage.gc(dry_run=getattr(args, "dry_run", False),
+                             delete_untagged=getattr(args, "delete_untagged", False))
         for digest in removed:
             print(f"deleted {digest}" if not getattr(args, "dry_run", False)
                   else f"would delete {digest}")

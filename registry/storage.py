@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -444,6 +445,24 @@ class Storage:
         descs = [doc.get("config"), *(doc.get("layers") or []), *(doc.get("manifests") or [])]
         return [d["digest"] for d in descs
                 if isinstance(d, dict) and spec.valid_digest(str(d.get("digest", "")))]
+
+    def purge_uploads(self, older_than: float = 24 * 3600) -> list[str]:
+        """Cancel uploads nobody wrote to for ``older_than`` seconds; return their ids."""
+        now = time.time()
+        purged = []
+        for d in self._uploads.iterdir():
+            data = d / "data"
+            try:
+                idle = now - data.stat().st_mtime if d.is_dir() else now - d.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if idle > older_than:
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    d.unlink(missing_ok=True)  # a temp file of an interrupted manifest write
+                purged.append(d.name)
+        return purged
 
     def gc(self, *, dry_run: bool = False, delete_untagged: bool = False) -> list[str]:
         """Delete every blob no manifest of any repository refers to; return their digests.

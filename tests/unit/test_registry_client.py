@@ -358,3 +358,33 @@ def test_distribution_inspect(tmp_path):
             assert info["Platforms"] == [{"architecture": arch, "os": os_name}]
 
     asyncio.run(go())
+
+
+def test_compressed_blobs_of_deleted_images_are_pruned(tmp_path):
+    a = client_for(tmp_path / "a")
+
+    async def go() -> None:
+        async with serving(make_app(Settings(tmp_path / "reg"))) as reg:
+            image_id = add_image(a.images, f"{reg}/app:v1", sizes=(1000,))
+            await a.push(f"{reg}/app:v1")
+            gz = a._push_blob_of(a.images.get(image_id).layers[0].digest)[0]
+            assert a.prune_compressed() == []  # still needed
+            a.images.delete(image_id, force=True)
+            assert a.content.has(gz)
+            assert a.prune_compressed() == [gz]
+            assert not a.content.has(gz)
+            assert a.state.compressed_all() == {}
+
+    asyncio.run(go())
+
+
+def test_partial_downloads_of_stored_blobs_are_dropped_on_start(tmp_path):
+    a = client_for(tmp_path / "a")
+    digest = a.content.write(b"already here")
+    done = a.downloads / (digest[7:] + ".partial")
+    done.write_bytes(b"already")
+    pending = a.downloads / ("f" * 64 + ".partial")
+    pending.write_bytes(b"half")
+    client_for(tmp_path / "a")
+    assert not done.exists()
+    assert pending.read_bytes() == b"half"

@@ -229,3 +229,17 @@ def test_gc_can_delete_untagged_manifests(store):
     removed = store.gc(delete_untagged=True)
     assert set(removed) == {untagged, layer}
     assert store.tags("app") == ["v1"]
+
+
+def test_purge_uploads_cancels_idle_ones(store):
+    import os
+    import time
+
+    idle = store.start_upload("app")
+    busy = store.start_upload("app")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(store.root / "uploads" / idle / "data", (old, old))
+    assert store.purge_uploads() == [idle]
+    assert store.upload_size("app", busy) == 0
+    with pytest.raises(DistributionError):
+        store.upload_size("app", idle)
