@@ -372,6 +372,15 @@ class BridgeNetworkDriver(NetworkDriver):
         self._base_ready = False
 
     async def create_network(self, network: NetworkSpec) -> None:
+        """Set a network up; for one this driver already has (restored at start) only
+        make sure its bridge and rules are there."""
+        known = self.networks.get(network.id)
+        if known is not None:
+            async with self.lock:
+                await self._ensure_base()
+                await self._run(self._ensure_network, known)
+                await self._start_dns(known)
+            return
         subnet, gateway = _pool_config(network)
         net = _Network(network, Pool(subnet, gateway))
         for other in self.networks.values():

@@ -237,3 +237,39 @@ def test_docker_py_networks(engine_daemon):
         net.remove()
         client.close()
     assert name not in [n.name for n in client.networks.list()]
+
+
+def test_host_network_shares_the_host_interfaces(docker):
+    out = ok(docker("run", "--rm", "--network", "host", "busybox", "ip", "-o", "link"))
+    host = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    macs = {ln.split("link/ether ")[1].split()[0] for ln in host.splitlines()
+            if "link/ether" in ln}
+    assert macs and all(m in out for m in macs)
+
+
+def test_daemon_restart_keeps_ports_names_and_addresses(fresh_daemon):
+    """Containers outlive the daemon: the next one serves their ports and names again,
+    and hands out no address twice."""
+    import os
+
+    env = fresh_daemon.env
+
+    def dk(*args: str) -> str:
+        return ok(subprocess.run(["docker", *args], capture_output=True, env=env, timeout=60))
+
+    n, web, port = uid("rn"), uid("rw"), free_port()
+    dk("network", "create", n)
+    dk("run", "-d", "--name", web, "--network", n, "-p", f"127.0.0.1:{port}:8080", "busybox",
+       "nc", "-ll", "-p", "8080", "-e", "echo", "again")
+    ip = json.loads(dk("inspect", web))[0]["NetworkSettings"]["Networks"][n]["IPAddress"]
+    assert connect_read(port) == b"again\n"
+    fresh_daemon.stop()
+    fresh_daemon.start()
+    assert connect_read(port) == b"again\n"
+    out = dk("run", "--rm", "--network", n, "busybox", "sh", "-c",
+             f"nslookup {web}; ip -o -4 addr show eth0")
+    assert f"Address: {ip}" in out
+    assert f"inet {ip}/" not in out          # the newcomer got another address
+    dk("rm", "-f", web)
+    dk("network", "rm", n)
+    assert os.path.exists(fresh_daemon.sock)
