@@ -53,13 +53,13 @@ class PluginProcess:
         self.proc.wait()
 
 
-@pytest.fixture
+@pytest.fixture(params=[False], ids=["volume"])
 def plugged(tmp_path, monkeypatch, request):
     """(daemon, plugin): the plugin is up before the daemon starts, so discovery
     at load time finds it."""
     if not DOCKER:
         pytest.skip("the docker CLI is not installed")
-    plugin = PluginProcess(tmp_path)
+    plugin = PluginProcess(tmp_path, network=request.param)
     monkeypatch.setenv("ENGINE_PLUGIN_PATH", str(plugin.dir))
     try:
         daemon = request.getfixturevalue("fresh_daemon")
@@ -166,3 +166,37 @@ def test_hung_plugin_times_out_without_blocking_others(plugged):
         assert 9 <= elapsed < 20
     finally:
         os.kill(plugin.proc.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("plugged", [True], ids=["network"], indirect=True)
+def test_network_plugin_plugs_an_interface_into_the_container(plugged):
+    daemon, plugin = plugged
+    r = docker(daemon, "network", "create", "-d", "testplug", "--subnet", "10.231.0.0/24",
+               "tpnet")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = docker(daemon, "run", "--rm", "--network", "tpnet", "busybox", "sh", "-c",
+                   "ip -o -4 addr show; ip route; cat /sys/class/net/eth0/address")
+        assert r.returncode == 0, r.stderr
+        assert "eth0    inet 10.231.0.2/24" in " ".join(r.stdout.split("  ")) or \
+            "10.231.0.2/24" in r.stdout, r.stdout
+        assert "default via 10.231.0.1 dev eth0" in r.stdout
+        assert "10.232.0.0/16 dev eth0" in r.stdout  # the plugin's static route
+        assert "02:42:0a:e7:00:02" in r.stdout
+    finally:
+        docker(daemon, "network", "rm", "tpnet")
+    calls = plugin.calls()
+    methods = [c["method"] for c in calls]
+    for m in ("NetworkDriver.CreateNetwork", "NetworkDriver.CreateEndpoint",
+              "NetworkDriver.Join", "NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint",
+              "NetworkDriver.DeleteNetwork"):
+        assert m in methods, methods
+    assert methods.index("NetworkDriver.Join") < methods.index("NetworkDriver.Leave")
+    create = next(c for c in calls if c["method"] == "NetworkDriver.CreateNetwork")
+    assert create["body"]["IPv4Data"][0]["Pool"] == "10.231.0.0/24"
+    ep = next(c for c in calls if c["method"] == "NetworkDriver.CreateEndpoint")
+    assert ep["body"]["Interface"]["Address"] == "10.231.0.2/24"
+    join = next(c for c in calls if c["method"] == "NetworkDriver.Join")
+    # the plugin's veth pair is gone: it was handed back and deleted on Leave
+    host_end = "tph" + join["body"]["EndpointID"][:6]
+    assert subprocess.run(["ip", "link", "show", host_end], capture_output=True).returncode != 0
