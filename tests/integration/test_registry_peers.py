@@ -79,7 +79,8 @@ class RegistryProcess:
 
 
 def docker_registry(base: Path, *, htpasswd: Path | None = None,
-                    tls: tuple[Path, Path] | None = None) -> RegistryProcess:
+                    tls: tuple[Path, Path] | None = None,
+                    client_ca: Path | None = None) -> RegistryProcess:
     """Debian's docker-registry on a free loopback port, storage under ``base``."""
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -88,6 +89,8 @@ def docker_registry(base: Path, *, htpasswd: Path | None = None,
              "http:", f"  addr: 127.0.0.1:{port}", "  secret: not-a-secret"]
     if tls:
         lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
+        if client_ca:
+            lines += ["    clientcas:", f"      - {client_ca}"]
     if htpasswd:
         lines += ["auth:", "  htpasswd:", "    realm: test", f"    path: {htpasswd}"]
     config = base / "config.yml"
@@ -178,6 +181,9 @@ def test_reference_registry_with_htpasswd(tmp_path, started):
     asyncio.run(go())
 
 
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
+
+
 def make_ca_and_cert(d: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 signed by it; return (ca, cert, key)."""
     d.mkdir(parents=True, exist_ok=True)
@@ -185,20 +191,33 @@ def make_ca_and_cert(d: Path) -> tuple[Path, Path, Path]:
     def ssl(*args: str) -> None:
         subprocess.run([OPENSSL or "openssl", *args], check=True, capture_output=True, cwd=d)
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+    ssl("req", "-x509", *EC_KEY, "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
         "-days", "2", "-subj", "/CN=engine test CA")
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+    ssl("req", *EC_KEY, "-nodes", "-keyout", "server.key", "-out", "server.csr",
         "-subj", "/CN=127.0.0.1")
     (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    ssl("req", *EC_KEY, "-nodes", "-keyout", "client.key", "-out", "client.csr",
+        "-subj", "/CN=engine test client")
+    ssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "client.cert", "-days", "2")
     return d / "ca.crt", d / "server.crt", d / "server.key"
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA with a server certificate for 127.0.0.1 and a client certificate."""
+    if OPENSSL is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("pki")
+    make_ca_and_cert(d)
+    return d
+
+
 @needs_registry
-@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
-def test_reference_registry_over_tls_with_our_ca(tmp_path, started):
-    ca, cert, key = make_ca_and_cert(tmp_path / "pki")
+def test_reference_registry_over_tls_with_our_ca(tmp_path, started, pki):
+    ca, cert, key = pki / "ca.crt", pki / "server.crt", pki / "server.key"
     reg = docker_registry(tmp_path / "reg", tls=(cert, key))
     started.append(reg)
     certs = tmp_path / "certs.d"
@@ -282,3 +301,35 @@ def test_skopeo_with_htpasswd_on_engine_registry(tmp_path, started):
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["Name"] == f"{ours.host}/app"
+
+
+@needs_registry
+def test_client_certificate_from_certs_d(tmp_path, started, pki):
+    ca, cert, key = pki / "ca.crt", pki / "server.crt", pki / "server.key"
+    reg = docker_registry(tmp_path / "reg", tls=(cert, key), client_ca=ca)
+    started.append(reg)
+    certs = tmp_path / "certs.d"
+    (certs / reg.host).mkdir(parents=True)
+    shutil.copy(ca, certs / reg.host / "ca.crt")
+    a = client_for(tmp_path / "a", hosts=RegistryHosts(certs_dir=certs, loopback_insecure=False))
+    add_image(a.images, f"{reg.host}/app:v1", sizes=(1000,))
+    with pytest.raises(RegistryError):
+        asyncio.run(a.push(f"{reg.host}/app:v1"))  # no client certificate yet
+    for name in ("client.cert", "client.key"):
+        shutil.copy(pki / name, certs / reg.host / name)
+    a = client_for(tmp_path / "a", hosts=RegistryHosts(certs_dir=certs, loopback_insecure=False))
+    assert asyncio.run(a.push(f"{reg.host}/app:v1")).startswith("sha256:")
+
+
+def test_engine_registry_serves_tls(tmp_path, started, pki):
+    ca, cert, key = pki / "ca.crt", pki / "server.crt", pki / "server.key"
+    ours = engine_registry(tmp_path / "ours", "--tls-cert", str(cert), "--tls-key", str(key))
+    started.append(ours)
+    certs = tmp_path / "certs.d"
+    (certs / ours.host).mkdir(parents=True)
+    shutil.copy(ca, certs / ours.host / "ca.crt")
+    hosts = RegistryHosts(certs_dir=certs, loopback_insecure=False)
+    a, b = client_for(tmp_path / "a", hosts=hosts), client_for(tmp_path / "b", hosts=hosts)
+    image_id = add_image(a.images, f"{ours.host}/app:v1", sizes=(1000,))
+    asyncio.run(a.push(f"{ours.host}/app:v1"))
+    assert asyncio.run(b.pull(f"{ours.host}/app:v1")).id == image_id
