@@ -295,14 +295,17 @@ def test_network_driver_join_leave_and_rollback(tmp_path, monkeypatch):
             fake.answers["NetworkDriver.Join"] = {
                 "InterfaceName": {"SrcName": "veth9", "DstPrefix": "eth"},
                 "StaticRoutes": [{"Destination": "10.10.0.0/16", "RouteType": 1}]}
+            assert drv.pools["n1"]["allocated"] == {}  # the failed join gave its address back
             info = await drv.join(net, "ep2", box, {"gateway": True})
+            assert drv.pools["n1"]["allocated"] == {"10.9.0.3": "ep2"}
             await drv.leave(net, "ep2", box)
+            assert drv.pools["n1"]["allocated"] == {} and drv.endpoints == {}
             return info
 
     info = asyncio.run(go())
-    # the failed join gave its address back: the second endpoint got the same one
-    assert (info.ip_address, info.ip_prefix_len, info.gateway) == ("10.9.0.2", 24, "10.9.0.1")
-    assert info.mac_address == "02:42:0a:09:00:02"
+    # addresses are reused only after the pool wraps around (see ipam.Pool)
+    assert (info.ip_address, info.ip_prefix_len, info.gateway) == ("10.9.0.3", 24, "10.9.0.1")
+    assert info.mac_address == "02:42:0a:09:00:03"
     calls = [(m, b) for m, b, _ in fake.calls]
     create = dict(calls)["NetworkDriver.CreateNetwork"]
     assert create["IPv4Data"] == [{"AddressSpace": "LocalDefault", "Pool": "10.9.0.0/24",
@@ -311,7 +314,7 @@ def test_network_driver_join_leave_and_rollback(tmp_path, monkeypatch):
     methods = [m for m, _ in calls]
     assert methods[methods.index("NetworkDriver.Join") + 1] == "NetworkDriver.DeleteEndpoint"
     assert plugged == [{"src_name": "veth9", "netns_path": "/run/netns/x", "dst_prefix": "eth",
-                        "address": "10.9.0.2", "prefixlen": 24, "mac": "02:42:0a:09:00:02",
+                        "address": "10.9.0.3", "prefixlen": 24, "mac": "02:42:0a:09:00:03",
                         "gateway": "10.9.0.1",
                         "routes": [{"Destination": "10.10.0.0/16", "RouteType": 1}]}]
     assert unplugged == [{"ifname": "eth0", "src_name": "veth9", "netns_path": "/run/netns/x"}]
