@@ -528,7 +528,7 @@ class RegistryClient:
         r = reference.parse(ref).with_default_tag()
         want = parse_platform(platform)
         host = registry_host(r.domain)
-        creds = self._creds(r.domain, creds)
+        creds = await self._run(self._creds, r.domain, creds)
         before = await self._run(self._current, str(r))
         async with self._session() as http:
             conn = _Conn(http, self.hosts, host, creds, [f"repository:{r.path}:pull"])
@@ -538,15 +538,16 @@ class RegistryClient:
             img, fetched = await self._fetch(conn, resolved, progress)
         repo_digest = resolved.index_digest or resolved.digest
         await self._run(self._record_pull, img, r, repo_digest)
-        self.state.add_sources([d["digest"] for d in resolved.doc.get("layers") or []],
-                               f"{host}/{r.path}")
+        await self._run(self.state.add_sources,
+                        [d["digest"] for d in resolved.doc.get("layers") or []],
+                        f"{host}/{r.path}")
         await progress({"status": f"Digest: {repo_digest}"})
         shown = reference.familiar(str(r))
         # like Docker: "newer" when layers came in or the name now means another image
         verb = ("Downloaded newer image for" if fetched or before != img.id
                 else "Image is up to date for")
         await progress({"status": f"Status: {verb} {shown}"})
-        return self.images.get(img.id)
+        return await self._run(self.images.get, img.id)
 
     def _current(self, ref: str) -> str | None:
         """The id of the image ``ref`` names now (None when it names none)."""
@@ -704,14 +705,13 @@ class RegistryClient:
             raise InvalidArgument(f"cannot push a digest reference: {ref}")
         img = await self._run(self.images.get, str(r))
         host = registry_host(r.domain)
-        creds = self._creds(r.domain, creds)
+        creds = await self._run(self._creds, r.domain, creds)
         config_bytes = await self._run(self.images.config_bytes, img)
         await self._run(self.prune_compressed)
         blobs = [await self._run(self._push_blob_of, layer.digest) for layer in img.layers]
         oci = any(mt == spec.MT_OCI_LAYER_ZSTD for _, _, mt in blobs)
-        sources = {d: [s for s in self.state.sources(d)
-                       if s.startswith(host + "/") and s != f"{host}/{r.path}"]
-                   for d, _, _ in blobs}
+        sources = await self._run(self._mount_sources, [d for d, _, _ in blobs], host,
+                                  f"{host}/{r.path}")
         scopes = [f"repository:{r.path}:pull,push"]
         for repos in sources.values():
             for s in repos[:1]:
@@ -754,11 +754,16 @@ class RegistryClient:
             if returned and returned != digest:
                 raise RegistryError(f"registry stored the manifest as {returned}, not {digest}")
         await self._run(self.images.add_digest, img.id, r.name, digest)
-        self.state.add_sources([d for d, _, _ in blobs], f"{host}/{r.path}")
+        await self._run(self.state.add_sources, [d for d, _, _ in blobs], f"{host}/{r.path}")
         await progress({"status": f"{r.tag}: digest: {digest} size: {len(body)}"})
         await progress({"progressDetail": {},
                         "aux": {"Tag": r.tag, "Digest": digest, "Size": len(body)}})
         return digest
+
+    def _mount_sources(self, digests: list[str], host: str, target: str) -> dict[str, list[str]]:
+        """Per blob, the other repositories of ``host`` known to hold it."""
+        return {d: [s for s in self.state.sources(d) if s.startswith(host + "/") and s != target]
+                for d in digests}
 
     def prune_compressed(self) -> list[str]:
         """Delete the gzip blobs made for pushes whose uncompressed layer blob is gone
@@ -887,9 +892,9 @@ class RegistryClient:
         """``GET /distribution/{name}/json``: the manifest descriptor and its platforms."""
         r = reference.parse(ref).with_default_tag()
         host = registry_host(r.domain)
+        creds = await self._run(self._creds, r.domain, creds)
         async with self._session() as http:
-            conn = _Conn(http, self.hosts, host, self._creds(r.domain, creds),
-                         [f"repository:{r.path}:pull"])
+            conn = _Conn(http, self.hosts, host, creds, [f"repository:{r.path}:pull"])
             data, media_type, digest = await self._manifest(conn, r.path, r.digest or r.tag)
             doc = json.loads(data)
             platforms = []
