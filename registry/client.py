@@ -708,7 +708,9 @@ class RegistryClient:
         creds = await self._run(self._creds, r.domain, creds)
         config_bytes = await self._run(self.images.config_bytes, img)
         await self._run(self.prune_compressed)
-        blobs = [await self._run(self._push_blob_of, layer.digest) for layer in img.layers]
+        # layers stored uncompressed are compressed side by side (zlib releases the GIL)
+        blobs = list(await asyncio.gather(*(self._run(self._push_blob_of, layer.digest)
+                                            for layer in img.layers)))
         oci = any(mt == spec.MT_OCI_LAYER_ZSTD for _, _, mt in blobs)
         sources = await self._run(self._mount_sources, [d for d, _, _ in blobs], host,
                                   f"{host}/{r.path}")

@@ -1,0 +1,210 @@
+"""Push and pull of a ~120 MB, 4-layer image through a local registry: engine vs Docker.
+
+Run as root: ``python bench/registry_bench.py [-n 3] [--registry engine|reference]``.
+
+For each engine (and each repetition) a daemon of its own loads the image, the docker
+CLI pushes it to a registry on loopback, then a second, empty daemon of the same engine
+pulls it back: both transfers are timed end to end (``docker push`` / ``docker pull``
+against that daemon, so the client is the same for both engines). The image's layers are
+random bytes, so compression gains nothing and every byte crosses the wire.
+
+The registry is ``engine registry serve`` by default, or Debian's ``docker-registry``
+(``--registry reference``). Everything runs under a temporary directory that is removed
+at the end; daemons are stopped by PID through :mod:`bench.targets`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "bench"
+
+from bench.targets import (  # noqa: E402
+    DOCKER,
+    REPO,
+    BenchError,
+    DockerTarget,
+    EngineTarget,
+    Target,
+    run_cmd,
+)
+
+LAYERS = 4
+LAYER_BYTES = 30_000_000
+
+
+def layer_tar(index: int) -> bytes:
+    """One layer: a directory with a file of random (incompressible) bytes."""
+    data = random.Random(index).randbytes(LAYER_BYTES)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo(f"layer{index}")
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tf.addfile(info)
+        info = tarfile.TarInfo(f"layer{index}/data")
+        info.size, info.mode = len(data), 0o644
+        tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def image_archive(path: Path, tag: str) -> Path:
+    """A ``docker save`` archive of a 4-layer image named ``tag``."""
+    layers = [layer_tar(i) for i in range(LAYERS)]
+    diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Cmd": ["sh"]}, "created": "2024-01-01T00:00:00Z",
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = [{"Config": config_name, "RepoTags": [tag],
+                 "Layers": [f"{d[7:]}/layer.tar" for d in diff_ids]}]
+    with tarfile.open(path, "w") as tf:
+        for name, data in [(config_name, config), ("manifest.json", json.dumps(manifest).encode()),
+                           *((f"{d[7:]}/layer.tar", t) for d, t in zip(diff_ids, layers))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_registry(kind: str, base: Path, venv_bin: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    base.mkdir(parents=True, exist_ok=True)
+    if kind == "reference":
+        exe = shutil.which("docker-registry")
+        if exe is None:
+            raise BenchError("docker-registry is not installed")
+        config = base / "config.yml"
+        config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                          f"    rootdirectory: {base / 'storage'}\nhttp:\n"
+                          f"  addr: 127.0.0.1:{port}\n  secret: bench\n")
+        argv = [exe, "serve", str(config)]
+    else:
+        argv = [str(venv_bin / "python"), "-m", "engine.registry", "serve", "--addr",
+                f"127.0.0.1:{port}", "--root", str(base / "root")]
+    log = open(base / "registry.log", "wb")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise BenchError(f"registry did not start: {(base / 'registry.log').read_text()[-1000:]}")
+
+
+def docker(target: Target, *args: str, timeout: float = 600) -> float:
+    """Seconds the docker CLI takes for ``args`` against ``target``'s daemon."""
+    started = time.perf_counter()
+    run_cmd([DOCKER or "docker", *args], target.env(), timeout=timeout,
+            stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def make_target(name: str, base: Path, venv_bin: Path) -> Target:
+    return EngineTarget(base, venv_bin) if name == "engine" else DockerTarget(base)
+
+
+def measure(name: str, base: Path, venv_bin: Path, archive: Path, port: int,
+            rep: int) -> tuple[float, float]:
+    """One push (from a daemon with the image) and one pull (into an empty daemon)."""
+    repo = f"127.0.0.1:{port}/bench/{name}{rep}:v1"
+    pusher = make_target(name, base / f"{name}-push{rep}", venv_bin)
+    try:
+        pusher.start_daemon()
+        run_cmd([DOCKER or "docker", "load", "-i", str(archive)], pusher.env(), timeout=600)
+        docker(pusher, "tag", "bench:v1", repo)
+        push = docker(pusher, "push", repo)
+    finally:
+        pusher.cleanup()
+    puller = make_target(name, base / f"{name}-pull{rep}", venv_bin)
+    try:
+        puller.start_daemon()
+        pull = docker(puller, "pull", repo)
+    finally:
+        puller.cleanup()
+    return push, pull
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-n", "--repeat", type=int, default=3)
+    p.add_argument("--registry", choices=("engine", "reference"), default="engine")
+    p.add_argument("--only", default="engine,docker")
+    p.add_argument("--venv-bin", type=Path, default=REPO / ".venv" / "bin")
+    p.add_argument("--json", type=Path, help="write the samples to this file")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("registry_bench.py needs root (it starts daemons)", file=sys.stderr)
+        return 2
+    if DOCKER is None:
+        print("the docker CLI is needed as the client", file=sys.stderr)
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="regbench", dir="/tmp"))
+    results: dict[str, dict[str, list[float]]] = {}
+    registry = None
+    try:
+        archive = image_archive(base / "image.tar", "bench:v1")
+        registry, port = start_registry(args.registry, base / "registry", args.venv_bin)
+        for name in filter(None, args.only.split(",")):
+            missing = make_target(name, base / "probe", args.venv_bin).missing()
+            if missing:
+                print(f"{name}: {missing}")
+                continue
+            samples = results.setdefault(name, {"push": [], "pull": []})
+            for rep in range(args.repeat):
+                try:
+                    push, pull = measure(name, base, args.venv_bin, archive, port, rep)
+                except BenchError as e:
+                    print(f"{name}: {e}", file=sys.stderr)
+                    break
+                samples["push"].append(push)
+                samples["pull"].append(pull)
+                print(f"{name} #{rep + 1}: push {push:.2f} s, pull {pull:.2f} s", flush=True)
+    finally:
+        if registry is not None:
+            registry.terminate()
+            registry.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+    size_mb = LAYERS * LAYER_BYTES / 1e6
+    print(f"\n{LAYERS} layers, {size_mb:.0f} MB, registry: {args.registry}")
+    print(f"{'engine':<8} {'push (median s)':>16} {'pull (median s)':>16} {'push MB/s':>10} "
+          f"{'pull MB/s':>10}")
+    for name, s in results.items():
+        if not s["push"]:
+            continue
+        push, pull = statistics.median(s["push"]), statistics.median(s["pull"])
+        print(f"{name:<8} {push:>16.2f} {pull:>16.2f} {size_mb / push:>10.1f} "
+              f"{size_mb / pull:>10.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({"registry": args.registry, "bytes":
+                                         LAYERS * LAYER_BYTES, "samples": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
