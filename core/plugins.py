@@ -563,10 +563,24 @@ class PluginHost:
 
 def _unpack_context(context: bytes, into: Path) -> Path:
     """Unpack a tar of a plugin directory into ``into`` and return the directory
-    that holds ``pyproject.toml`` (a tar of one top directory is unwrapped)."""
+    that holds ``pyproject.toml`` (a tar of one top directory is unwrapped). Only
+    directories and regular files are taken, and none outside ``into``."""
     try:
         with tarfile.open(fileobj=io.BytesIO(context)) as tf:
-            tf.extractall(into, filter="data")
+            for member in tf:
+                parts = Path(member.name).parts
+                if member.name.startswith("/") or ".." in parts:
+                    raise InvalidArgument(f"invalid plugin context: {member.name!r} "
+                                          "points outside the directory")
+                target = into.joinpath(*parts) if parts else into
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():  # sources are files: links and devices are dropped
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(member)
+                    assert src is not None
+                    with src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
     except (tarfile.TarError, OSError) as e:
         raise InvalidArgument(f"invalid plugin context: {e}") from None
     entries = list(into.iterdir())
