@@ -5,7 +5,8 @@ half (``jsonfile_writer``) runs inside the container's monitor process; this mod
 the reader half, runs in the daemon.
 
 Options (``--log-opt``): ``max-size`` (``10m``; -1 unlimited), ``max-file`` (how many
-files to keep, 1 by default), ``compress`` (gzip the rotated files).
+files to keep, 1 by default), ``compress`` (gzip the rotated files), ``mode``
+(``non-blocking`` buffers up to ``max-buffer-size`` and drops rather than stalls).
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from engine.sdk import hookimpl
 from engine.sdk.drivers import LogContext, LogDriver, LogEntry
 from engine.sdk.errors import InvalidArgument
 
+from ._base import buffer_options
 from ._common import log_file, parse_size, parse_time_ns
 
 class JsonFileDriver(LogDriver):
     name = "json-file"
-    writer = "engine.plugins.log.jsonfile_writer:JsonFileWriter"
+    writer = "engine.plugins.log.jsonfile_writer:create"
     can_read = True
     OPTIONS = {"max-size", "max-file", "compress", "labels", "labels-regex", "env",
                "env-regex", "tag", "mode", "max-buffer-size"}
@@ -44,6 +46,10 @@ class JsonFileDriver(LogDriver):
                 raise InvalidArgument("max-file cannot be less than 1")
             if n > 1 and "max-size" not in options:
                 raise InvalidArgument("max-file can only be set when max-size is set")
+        try:
+            buffer_options(options)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
 
     def _files(self, log: LogContext) -> list[str]:
         path = log_file(log.log_dir, log.container_id)

@@ -11,6 +11,7 @@ from json.encoder import encode_basestring
 
 from engine.sdk.logwriter import LogWriter
 
+from ._base import with_mode
 from ._common import format_time, log_file, parse_size
 
 PARTIAL_MAX = 16 * 1024  # Docker splits lines longer than this
@@ -89,3 +90,9 @@ class JsonFileWriter(LogWriter):
                 self._emit(stream, [None, rest], time.time_ns())
         self.partial = {"stdout": b"", "stderr": b""}
         self.f.close()
+
+
+def create(ctx: dict) -> LogWriter:
+    """The monitor's entry point: a :class:`JsonFileWriter`, in a non-blocking buffer
+    when ``mode=non-blocking``."""
+    return with_mode(JsonFileWriter(ctx), ctx)

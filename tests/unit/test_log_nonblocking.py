@@ -114,3 +114,20 @@ def test_mode_options():
     wrapped = with_mode(inner, {"options": {"mode": "non-blocking"}})
     assert isinstance(wrapped, NonBlockingWriter)
     wrapped.close()
+
+
+@pytest.mark.parametrize("module", ["jsonfile_writer", "local_writer"])
+def test_file_writers_honour_the_mode(tmp_path, module):
+    import importlib
+
+    create = importlib.import_module(f"engine.plugins.log.{module}").create
+    ctx = {"container_id": "c" * 64, "log_dir": str(tmp_path),
+           "options": {"mode": "non-blocking", "max-buffer-size": "1m"}}
+    w = create(ctx)
+    assert isinstance(w, NonBlockingWriter)
+    for i in range(500):
+        w.write("stdout", f"{i}\n".encode(), i)
+    w.close()
+    assert w.dropped == 0
+    blob = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert blob.count(b"499\\n" if module == "jsonfile_writer" else b"499\n") == 1
