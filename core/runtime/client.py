@@ -8,15 +8,19 @@ restarted daemon finds its running containers again (live restore).
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import atexit
 import functools
 import json
+import logging
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -27,6 +31,8 @@ REQUEST_TIMEOUT = 10.0
 START_TIMEOUT = 60.0
 SYNC_TIMEOUT = 60.0
 _SUN_PATH_MAX = 107
+
+_log = logging.getLogger(__name__)
 
 
 class MonitorError(Exception):
@@ -109,34 +115,175 @@ def monitor_argv(args: list[str], python: str = sys.executable) -> list[str]:
     return [python, "-S", "-c", _BOOTSTRAP, _bootstrap_config(), *args]
 
 
+class ForkServer:
+    """The daemon's handle on a monitor fork server (see :mod:`.monitor`).
+
+    Started on first use; ``request`` hands it one monitor's arguments with the sync
+    pipe and ``monitor.log``. The server dies with the daemon: it exits when its
+    control socket reaches EOF, which the kernel delivers when the daemon is gone
+    however it ended. A server started under another environment (the monitors would
+    inherit it) is replaced. Thread-safe: the daemon calls it from executor threads.
+    """
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._env: dict[str, str] = {}
+
+    @property
+    def pid(self) -> int:
+        """The server's pid, 0 when none runs."""
+        return self._proc.pid if self._proc is not None else 0
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                monitor_argv(["forkserver", "--control-fd", str(theirs.fileno())],
+                             self.python),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),), start_new_session=True, cwd="/")
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._env = dict(os.environ)
+
+    def request(self, args: list[str], sync_fd: int, log_fd: int,
+                timeout: float = SYNC_TIMEOUT) -> int:
+        """Have the server fork a monitor with ``args`` (without ``--sync-fd``);
+        return the monitor's process group.
+
+        Raises ``OSError`` when no server can be reached (the fds stay the caller's)
+        and :class:`MonitorUnavailable` when the server does not answer in time (it
+        is then killed with its process group).
+        """
+        payload = b"\0".join(os.fsencode(a) for a in args)
+        fds = array.array("i", (sync_fd, log_fd)).tobytes()
+        with self._lock:
+            for attempt in (1, 2):
+                if self._sock is None or self._env != os.environ or \
+                        (self._proc is not None and self._proc.poll() is not None):
+                    self._stop_locked()
+                    self._start()
+                sock = self._sock
+                assert sock is not None
+                try:
+                    sock.settimeout(timeout)
+                    sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                    reply = sock.recv(64)
+                except TimeoutError:
+                    self._stop_locked(kill=True)
+                    raise MonitorUnavailable("the monitor did not report in time") from None
+                except OSError:
+                    reply = b""
+                if reply:
+                    pgid = int(reply)
+                    if pgid < 0:
+                        raise MonitorError(f"fork server: cannot fork: "
+                                           f"{os.strerror(-pgid)}")
+                    return pgid
+                # the server died: a fresh one, once
+                self._stop_locked(kill=True)
+                if attempt == 2:
+                    raise OSError("the monitor fork server died")
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        """Close the control socket and reap the server (the monitors it forked run
+        on: they are not its children)."""
+        with self._lock:
+            self._stop_locked()
+
+    def _stop_locked(self, kill: bool = False) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is None:
+            return
+        if kill:  # with anything it started in its group (never the monitors)
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+
+_servers: dict[str, ForkServer] = {}
+_servers_lock = threading.Lock()
+
+
+def fork_server(python: str = sys.executable) -> ForkServer:
+    """The process-wide fork server for ``python`` (not started until used)."""
+    with _servers_lock:
+        server = _servers.get(python)
+        if server is None:
+            server = _servers[python] = ForkServer(python)
+        return server
+
+
+@atexit.register
+def stop_fork_servers() -> None:
+    """Stop every fork server of this process (the daemon calls it when it stops;
+    a daemon that is killed leaves them to exit on EOF)."""
+    with _servers_lock:
+        servers = list(_servers.values())
+    for server in servers:
+        server.stop()
+
+
 def spawn_monitor(args: list[str], state_dir: str, *, python: str = sys.executable,
-                  timeout: float = SYNC_TIMEOUT) -> dict[str, Any]:
+                  timeout: float = SYNC_TIMEOUT, use_fork_server: bool = True
+                  ) -> dict[str, Any]:
     """Run the monitor with ``args`` (without ``--sync-fd``) and return its report.
 
-    Synchronous: call it from an executor. Raises :class:`MonitorError` when the
-    monitor reports a failure or dies without a report.
+    Through the fork server of ``python`` unless ``use_fork_server`` is false or the
+    server cannot be started; then as a process of its own. Synchronous: call it from
+    an executor. Raises :class:`MonitorError` when the monitor reports a failure or
+    dies without a report.
     """
     os.makedirs(state_dir, exist_ok=True)
     r, w = os.pipe()
+    proc: subprocess.Popen[bytes] | None = None
+    group = 0
     try:
         logfd = os.open(os.path.join(state_dir, "monitor.log"),
                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
-            proc = subprocess.Popen(
-                monitor_argv([*args, "--sync-fd", str(w)], python),
-                stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(w,),
-                start_new_session=True, cwd="/")
+            if use_fork_server:
+                try:
+                    group = fork_server(python).request(args, w, logfd, timeout)
+                except MonitorUnavailable:
+                    raise
+                except OSError as exc:
+                    _log.warning("monitor fork server unavailable (%s): spawning", exc)
+            if not group:
+                proc = subprocess.Popen(
+                    monitor_argv([*args, "--sync-fd", str(w)], python),
+                    stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, pass_fds=(w,),
+                    start_new_session=True, cwd="/")
+                group = proc.pid
         finally:
             os.close(logfd)
         os.close(w)
         w = -1
-        proc.wait()  # the first process forks the real monitor and exits at once
+        if proc is not None:
+            proc.wait()  # the first process forks the real monitor and exits at once
         try:
             raw = _read_sync(r, timeout)
         except MonitorUnavailable:
             # stuck before reporting: end it and whatever it started in its group
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             raise
@@ -280,9 +427,17 @@ class Monitor:
                 cmdline = f.read()
         except OSError:
             return False
-        # the pid may have been recycled since: check it is our monitor
-        return MODULE.encode() in cmdline and b"\0--state\0" + os.fsencode(
-            self.state_dir) + b"\0" in cmdline
+        # the pid may have been recycled since: check it is our monitor, serving this
+        # directory (its working directory; a monitor forked by the fork server has
+        # the server's command line)
+        if MODULE.encode() not in cmdline:
+            return False
+        if b"\0--state\0" + os.fsencode(self.state_dir) + b"\0" in cmdline:
+            return True
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(self.state_dir)
+        except OSError:
+            return False
 
     # ---- protocol
 

@@ -1178,8 +1178,11 @@ def run(opts: Options) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["forkserver"]:
+        return forkserver_main(argv[1:])
     try:
-        opts = parse_args(sys.argv[1:] if argv is None else argv)
+        opts = parse_args(argv)
     except ValueError as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return 2
@@ -1192,6 +1195,155 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # last resort: say why in monitor.log
         log(f"fatal: {exc!r}")
         raise
+
+
+# --------------------------------------------------------------------- fork server
+#
+# Starting Python and importing the runtime costs tens of milliseconds and a few MB in
+# every monitor. The fork server pays it once per daemon: it is started like a monitor
+# (``monitor forkserver --control-fd N``), imports what every monitor needs, and then
+# forks one monitor per request it reads on its control socket (a SOCK_SEQPACKET pair
+# with the daemon). The forked monitors share the imported modules' memory with it and
+# with each other (copy-on-write). It exits when the daemon's end is closed, which the
+# kernel does when the daemon dies, however it dies.
+#
+# A request is one message: the monitor's arguments separated by NUL bytes (without
+# ``--sync-fd``), with two fds attached (SCM_RIGHTS): the sync pipe's write end and
+# ``monitor.log``. The server forks twice (like ``main``): the first child starts a
+# session, the monitor in the second runs ``run()`` with ``--sync-fd`` set to the fd
+# it got and reports on it as usual. The server answers each request with one message:
+# the pid of the first child, which is the monitor's process group (the daemon kills
+# that group when the monitor never reports), or ``-errno`` when it could not fork.
+
+#: Modules every monitor uses, imported by the fork server before it forks any.
+FORKSERVER_PRELOAD = ("engine.core.runtime.linux",)
+_FDS_PER_REQUEST = 2
+
+
+def forkserver_main(argv: list[str]) -> int:
+    """``monitor forkserver --control-fd N``: serve fork requests until EOF."""
+    if len(argv) != 2 or argv[0] != "--control-fd" or not argv[1].isdigit():
+        print("monitor: usage: monitor forkserver --control-fd N", file=sys.stderr)
+        return 2
+    import _socket
+    import gc
+    import importlib
+    control = _socket.socket(fileno=int(argv[1]))
+    control.setblocking(True)
+    for name in FORKSERVER_PRELOAD:
+        importlib.import_module(name)
+    preloaded: set[str] = set()
+    fds_space = _socket.CMSG_SPACE(_FDS_PER_REQUEST * 4)
+    while True:
+        # nothing the monitors never touch should be copied by the collector's writes
+        gc.collect()
+        gc.freeze()
+        try:
+            data, ancillary, _flags, _addr = control.recvmsg(REQUEST_MAX, fds_space)
+        except InterruptedError:
+            continue
+        fds = _received_fds(ancillary)
+        if not data:  # the daemon closed its end (or died): we are done
+            for fd in fds:
+                os.close(fd)
+            return 0
+        if len(fds) != _FDS_PER_REQUEST:
+            log(f"fork server: a request with {len(fds)} fds ignored")
+            for fd in fds:
+                os.close(fd)
+            continue
+        args = [a.decode("utf-8", "surrogateescape") for a in data.split(b"\0")]
+        pgid = _fork_monitor(control, args, *fds)
+        try:
+            control.sendall(str(pgid).encode())
+        except OSError:
+            return 0  # the daemon is gone
+        _preload_for(args, preloaded)
+
+
+def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    import _socket
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds += struct.unpack(f"{usable // 4}i", payload[:usable])
+    return fds
+
+
+def _fork_monitor(control: Any, args: list[str], sync_fd: int, log_fd: int) -> int:
+    """Fork a detached monitor for ``args``; reap the intermediate process and return
+    its pid (the monitor's process group), or ``-errno``."""
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        log(f"fork server: fork failed: {exc}")
+        pid = -(exc.errno or 1)
+    if pid == 0:
+        code = 1
+        try:
+            control.close()
+            os.setsid()
+            if os.fork() == 0:
+                code = _forked_monitor(args, sync_fd, log_fd)
+            else:
+                code = 0
+        except BaseException as exc:
+            log(f"fatal: {exc!r}")
+        finally:
+            os._exit(code)
+    os.close(sync_fd)
+    os.close(log_fd)
+    while pid > 0:
+        try:
+            os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            break
+    return pid
+
+
+def _forked_monitor(args: list[str], sync_fd: int, log_fd: int) -> int:
+    """The monitor, in the fork server's grandchild: what ``main`` does after its
+    detaching fork."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.chdir("/")
+    try:
+        opts = parse_args([*args, "--sync-fd", str(sync_fd)])
+    except ValueError as exc:
+        log(f"monitor: {exc}")
+        return 2
+    try:
+        return run(opts)
+    except BaseException as exc:
+        log(f"fatal: {exc!r}")
+        return 1
+
+
+def _preload_for(args: list[str], preloaded: set[str]) -> None:
+    """After serving a request, import what the next monitors of its kind will use,
+    so that they share it: the runc adapter, and a log writer of the engine's own
+    (third-party writers stay out of the fork server: they may start threads)."""
+    wanted = []
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--runtime" and args[i + 1] == "runc":
+            wanted.append("engine.core.runtime.runc")
+        elif arg == "--log-writer" and args[i + 1].startswith("engine."):
+            wanted.append(args[i + 1].partition(":")[0])
+    for name in wanted:
+        if name in preloaded:
+            continue
+        preloaded.add(name)
+        try:
+            import importlib
+            importlib.import_module(name)
+        except Exception as exc:  # the monitor imports it again and says why
+            log(f"fork server: cannot preload {name}: {exc!r}")
 
 
 if __name__ == "__main__":
