@@ -72,9 +72,10 @@ def image_archive(path: Path, tag: str) -> Path:
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = [{"Config": config_name, "RepoTags": [tag],
                  "Layers": [f"{d[7:]}/layer.tar" for d in diff_ids]}]
+    members = [(config_name, config), ("manifest.json", json.dumps(manifest).encode())]
+    members += [(f"{d[7:]}/layer.tar", t) for d, t in zip(diff_ids, layers, strict=True)]
     with tarfile.open(path, "w") as tf:
-        for name, data in [(config_name, config), ("manifest.json", json.dumps(manifest).encode()),
-                           *((f"{d[7:]}/layer.tar", t) for d, t in zip(diff_ids, layers))]:
+        for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import msgspec
-
 from engine.sdk.errors import InvalidArgument
 
 DOCKER_HUB = "docker.io"

@@ -41,7 +41,6 @@ from typing import Any
 
 import aiohttp
 import yarl
-
 from engine.core.store import reference
 from engine.core.store.compression import detect
 from engine.core.store.content import ContentStore
@@ -49,8 +48,14 @@ from engine.core.store.images import Image, ImageStore
 from engine.sdk.errors import EngineError, Forbidden, InvalidArgument, NotFound
 
 from . import spec
-from .auth import DOCKER_HUB, DOCKER_HUB_REGISTRY, Challenge, Credentials, parse_challenge
-from .auth import from_config
+from .auth import (
+    DOCKER_HUB,
+    DOCKER_HUB_REGISTRY,
+    Challenge,
+    Credentials,
+    from_config,
+    parse_challenge,
+)
 from .storage import atomic_write
 
 log = logging.getLogger("engine.registry.client")
@@ -221,7 +226,7 @@ class _Conn:
                 pass
             self.base, self._ssl = https, ctx
             self.hosts._schemes[self.host] = "https"
-        except (aiohttp.ClientConnectionError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientConnectionError, ssl.SSLError):
             self.base, self._ssl = yarl.URL(f"http://{self.host}"), False
             self.hosts._schemes[self.host] = "http"
 
@@ -250,7 +255,7 @@ class _Conn:
                                                ssl=self._ssl if url.scheme == "https" else False)
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise RegistryError(f"TLS certificate of {self.host} not trusted: {exc}") from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ssl.SSLError) as exc:
                 raise RegistryError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
             if resp.status == 401 and attempt == 0:
                 challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
@@ -312,7 +317,7 @@ class _Conn:
                 if resp.status != 200:
                     raise RegistryError(f"token server {realm}: HTTP {resp.status}")
                 doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise RegistryError(f"token server {realm}: {exc}") from None
         token = doc.get("token") or doc.get("access_token") if isinstance(doc, dict) else None
         if not token:
@@ -687,7 +692,7 @@ class RegistryClient:
     async def _read(resp: aiohttp.ClientResponse, digest: str) -> bytes:
         try:
             return await resp.content.read(_READ)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise RegistryError(f"download of {digest} interrupted: {exc or type(exc).__name__}"
                                 ) from None
 
@@ -739,9 +744,10 @@ class RegistryClient:
                 await self._run(self.content.write, config_bytes)
             await self._upload(conn, r.path, config_digest, len(config_bytes), [], progress,
                                show=False)
+            media_type = spec.MT_OCI_MANIFEST if oci else spec.MT_DOCKER_MANIFEST
             manifest = {
                 "schemaVersion": 2,
-                "mediaType": spec.MT_OCI_MANIFEST if oci else spec.MT_DOCKER_MANIFEST,
+                "mediaType": media_type,
                 "config": {"mediaType": spec.MT_OCI_CONFIG if oci else spec.MT_DOCKER_CONFIG,
                            "size": len(config_bytes), "digest": config_digest},
                 "layers": [{"mediaType": mt, "size": s, "digest": d} for d, s, mt in blobs],
@@ -749,7 +755,7 @@ class RegistryClient:
             body = json.dumps(manifest, indent=3).encode()
             digest = spec.sha256(body)
             resp = await conn.request("PUT", f"/v2/{r.path}/manifests/{r.tag}", data=body,
-                                      headers={"Content-Type": manifest["mediaType"]},
+                                      headers={"Content-Type": media_type},
                                       ok=(200, 201, 202))
             returned = resp.headers.get("Docker-Content-Digest", "")
             resp.release()

@@ -94,8 +94,10 @@ async def _user(request: web.Request, settings: Settings) -> str | None:
             user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             sep = ""
-        if sep and await _run(settings.htpasswd.check, user, password):
-            return user
+        if sep:
+            valid: bool = await _run(settings.htpasswd.check, user, password)
+            if valid:
+                return user
     raise DistributionError("UNAUTHORIZED", "authentication required")
 
 

@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 from aiohttp import web
-
 from engine.core.store import reference
 from engine.registry import auth
 from engine.registry.client import RegistryClient, RegistryHosts

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from engine.registry import spec
 from engine.registry.htpasswd import Access, Htpasswd, bcrypt_hash
-from engine.registry.server import Settings, make_app, main
+from engine.registry.server import Settings, main, make_app
 
 API = "Docker-Distribution-API-Version"
 
