@@ -189,19 +189,56 @@ def read_all(rot: Rotation) -> tuple[list[Record], int, int]:
     return out, pos, ino
 
 
-def read_from(path: str, pos: int, ino: int) -> tuple[list[Record], int, int]:
-    """New records of the live file since ``pos``; starts over when it was rotated."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_ino != ino or st.st_size < pos:
-                ino, pos = st.st_ino, 0
-            f.seek(pos)
-            blob = f.read()
-    except FileNotFoundError:
-        return [], pos, ino
-    records, used = decode(blob)
-    return records, pos + used, ino
+class Follower:
+    """Reads what is appended to a live log file, across rotations.
+
+    It keeps the file open: after a rotation its descriptor still reaches the old file
+    (renamed, or unlinked once compressed), whose inode therefore cannot be reused, so
+    the rest of it is read before moving on to the new file. The writer closes a file
+    before rotating it, so once the path names another file the old one is complete.
+    """
+
+    def __init__(self, path: str, pos: int = 0, ino: int = 0) -> None:
+        self.path = path
+        self.f: Any = None
+        self.pos = 0
+        try:
+            self.f = open(path, "rb")
+        except FileNotFoundError:
+            return
+        if ino and os.fstat(self.f.fileno()).st_ino == ino:
+            self.pos = pos
+
+    def _drain(self) -> list[Record]:
+        self.f.seek(self.pos)
+        records, used = decode(self.f.read())
+        self.pos += used
+        return records
+
+    def poll(self) -> list[Record]:
+        """Records appended since the last call."""
+        if self.f is None:
+            try:
+                self.f = open(self.path, "rb")
+            except FileNotFoundError:
+                return []
+            self.pos = 0
+        records = self._drain()
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return records  # in the middle of a rotation: the next poll goes on
+        if current != os.fstat(self.f.fileno()).st_ino:
+            records += self._drain()
+            self.f.close()
+            self.f = None
+            records += self.poll()
+        return records
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
 
 
 def iter_records(rot: Rotation) -> Iterator[Record]:

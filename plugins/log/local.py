@@ -75,15 +75,18 @@ async def read_records(rot: _localfile.Rotation, *, since_ns: int = 0, until_ns:
         await asyncio.sleep(0)
     if not follow:
         return
-    while True:
-        done = stopped() if stopped else False
-        records, pos, ino = await loop.run_in_executor(None, _localfile.read_from,
-                                                       rot.path, pos, ino)
-        for e in keep(records):
-            yield e
-        if done:
-            return
-        await asyncio.sleep(0.05 if records else 0.1)
+    follower = await loop.run_in_executor(None, _localfile.Follower, rot.path, pos, ino)
+    try:
+        while True:
+            done = stopped() if stopped else False
+            records = await loop.run_in_executor(None, follower.poll)
+            for e in keep(records):
+                yield e
+            if done:
+                return
+            await asyncio.sleep(0.05 if records else 0.1)
+    finally:
+        follower.close()
 
 
 class LocalLogDriver(LogDriver):

@@ -156,3 +156,34 @@ def test_invalid_options(tmp_path, opts, message):
 def test_valid_options(tmp_path):
     driver(tmp_path).validate_options({"max-size": "10m", "max-file": "3", "compress": "false",
                                        "mode": "non-blocking", "max-buffer-size": "4m"})
+
+
+@pytest.mark.parametrize("compress", ["true", "false"])
+def test_follow_across_rotations_loses_nothing(tmp_path, compress):
+    opts = {"max-size": "4k", "max-file": "5", "compress": compress}
+    log = LogContext(container_id="c", log_dir=str(tmp_path), options=opts)
+    w = create({"container_id": "c", "log_dir": str(tmp_path), "options": opts})
+    drv = driver(tmp_path)
+    done = False
+
+    async def go():
+        nonlocal done
+        got = []
+
+        async def produce():
+            nonlocal done
+            for i in range(600):
+                w.write("stdout", f"{i:04d}\n".encode(), i)
+                if i % 40 == 0:
+                    await asyncio.sleep(0.12)  # the reader polls between rotations
+            w.close()
+            done = True
+
+        task = asyncio.create_task(produce())
+        async for e in drv.read(log, follow=True, stopped=lambda: done):
+            got.append(int(e.data))
+        await task
+        return got
+
+    got = asyncio.run(asyncio.wait_for(go(), 20))
+    assert got == list(range(600))
