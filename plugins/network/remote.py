@@ -34,7 +34,6 @@ from engine.sdk.remote import CALL_TIMEOUT, PluginClient, PluginSpec, discover, 
 from .bridge import _ipr, _link_index
 from .ipam import Pool, mac_for
 
-INTERFACE = "NetworkDriver"
 GENERIC = "com.docker.network.generic"
 # names the built-in drivers own; a plugin cannot shadow them
 RESERVED = frozenset({"bridge", "host", "null", "none", "overlay", "macvlan", "ipvlan"})

@@ -34,7 +34,6 @@ from engine.sdk.remote import (
     search_path,
 )
 
-INTERFACE = "VolumeDriver"
 # names the built-in drivers own; a plugin cannot shadow them
 RESERVED = frozenset({"local", "bind", "tmpfs"})
 

@@ -1,8 +1,6 @@
 """Log drivers through a real daemon, real containers and real peers on loopback."""
 from __future__ import annotations
 
-import json
-import os
 import socket
 import subprocess
 import threading

@@ -106,7 +106,8 @@ def test_errors_in_the_destination_do_not_stop_the_drain():
 
 def test_mode_options():
     assert buffer_options({}) == ("blocking", 1 << 20)
-    assert buffer_options({"mode": "non-blocking", "max-buffer-size": "4k"}) == ("non-blocking", 4096)
+    opts = {"mode": "non-blocking", "max-buffer-size": "4k"}
+    assert buffer_options(opts) == ("non-blocking", 4096)
     with pytest.raises(ValueError):
         buffer_options({"mode": "fast"})
     inner = Recorder()

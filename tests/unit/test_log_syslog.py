@@ -147,7 +147,8 @@ def test_unix_datagram_and_stream(tmp_path):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     srv.bind(dgram_path)
     srv.settimeout(5)
-    w = create(ctx(tmp_path, **{"syslog-address": f"unix://{dgram_path}", "cache-disabled": "true"}))
+    w = create(ctx(tmp_path, **{"syslog-address": f"unix://{dgram_path}",
+                                "cache-disabled": "true"}))
     w.write("stdout", b"via unixgram\n", time.time_ns())
     w.close()
     assert srv.recv(4096).decode().endswith(f"{CID[:12]}[{os.getpid()}]: via unixgram")

@@ -175,7 +175,8 @@ def test_a_hung_plugin_times_out_and_others_go_on(tmp_path):
             return err, time.monotonic() - t0, ticks
 
     err, elapsed, ticks = asyncio.run(go())
-    assert "volume plugin fake is not responding: VolumeDriver.List timed out after 0.3s" == str(err)
+    assert str(err) == ("volume plugin fake is not responding: "
+                        "VolumeDriver.List timed out after 0.3s")
     assert 0.25 < elapsed < 2
     assert ticks > 10          # the event loop kept running meanwhile
     assert client.implements is None  # will activate again
