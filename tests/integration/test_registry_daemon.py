@@ -1,17 +1,29 @@
-"""A real daemon pulling and pushing through the API, and the ``docker`` CLI's pull, push
-and login against engine with ``engine registry serve`` (loopback only)."""
+"""A real daemon pulling and pushing through the API (also killed in the middle of a
+pull), and the ``docker`` CLI's pull, push and login against engine with ``engine
+registry serve`` (loopback only)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import tarfile
+import threading
+import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import Daemon, needs_root, new_daemon_dir
 from engine.registry.htpasswd import bcrypt_hash
+from engine.registry.server import Settings, make_app
 from test_registry_peers import engine_registry
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -108,8 +120,6 @@ def test_auth_checks_credentials_against_the_registry(fresh_daemon, tmp_path):
 
 
 def raw_request(daemon, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    import socket
-
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(60)
     s.connect(daemon.sock)
@@ -167,3 +177,107 @@ def test_docker_cli_push_pull_login_and_run(fresh_daemon, tmp_path):
         assert f"Image is up to date for {repo}:1".encode() in again.stdout
     finally:
         reg.stop()
+
+
+class ThreadedRegistry:
+    """``engine.registry.server`` in a thread of the test, so a test can slow it down."""
+
+    def __init__(self, root, middleware=None) -> None:
+        self.loop = asyncio.new_event_loop()
+        app = make_app(Settings(root))
+        if middleware is not None:
+            app.middlewares.append(middleware)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.host = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def random_rootfs_tar(size: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("data.bin")
+        info.size = size
+        tf.addfile(info, io.BytesIO(os.urandom(size)))
+    return buf.getvalue()
+
+
+def test_pull_killed_midway_resumes_after_restart(fresh_daemon, tmp_path):
+    slow = {"on": False, "ranges": []}
+
+    @web.middleware
+    async def throttle(request, handler):
+        """While ``slow["on"]``, blob downloads trickle out at ~1 MB/s."""
+        if request.method != "GET" or "/blobs/sha256:" not in request.path:
+            return await handler(request)
+        slow["ranges"].append(request.headers.get("Range"))
+        if not slow["on"]:
+            return await handler(request)
+        resp = await handler(request)
+        path = resp._path  # a FileResponse
+        stream = web.StreamResponse(headers={"Content-Length": str(path.stat().st_size)})
+        await stream.prepare(request)
+        with open(path, "rb") as f:
+            while chunk := f.read(64 * 1024):
+                await stream.write(chunk)
+                await asyncio.sleep(0.06)
+        return stream
+
+    reg = ThreadedRegistry(tmp_path / "reg", throttle)
+    puller = Daemon(new_daemon_dir()).start()
+    try:
+        d = fresh_daemon
+        repo = f"{reg.host}/big"
+        status, body = d.request("POST", f"/images/create?fromSrc=-&repo={repo}&tag=v1",
+                                 random_rootfs_tar(3_000_000))
+        assert status == 200, body
+        status, body = d.request("POST", f"/images/{repo}/push?tag=v1")
+        assert status == 200 and "aux" in lines(body)[-1], body
+
+        slow["on"] = True
+        downloads = Path(puller.data_root) / "registry" / "downloads"
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(r=_try_pull(puller, repo)))
+        t.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            partials = list(downloads.glob("*.partial")) if downloads.is_dir() else []
+            if partials and partials[0].stat().st_size > 500_000:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the pull never started writing its download")
+        puller.stop(signal.SIGKILL)
+        t.join(30)
+        kept = partials[0].stat().st_size
+        assert 500_000 <= kept < 3_000_000
+
+        slow["on"] = False
+        puller.start()
+        status, body = puller.request("GET", f"/images/{repo}:v1/json")
+        assert status == 404  # no tag for an image that is not there
+        status, body = puller.request("POST", f"/images/create?fromImage={repo}&tag=v1")
+        assert status == 200 and lines(body)[-1]["status"].startswith("Status: Downloaded"), body
+        assert slow["ranges"][-1] == f"bytes={kept}-"
+        assert not list(downloads.glob("*.partial"))
+        status, body = puller.request("GET", f"/images/{repo}:v1/json")
+        assert status == 200
+    finally:
+        puller.cleanup()
+        reg.stop()
+
+
+def _try_pull(daemon, repo: str):
+    try:
+        return daemon.request("POST", f"/images/create?fromImage={repo}&tag=v1", timeout=60)
+    except OSError as exc:
+        return exc
