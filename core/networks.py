@@ -28,7 +28,7 @@ from engine.sdk.drivers import NetworkSpec, Sandbox
 from engine.sdk.errors import Conflict, Forbidden, InvalidArgument, NotFound
 
 from . import netns as netns_mod
-from .util import atomic_write, new_id, parse_time, rfc3339
+from .util import atomic_write, new_id, parse_since, parse_time, rfc3339
 
 if TYPE_CHECKING:
     from .events import Events
@@ -361,8 +361,6 @@ class NetworkService:
                     if k not in n.labels or (eq and n.labels[k] != val):
                         return False
             if key == "until":
-                from .util import parse_since
-
                 if parse_time(n.created) >= parse_since(vals[0]):
                     return False
         return True

@@ -122,7 +122,13 @@ def create_bridge(name: str, gateway: str, prefixlen: int, mtu: int = 0) -> bool
     with _ipr() as ip:
         made = False
         idx = _link_index(ip, name)
-        if idx is None:
+        if idx is not None:
+            (link,) = ip.get_links(idx)
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+                raise Conflict(f"cannot use {name} as a bridge: a device of another kind "
+                               "already has that name")
+        else:
             kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
             if mtu:
                 kwargs["mtu"] = mtu
@@ -392,6 +398,9 @@ class BridgeNetworkDriver(NetworkDriver):
                                    net.pool.prefixlen, net.mtu)
             if made:
                 undo.push_async_callback(self._run, delete_link, net.bridge)
+            elif not net.default_bridge and network.options.get(OPT_BRIDGE_NAME):
+                # a user-named bridge that exists already belongs to someone else
+                raise Conflict(f"bridge {net.bridge} already exists on this host")
             await self._run(iptables.add_network, net.bridge, net.pool.subnet, not net.masquerade)
             undo.push_async_callback(self._run, iptables.remove_network, net.bridge,
                                      net.pool.subnet, not net.masquerade)

@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from engine.sdk.errors import Conflict, Forbidden, InvalidArgument
 
@@ -43,33 +43,6 @@ def mac_for(ip: str) -> str:
     """Docker's MAC address for an IPv4 endpoint: ``02:42`` then the four address bytes."""
     b = ipaddress.IPv4Address(ip).packed
     return "02:42:" + ":".join(f"{x:02x}" for x in b)
-
-
-def overlaps(subnet: str, others: Iterable[str]) -> str:
-    """The first of ``others`` that overlaps ``subnet``, or ``""``."""
-    net = parse_subnet(subnet)
-    for o in others:
-        try:
-            if net.overlaps(ipaddress.ip_network(o, strict=False)):
-                return o
-        except ValueError:
-            continue
-    return ""
-
-
-def first_free_subnet(candidates: Iterable[str], used: Iterable[str]) -> str:
-    """The first candidate subnet that overlaps nothing in ``used``; ``""`` when none."""
-    used = list(used)
-    for cand in candidates:
-        if not overlaps(cand, used):
-            return cand
-    return ""
-
-
-def default_candidates() -> list[str]:
-    """Docker's default local address pools: 172.17-31.0.0/16, then 192.168.x.0/20."""
-    return ([f"172.{i}.0.0/16" for i in range(17, 32)]
-            + [f"192.168.{i}.0/20" for i in range(0, 256, 16)])
 
 
 class Pool:

@@ -293,3 +293,13 @@ def test_restart_restores_proxies_and_releases_dead_endpoints(env):
     assert not link_exists(veth_name(e_dead))
     port = int(info.ports["80/tcp"][0]["HostPort"])
     assert [p.host_port for p in drv2.proxies[e_live]] == [port]
+
+
+def test_a_named_bridge_that_exists_is_not_taken_over(env):
+    spec = NetworkSpec(id=secrets.token_hex(32), name="taken",
+                       options={"com.docker.network.bridge.name": "lo"},
+                       ipam={"Config": [{"Subnet": free_subnet()}]})
+    with pytest.raises(Conflict):
+        env.run(env.drv.create_network(spec))
+    assert link_exists("lo") and spec.id not in env.drv.networks
+    assert iptables_lines(" -i lo ") == []
