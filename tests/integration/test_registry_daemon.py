@@ -82,13 +82,43 @@ def check_pull(d: Daemon, repo: str, digest: str, image_id: str) -> None:
     assert status == 200 and json.loads(body)["Descriptor"]["digest"] == digest
 
 
-def test_pull_errors_before_and_inside_the_stream(fresh_daemon, registry):
+def test_pull_errors_before_and_inside_the_stream(fresh_daemon, tmp_path):
+    tamper = {"on": False}
+
+    @web.middleware
+    async def corrupt(request, handler):
+        """While ``tamper["on"]``, every blob comes back as zeros of the right length."""
+        resp = await handler(request)
+        if tamper["on"] and request.method == "GET" and "/blobs/sha256:" in request.path:
+            return web.Response(body=bytes(resp._path.stat().st_size))
+        return resp
+
+    reg = ThreadedRegistry(tmp_path / "reg", corrupt)
     d = fresh_daemon
-    status, body = d.request("POST", f"/images/create?fromImage={registry.host}/nothing&tag=x")
-    assert status == 404, body
-    assert "not found" in json.loads(body)["message"]
-    status, body = d.request("POST", "/images/nothing-local/push")
-    assert status == 404
+    try:
+        status, body = d.request("POST", f"/images/create?fromImage={reg.host}/nothing&tag=x")
+        assert status == 404, body
+        assert "not found" in json.loads(body)["message"]
+        status, body = d.request("POST", "/images/nothing-local/push")
+        assert status == 404
+        # a corrupted blob is found once the stream has started: its last line says so
+        q = urllib.parse.urlencode({"repo": f"{reg.host}/bb", "tag": "v1"})
+        assert d.request("POST", f"/images/busybox/tag?{q}")[0] == 201
+        assert "aux" in lines(d.request("POST", f"/images/{reg.host}/bb/push?tag=v1")[1])[-1]
+        tamper["on"] = True
+        status, body = d.request("POST", f"/images/create?fromImage={reg.host}/bb&tag=v2")
+        assert status == 404  # no such tag: still before the stream
+        assert d.request("POST", f"/images/{reg.host}/bb:v1/tag?repo={reg.host}/bb&tag=v2"
+                         )[0] == 201
+        assert "aux" in lines(d.request("POST", f"/images/{reg.host}/bb/push?tag=v2")[1])[-1]
+        assert d.request("DELETE", f"/images/{reg.host}/bb:v2")[0] == 200
+        status, body = d.request("POST", f"/images/create?fromImage={reg.host}/bb&tag=v2")
+        assert status == 200
+        last = lines(body)[-1]
+        assert "digest mismatch" in last["error"] and last["errorDetail"]["message"]
+        assert d.request("GET", f"/images/{reg.host}/bb:v2/json")[0] == 404
+    finally:
+        reg.stop()
 
 
 def test_auth_checks_credentials_against_the_registry(fresh_daemon, tmp_path):
