@@ -21,6 +21,7 @@ import re
 import signal
 import ssl
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +65,15 @@ class Settings:
         self.access = access or Access()
         self.read_only = read_only
         self.realm = realm
+        # one writer per upload session at a time (concurrent PATCHes would interleave)
+        self._upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = \
+            weakref.WeakValueDictionary()
+
+    def upload_lock(self, ident: str) -> asyncio.Lock:
+        lock = self._upload_locks.get(ident)
+        if lock is None:
+            lock = self._upload_locks[ident] = asyncio.Lock()
+        return lock
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("registry-settings", Settings)
@@ -263,20 +273,22 @@ def _cancel_quietly(storage: Storage, name: str, ident: str) -> None:
 
 
 async def patch_upload(request: web.Request, name: str, m: dict[str, str]) -> web.Response:
-    storage = request.app[SETTINGS].storage
+    settings = request.app[SETTINGS]
     start, length = _content_range(request)
-    size = await _receive(request, storage, name, m["uuid"], start, length)
+    async with settings.upload_lock(m["uuid"]):
+        size = await _receive(request, settings.storage, name, m["uuid"], start, length)
     return web.Response(status=202, headers=_upload_headers(name, m["uuid"], size))
 
 
 async def put_upload(request: web.Request, name: str, m: dict[str, str]) -> web.Response:
-    storage = request.app[SETTINGS].storage
+    settings = request.app[SETTINGS]
     digest = request.query.get("digest")
     if not digest:
         raise DistributionError("DIGEST_INVALID", "closing an upload needs ?digest=")
     start, length = _content_range(request)
-    await _receive(request, storage, name, m["uuid"], start, length)
-    await _run(storage.finish_upload, name, m["uuid"], digest)
+    async with settings.upload_lock(m["uuid"]):
+        await _receive(request, settings.storage, name, m["uuid"], start, length)
+        await _run(settings.storage.finish_upload, name, m["uuid"], digest)
     return web.Response(status=201, headers={"Location": f"/v2/{name}/blobs/{digest}",
                                              "Docker-Content-Digest": digest})
 
@@ -287,9 +299,10 @@ async def upload_status(request: web.Request, name: str, m: dict[str, str]) -> w
 
 
 async def cancel_upload(request: web.Request, name: str, m: dict[str, str]) -> web.Response:
-    storage = request.app[SETTINGS].storage
-    await _run(storage.upload_size, name, m["uuid"])  # BLOB_UPLOAD_UNKNOWN
-    await _run(storage.cancel_upload, name, m["uuid"])
+    settings = request.app[SETTINGS]
+    async with settings.upload_lock(m["uuid"]):
+        await _run(settings.storage.upload_size, name, m["uuid"])  # BLOB_UPLOAD_UNKNOWN
+        await _run(settings.storage.cancel_upload, name, m["uuid"])
     return web.Response(status=204)
 
 

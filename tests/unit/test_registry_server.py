@@ -281,3 +281,18 @@ def test_gc_command_line(tmp_path: Path, capsys):
 def test_serve_needs_a_root(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_concurrent_chunks_for_one_upload_do_not_interleave(tmp_path):
+    chunk = b"x" * 300_000
+
+    async def t(client: TestClient) -> None:
+        location = (await client.post("/v2/app/blobs/uploads/")).headers["Location"]
+        statuses = sorted(r.status for r in await asyncio.gather(*(
+            client.patch(location, data=chunk, headers={"Content-Range": "0-299999"})
+            for _ in range(2))))
+        assert statuses == [202, 416]
+        resp = await client.put(f"{location}?digest={digest(chunk)}")
+        assert resp.status == 201
+
+    run(Settings(tmp_path), t)
