@@ -388,3 +388,30 @@ def test_partial_downloads_of_stored_blobs_are_dropped_on_start(tmp_path):
     client_for(tmp_path / "a")
     assert not done.exists()
     assert pending.read_bytes() == b"half"
+
+
+def test_concurrent_pulls_share_one_download_per_blob(tmp_path):
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+    gets: list[str] = []
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and "/blobs/" in request.path:
+            gets.append(request.path.rsplit("/", 1)[1])
+        return await handler(request)
+
+    app = make_app(Settings(tmp_path / "reg"))
+    app.middlewares.append(count)
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(1000, 300_000, 5000, 7000))
+            await a.push(f"{reg}/app:v1")
+            gets.clear()
+            first, second = await asyncio.gather(b.pull(f"{reg}/app:v1"),
+                                                 b.pull(f"{reg}/app:v1"))
+            assert first.id == second.id
+            layers = [layer.digest for layer in first.layers]
+            assert sorted(g for g in gets if g in layers) == sorted(layers)
+
+    asyncio.run(go())
