@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from engine.sdk.drivers import LogContext, Sandbox
+from engine.sdk.drivers import LogContext
 from engine.sdk.errors import (
     Conflict,
     EngineError,
@@ -622,38 +622,12 @@ class ContainerService:
                 fut.set_exception(e)
 
     async def _join_network(self, c: Container, undo: AsyncExitStack):
-        if self.networks is not None:
-            ns_path, host_net = await self.networks.join_container(c, undo, self.default_network)
-            return ns_path, host_net, None
-        mode = c.host_config.get("NetworkMode") or "default"
-        if mode == "default":
-            mode = self.default_network or ("bridge" if "bridge" in self.plugins.drivers["network"] else "none")
-        driver_name = {"none": "null", "host": "host"}.get(mode, mode)
-        try:
-            drv = self.plugins.network(driver_name)
-        except NotFound:
-            raise NotFound(f"network {mode} not found") from None
-        ns_path = None
-        if drv.needs_netns:
-            ns_path = str(self.exec_root / "netns" / c.id[:16])
-            await self.run(netns_mod.create, ns_path)
-            undo.push_async_callback(self.run, netns_mod.delete, ns_path)
-        from engine.sdk.drivers import NetworkSpec
-
-        net = NetworkSpec(id=mode, name=mode)
-        sandbox = Sandbox(container_id=c.id, netns_path=ns_path,
-                          hostname=c.config.get("Hostname") or "")
-        ep_id = c.id
-        info = await drv.join(net, ep_id, sandbox, {})
-        undo.push_async_callback(drv.leave, net, ep_id, sandbox)
-        c.networks = {mode: {
-            "NetworkID": mode, "EndpointID": ep_id, "Gateway": info.gateway,
-            "IPAddress": info.ip_address, "IPPrefixLen": info.ip_prefix_len,
-            "IPv6Gateway": "", "GlobalIPv6Address": info.ipv6_address, "GlobalIPv6PrefixLen": 0,
-            "MacAddress": info.mac_address, "Driver": drv.name, "Aliases": None, "Links": None,
-            "IPAMConfig": None, "DriverOpts": None,
-        }}
-        return ns_path, not drv.needs_netns, info
+        """Give the container its network namespace and endpoints (see core/networks.py).
+        Returns (netns path or None for the host's, host networking?, None)."""
+        if self.networks is None:
+            raise EngineError("this daemon has no network service")
+        ns_path, host_net = await self.networks.join_container(c, undo, self.default_network)
+        return ns_path, host_net, None
 
     async def _mount_volumes(self, c: Container, rootfs: str, undo: AsyncExitStack) -> list[dict]:
         oci: list[dict] = []
@@ -769,16 +743,7 @@ class ContainerService:
     async def _teardown(self, c: Container) -> None:
         """Undo what start did, in reverse order. Each step tolerates 'already gone'."""
         if self.networks is not None:
-            await self.networks.leave_container(c)
-        for mode, ep in list(c.networks.items()) if self.networks is None else ():
-            try:
-                drv = self.plugins.network(ep.get("Driver") or mode)
-                from engine.sdk.drivers import NetworkSpec
-
-                await drv.leave(NetworkSpec(id=mode, name=mode), ep.get("EndpointID") or c.id,
-                                Sandbox(container_id=c.id, netns_path=c.netns or None))
-            except Exception as e:
-                log.warning("container %s: network leave failed: %s", c.id[:12], e)
+            await self.networks.leave_container(c)   # logs and goes on when a driver fails
         if c.netns:
             try:
                 await self.run(netns_mod.delete, c.netns)
