@@ -5,7 +5,10 @@ like the plugin (``docker network create -d myplugin net``). The daemon's side o
 protocol, as libnetwork's remote driver does it:
 
 - ``create_network``: ``NetworkDriver.CreateNetwork`` with the network's IPv4 pools
-  (``IPv4Data``) and options (under ``com.docker.network.generic`` as well).
+  (``IPv4Data``) and options (under ``com.docker.network.generic`` as well). A network
+  without a subnet gets its pool from the plugin when it also implements
+  ``IpamDriver`` (``RequestPool``, then ``RequestAddress`` for the gateway and for each
+  endpoint; ``ReleaseAddress`` and ``ReleasePool`` give them back).
 - ``join``: an address from the network's subnet (when it has one; the plugin may
   also choose it), ``CreateEndpoint``, then ``Join``, whose answer names the interface
   the plugin made in the host namespace (``SrcName``). The driver moves it into the
@@ -116,7 +119,7 @@ class RemoteNetworkDriver(NetworkDriver):
         timeout = float(ctx.options.get("timeout", CALL_TIMEOUT))
         self.client = PluginClient(self.plugin, role="network", timeout=timeout)
         self._state = Path(ctx.state_dir, "state.json")
-        self.pools: dict[str, dict[str, Any]] = {}       # network id -> Pool.to_dict()
+        self.pools: dict[str, dict[str, Any]] = {}       # network id -> its address pool
         self.endpoints: dict[str, dict[str, Any]] = {}   # endpoint id -> what leave needs
         self._lock = asyncio.Lock()
         self._load()
@@ -159,23 +162,72 @@ class RemoteNetworkDriver(NetworkDriver):
             pools.append({"AddressSpace": "LocalDefault", "Pool": str(net),
                           "Gateway": f"{gw}/{net.prefixlen}",
                           "AuxAddresses": c.get("AuxiliaryAddresses") or {}})
+        remote_pool: dict[str, Any] | None = None
+        if not pools and "IpamDriver" in await self.client.activate():
+            remote_pool = await self._request_pool()
+            pools.append({"AddressSpace": remote_pool["space"], "Pool": remote_pool["pool"],
+                          "Gateway": remote_pool["gateway"], "AuxAddresses": {}})
         options: dict[str, Any] = {GENERIC: dict(network.options)}
         options.update(network.options)
-        await self.client.call("NetworkDriver.CreateNetwork", {
-            "NetworkID": network.id, "Options": options, "IPv4Data": pools, "IPv6Data": []})
-        if pools:
+        try:
+            await self.client.call("NetworkDriver.CreateNetwork", {
+                "NetworkID": network.id, "Options": options, "IPv4Data": pools,
+                "IPv6Data": []})
+        except BaseException:
+            if remote_pool is not None:
+                await self._release_pool(remote_pool)
+            raise
+        if remote_pool is not None:
+            state: dict[str, Any] = remote_pool
+        elif pools:
             first = configs[0]
-            pool = Pool(str(ipaddress.ip_network(first["Subnet"], strict=False)),
-                        first.get("Gateway") or "")
-            async with self._lock:
-                self.pools[network.id] = pool.to_dict()
-                self._save()
+            state = Pool(str(ipaddress.ip_network(first["Subnet"], strict=False)),
+                         first.get("Gateway") or "").to_dict()
+        else:
+            return
+        async with self._lock:
+            self.pools[network.id] = state
+            self._save()
 
     async def delete_network(self, network: NetworkSpec) -> None:
         await self.client.call("NetworkDriver.DeleteNetwork", {"NetworkID": network.id})
         async with self._lock:
-            if self.pools.pop(network.id, None) is not None:
+            state = self.pools.pop(network.id, None)
+            if state is not None:
                 self._save()
+        if state is not None and state.get("remote"):
+            await self._release_pool(state)
+
+    # -------------------------------------------------------------- IPAM
+
+    async def _request_pool(self) -> dict[str, Any]:
+        """A pool and its gateway from the plugin's ``IpamDriver`` (used when the
+        plugin implements one and the network names no subnet)."""
+        spaces = await self.client.call("IpamDriver.GetDefaultAddressSpaces")
+        space = spaces.get("LocalDefaultAddressSpace") or "LocalDefault"
+        got = await self.client.call("IpamDriver.RequestPool", {
+            "AddressSpace": space, "Pool": "", "SubPool": "", "Options": {}, "V6": False})
+        state = {"remote": True, "space": space, "pool_id": got.get("PoolID") or "",
+                 "pool": got.get("Pool") or "", "gateway": ""}
+        try:
+            gw = await self.client.call("IpamDriver.RequestAddress", {
+                "PoolID": state["pool_id"], "Address": "",
+                "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+            state["gateway"] = gw.get("Address") or ""
+        except BaseException:
+            await self._release_pool(state)
+            raise
+        return state
+
+    async def _release_pool(self, state: dict[str, Any]) -> None:
+        try:
+            if state.get("gateway"):
+                await self.client.call("IpamDriver.ReleaseAddress", {
+                    "PoolID": state["pool_id"],
+                    "Address": state["gateway"].split("/")[0]})
+            await self.client.call("IpamDriver.ReleasePool", {"PoolID": state["pool_id"]})
+        except Exception as e:  # the plugin keeps its own books; do not fail the caller
+            self.ctx.logger.warning("releasing IPAM pool %s: %s", state.get("pool_id"), e)
 
     # -------------------------------------------------------------- endpoints
 
@@ -189,6 +241,15 @@ class RemoteNetworkDriver(NetworkDriver):
                     raise InvalidArgument("user specified IP address is supported only when "
                                           "connecting to networks with user configured subnets")
                 return "", 0, ""
+            if d.get("remote"):
+                got = await self.client.call("IpamDriver.RequestAddress", {
+                    "PoolID": d["pool_id"], "Address": wanted, "Options": {}})
+                try:
+                    addr = ipaddress.ip_interface(got.get("Address") or "")
+                except ValueError:
+                    raise DriverError(f"IPAM plugin {self.name} answered an invalid address "
+                                      f"{got.get('Address')!r}") from None
+                return str(addr.ip), addr.network.prefixlen, d["gateway"].split("/")[0]
             pool = Pool.from_dict(d)
             ip = pool.allocate(endpoint_id, wanted)
             self.pools[network.id] = pool.to_dict()
@@ -198,11 +259,19 @@ class RemoteNetworkDriver(NetworkDriver):
     async def _release(self, network_id: str, ip: str) -> None:
         async with self._lock:
             d = self.pools.get(network_id)
-            if d is not None and ip:
-                pool = Pool.from_dict(d)
-                pool.release(ip)
-                self.pools[network_id] = pool.to_dict()
-                self._save()
+            if d is None or not ip:
+                return
+            if d.get("remote"):
+                try:
+                    await self.client.call("IpamDriver.ReleaseAddress",
+                                           {"PoolID": d["pool_id"], "Address": ip})
+                except Exception as e:
+                    self.ctx.logger.warning("releasing %s: %s", ip, e)
+                return
+            pool = Pool.from_dict(d)
+            pool.release(ip)
+            self.pools[network_id] = pool.to_dict()
+            self._save()
 
     async def join(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox,
                    options: dict[str, Any]) -> EndpointInfo:

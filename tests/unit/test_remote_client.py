@@ -320,3 +320,52 @@ def test_network_driver_join_leave_and_rollback(tmp_path, monkeypatch):
                         "routes": [{"Destination": "10.10.0.0/16", "RouteType": 1}]}]
     assert unplugged == [{"ifname": "eth0", "src_name": "veth9", "netns_path": "/run/netns/x"}]
     assert methods[-2:] == ["NetworkDriver.Leave", "NetworkDriver.DeleteEndpoint"]
+
+
+def test_network_without_subnet_uses_the_plugins_ipam(tmp_path, monkeypatch):
+    from engine.plugins.network import remote as net_remote
+    from engine.sdk.drivers import NetworkSpec, Sandbox
+
+    monkeypatch.setattr(net_remote, "plug_interface", lambda **kw: "eth0")
+    monkeypatch.setattr(net_remote, "unplug_interface", lambda **kw: None)
+    fake = FakePlugin(str(tmp_path / "n.sock"))
+    fake.answers.update({
+        "Plugin.Activate": {"Implements": ["NetworkDriver", "IpamDriver"]},
+        "IpamDriver.GetDefaultAddressSpaces": {"LocalDefaultAddressSpace": "plugspace",
+                                               "GlobalDefaultAddressSpace": "g"},
+        "IpamDriver.RequestPool": {"PoolID": "pool-1", "Pool": "10.77.0.0/16", "Data": {}},
+        "IpamDriver.RequestAddress": {"Address": "10.77.0.1/16"},
+        "IpamDriver.ReleaseAddress": {},
+        "IpamDriver.ReleasePool": {},
+        "NetworkDriver.CreateNetwork": {},
+        "NetworkDriver.DeleteNetwork": {},
+        "NetworkDriver.CreateEndpoint": {},
+        "NetworkDriver.Join": {"InterfaceName": {"SrcName": "v0", "DstPrefix": "eth"}},
+        "NetworkDriver.Leave": {},
+        "NetworkDriver.DeleteEndpoint": {},
+    })
+    cls = net_remote.driver_for(PluginSpec("fake", f"unix://{fake.path}"))
+    net = NetworkSpec(id="n2", name="auto")
+    box = Sandbox(container_id="c1", netns_path="/run/netns/x")
+
+    async def go():
+        async with fake:
+            drv = cls(DriverContext(name="fake", state_dir=str(tmp_path / "s")))
+            await drv.create_network(net)
+            fake.answers["IpamDriver.RequestAddress"] = {"Address": "10.77.0.9/16"}
+            info = await drv.join(net, "ep", box, {})
+            await drv.leave(net, "ep", box)
+            await drv.delete_network(net)
+            return info
+
+    info = asyncio.run(go())
+    assert (info.ip_address, info.ip_prefix_len, info.gateway) == ("10.77.0.9", 16, "10.77.0.1")
+    calls = [(m, b) for m, b, _ in fake.calls]
+    create = next(b for m, b in calls if m == "NetworkDriver.CreateNetwork")
+    assert create["IPv4Data"] == [{"AddressSpace": "plugspace", "Pool": "10.77.0.0/16",
+                                   "Gateway": "10.77.0.1/16", "AuxAddresses": {}}]
+    gw_req = next(b for m, b in calls if m == "IpamDriver.RequestAddress")
+    assert gw_req["Options"] == {"RequestAddressType": "com.docker.network.gateway"}
+    released = [b["Address"] for m, b in calls if m == "IpamDriver.ReleaseAddress"]
+    assert released == ["10.77.0.9", "10.77.0.1"]
+    assert [m for m, _ in calls][-1] == "IpamDriver.ReleasePool"
