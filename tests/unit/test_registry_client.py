@@ -415,3 +415,33 @@ def test_concurrent_pulls_share_one_download_per_blob(tmp_path):
             assert sorted(g for g in gets if g in layers) == sorted(layers)
 
     asyncio.run(go())
+
+
+def test_large_blobs_are_uploaded_in_chunks(tmp_path, monkeypatch):
+    from engine.registry import client as client_module
+
+    monkeypatch.setattr(client_module, "CHUNK", 64 * 1024)
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+    ranges: list[str] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "PATCH":
+            ranges.append(request.headers.get("Content-Range", ""))
+        return await handler(request)
+
+    app = make_app(Settings(tmp_path / "reg"))
+    app.middlewares.append(record)
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            image_id = add_image(a.images, f"{reg}/app:v1", sizes=(200_000,))
+            progress = Recorder()
+            await a.push(f"{reg}/app:v1", progress=progress)
+            assert ranges[:2] == ["0-65535", "65536-131071"] and len(ranges) >= 3
+            currents = [m["progressDetail"]["current"] for m in progress.messages
+                        if m.get("status") == "Pushing"]
+            assert currents == sorted(currents) and currents[-1] > 0
+            assert (await b.pull(f"{reg}/app:v1")).id == image_id
+
+    asyncio.run(go())
