@@ -148,6 +148,13 @@ class RegistryHosts:
         self._schemes: dict[str, str] = {}
         self._contexts: dict[str, ssl.SSLContext] = {}
 
+    def known_scheme(self, host: str) -> str | None:
+        """``https`` or ``http``, once an insecure registry answered on it."""
+        return self._schemes.get(host)
+
+    def remember_scheme(self, host: str, scheme: str) -> None:
+        self._schemes[host] = scheme
+
     def is_insecure(self, host: str) -> bool:
         """Plain HTTP (and unverified TLS) allowed for ``host``?"""
         if host in self.insecure:
@@ -213,7 +220,7 @@ class _Conn:
         if not insecure:
             self.base, self._ssl = https, ctx
             return
-        known = self.hosts._schemes.get(self.host)
+        known = self.hosts.known_scheme(self.host)
         if known == "http":
             self.base, self._ssl = yarl.URL(f"http://{self.host}"), False
             return
@@ -225,10 +232,10 @@ class _Conn:
                                      timeout=aiohttp.ClientTimeout(total=10)):
                 pass
             self.base, self._ssl = https, ctx
-            self.hosts._schemes[self.host] = "https"
+            self.hosts.remember_scheme(self.host, "https")
         except (TimeoutError, aiohttp.ClientConnectionError, ssl.SSLError):
+            # remembered only once the registry answers over HTTP (see request())
             self.base, self._ssl = yarl.URL(f"http://{self.host}"), False
-            self.hosts._schemes[self.host] = "http"
 
     def url(self, path: str) -> yarl.URL:
         assert self.base is not None
@@ -257,6 +264,8 @@ class _Conn:
                 raise RegistryError(f"TLS certificate of {self.host} not trusted: {exc}") from None
             except (TimeoutError, aiohttp.ClientError, ssl.SSLError) as exc:
                 raise RegistryError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
+            if url.scheme == "http" and self.base is not None and self.base.scheme == "http":
+                self.hosts.remember_scheme(self.host, "http")
             if resp.status == 401 and attempt == 0:
                 challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
                 resp.release()
