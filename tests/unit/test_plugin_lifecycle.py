@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ def never(kind: str, name: str) -> str:
     return ""
 
 
+def other_wheel(directory: Path) -> Path:
+    """A minimal wheel of another distribution, written by hand (no build)."""
+    path = directory / "other-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("other/__init__.py", "")
+        zf.writestr("other/engine-plugin.json", "{}")
+        zf.writestr("other-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: other\n"
+                    "Version: 1.0\n")
+        zf.writestr("other-1.0.dist-info/entry_points.txt", "[engine.plugins]\nother = other\n")
+    return path
+
+
 def test_install_from_a_wheel_enable_use_disable_remove(host, memfs_wheel):
     async def body():
         names = await host.install(str(memfs_wheel), "", MEMFS_PRIVILEGES)
@@ -70,7 +83,8 @@ def test_install_from_a_wheel_enable_use_disable_remove(host, memfs_wheel):
     asyncio.run(body())
 
 
-def test_privileges_must_match_and_names_must_be_free(host, memfs_wheel):
+def test_privileges_and_names_are_checked_and_an_alias_survives_a_restart(host, memfs_wheel,
+                                                                         tmp_path):
     async def body():
         assert host.privileges(str(memfs_wheel)) == [
             {"Name": "mount", "Description": "keeps volume data in a directory of /dev/shm",
@@ -85,23 +99,19 @@ def test_privileges_must_match_and_names_must_be_free(host, memfs_wheel):
             await host.install(str(memfs_wheel), "", MEMFS_PRIVILEGES)
         await host.enable("ramdisk")
         assert host.volume("memfs").name == "memfs"
-        # a force removal disables first
-        await host.remove("ramdisk", never, force=True)
-        assert "memfs" not in host.drivers["volume"]
-    asyncio.run(body())
-
-
-def test_an_install_survives_a_restart_under_its_alias(tmp_path, host, memfs_wheel):
-    async def body():
-        await host.install(str(memfs_wheel), "ramdisk", MEMFS_PRIVILEGES)
-        await host.enable("ramdisk")
         await host.stop_drivers()
     asyncio.run(body())
+
     again = PluginHost(host.data_root, host.exec_root,
                        driver_options={"memfs": {"root": str(tmp_path / "shm")}})
     again.discover()
     assert again.get("ramdisk").enabled and again.volume("memfs").name == "memfs"
     assert again.get("ramdisk").source == str(memfs_wheel)
+
+    async def remove():
+        await again.remove("ramdisk", never, force=True)  # a forced removal disables first
+        assert "memfs" not in again.drivers["volume"] and "ramdisk" not in again.plugins
+    asyncio.run(remove())
 
 
 def test_upgrade_needs_the_plugin_disabled_and_the_same_distribution(host, memfs_wheel,
@@ -121,7 +131,7 @@ def test_upgrade_needs_the_plugin_disabled_and_the_same_distribution(host, memfs
             await host.upgrade("memfs", str(src), MEMFS_PRIVILEGES)
         await host.disable("memfs", never)
         with pytest.raises(InvalidArgument, match="not an upgrade"):
-            await host.upgrade("memfs", str(EXAMPLES / "log-counter"), [])
+            await host.upgrade("memfs", str(other_wheel(tmp_path)), [])
         await host.upgrade("memfs", str(src), MEMFS_PRIVILEGES)
         rec = host.get("memfs")
         assert rec.version == "2.0.0" and not rec.enabled
