@@ -55,6 +55,7 @@ from .auth import (
     Credentials,
     from_config,
     parse_challenge,
+    server_host,
 )
 from .storage import atomic_write
 
@@ -862,13 +863,16 @@ class RegistryClient:
             raise RegistryError("registry started an upload without a Location")
         await say("Pushing", progressDetail={"current": 0, "total": size})
         url = conn.url(location)
-        with self.content.open(digest) as f:
+        f = await self._run(self.content.open, digest)
+        with f:
             if size <= CHUNK:
                 data = await self._run(f.read)
             else:
                 offset = 0
                 while offset < size:
                     chunk = await self._run(f.read, CHUNK)
+                    if not chunk:
+                        raise RegistryError(f"blob {digest} is shorter than {size} bytes")
                     end = offset + len(chunk) - 1
                     resp = await conn.request(
                         "PATCH", url, data=chunk, ok=(202, 204),
@@ -891,8 +895,6 @@ class RegistryClient:
     async def login(self, server: str, creds: Credentials) -> str:
         """Check ``creds`` against the registry at ``server``; return an identity token
         (empty unless the token server handed out a refresh token)."""
-        from .auth import server_host
-
         host = registry_host(server_host(server or DOCKER_HUB))
         async with self._session() as http:
             conn = _Conn(http, self.hosts, host, creds, [])
