@@ -670,7 +670,11 @@ class RegistryClient:
                                       ok=(200, 206))
             async with resp:
                 if resp.status == 200:
-                    have = 0
+                    have = 0  # the registry ignored the range: start over
+                elif not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    partial.unlink(missing_ok=True)
+                    raise RegistryError(f"download of {digest}: asked for bytes from {have}, "
+                                        f"got {resp.headers.get('Content-Range')!r}")
                 total = size or (have + (resp.content_length or 0))
                 f = await self._run(open, partial, "ab" if have else "wb")
                 try:
