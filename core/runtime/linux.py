@@ -12,6 +12,12 @@ capabilities, the executable's path), then waits for the caller to release it be
   child exits with that code (127: command not found, 126: not executable, 125:
   any other setup failure).
 
+A container's init is moved into its cgroup by the caller, not by itself: moving a
+process between cgroup v1 hierarchies first waits for an RCU grace period (up to tens
+of ms on a busy host), and this way that wait overlaps the child's own set-up and
+whatever the caller does before the release (:meth:`Spawned.join_cgroup`). The child
+waits for the move before it makes a cgroup namespace, and anyway before it execs.
+
 With a pid namespace, the caller itself (the per-container monitor) is moved to the new
 namespace for its future children (``unshare(CLONE_NEWPID)``), so the child becomes pid
 1 there. That can happen once per process: a pid namespace dies with its first process.
@@ -72,6 +78,8 @@ _PR_SET_PDEATHSIG = 1
 _SYS_CLOSE_RANGE = 436
 _CLOSE_RANGE_CLOEXEC = 1 << 2
 
+_NOT_JOINED = "the container process was not moved into its cgroup"
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
 _libc.setdomainname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
@@ -102,36 +110,68 @@ class Spawned:
     the read end of the error pipe. Both fds belong to the caller.
     """
 
-    __slots__ = ("pid", "start_fd", "error_fd")
+    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error")
 
     def __init__(self, pid: int, start_fd: int, error_fd: int) -> None:
         self.pid = pid
         self.start_fd = start_fd
         self.error_fd = error_fd
+        #: the cgroup the caller still has to move the child into, and the pipe that
+        #: tells the child it is done (-1: nothing to do)
+        self.cgroups_path = ""
+        self.joined_fd = -1
+        self.join_error: SpawnError | None = None
 
     def __repr__(self) -> str:
         return f"Spawned(pid={self.pid}, start_fd={self.start_fd}, error_fd={self.error_fd})"
 
+    def join_cgroup(self) -> None:
+        """Move the child into its cgroup in every controller and tell it so (once).
+
+        Call it as early as convenient to overlap the move with other work;
+        :meth:`start` does it otherwise. A failure is raised by :meth:`start`.
+        """
+        if self.joined_fd < 0:
+            return
+        try:
+            _cgroups.join(self.cgroups_path, self.pid)
+            os.write(self.joined_fd, b"\1")
+        except OSError as exc:  # the child sees EOF and gives up
+            self.join_error = SpawnError(
+                f"cannot join the cgroup {self.cgroups_path}: {_describe(exc)}")
+        finally:
+            os.close(self.joined_fd)
+            self.joined_fd = -1
+
     def start(self) -> None:
         """Release the child and wait for its exec; raises :class:`SpawnError` if it
         failed (the child has then exited with ``exit_code``: reap it)."""
+        self.join_cgroup()
         try:
-            os.write(self.start_fd, b"\0")
+            if self.join_error is None:  # else the child is giving up already
+                os.write(self.start_fd, b"\0")
         except BrokenPipeError:
             pass  # the child already failed: the error pipe says why
         finally:
             os.close(self.start_fd)
+            self.start_fd = -1
         error = read_error(self.error_fd)
-        if error is not None:
-            raise error
+        self.error_fd = -1
+        if self.join_error is not None and (error is None or error.message == _NOT_JOINED):
+            raise self.join_error
+        if error is not None:  # the child's own failure (the move fails when it is
+            raise error        # gone already)
 
     def close(self) -> None:
-        """Close whichever of the two fds are still open."""
-        for fd in (self.start_fd, self.error_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Close whichever of the fds are still open."""
+        for name in ("start_fd", "error_fd", "joined_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 def read_error(error_fd: int) -> SpawnError | None:
@@ -202,9 +242,10 @@ def spawn_container(spec: dict, *, stdin: int, stdout: int, stderr: int,
     """Fork the container's init process from an OCI spec, ready to be released.
 
     Creates the cgroup from ``linux.cgroupsPath`` and ``linux.resources`` first (the
-    caller destroys it). With a pid namespace in the spec, the *calling* process
-    unshares it (or joins the given path) for its children. ``tty_slave``, when given,
-    becomes the controlling terminal and stdio instead of the three fds.
+    caller destroys it); the child is moved into it by :meth:`Spawned.join_cgroup`.
+    With a pid namespace in the spec, the *calling* process unshares it (or joins the
+    given path) for its children. ``tty_slave``, when given, becomes the controlling
+    terminal and stdio instead of the three fds.
     """
     linux = spec.get("linux") or {}
     cgroups_path = linux.get("cgroupsPath") or None
@@ -219,7 +260,20 @@ def spawn_container(spec: dict, *, stdin: int, stdout: int, stderr: int,
                     unshare(CLONE_NEWPID)
     except OSError as exc:
         raise SpawnError(_describe(exc)) from exc
-    return _fork(lambda: _container_child(spec, tty_slave, stdin, stdout, stderr))
+    if not cgroups_path:
+        return _fork(lambda: _container_child(spec, tty_slave, stdin, stdout, stderr, -1))
+    joined_r, joined_w = os.pipe()
+    try:
+        spawned = _fork(lambda: _container_child(spec, tty_slave, stdin, stdout, stderr,
+                                                 joined_r), child_closes=(joined_w,))
+    except BaseException:
+        os.close(joined_w)
+        raise
+    finally:
+        os.close(joined_r)
+    spawned.cgroups_path = cgroups_path
+    spawned.joined_fd = joined_w
+    return spawned
 
 
 def _setns_path(path: str, nstype: int) -> None:
@@ -261,9 +315,11 @@ def spawn_exec(process: dict, *, target_pid: int, cgroups_path: str | None,
             os.close(fd)
 
 
-def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]]) -> Spawned:
-    """Fork; the child runs ``child`` (everything up to the exec), waits for the
-    release, then execs what ``child`` returned. Failures go to the error pipe."""
+def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]],
+          child_closes: tuple[int, ...] = ()) -> Spawned:
+    """Fork; the child closes ``child_closes`` (the caller's ends of its own pipes),
+    runs ``child`` (everything up to the exec), waits for the release, then execs what
+    ``child`` returned. Failures go to the error pipe."""
     start_r, start_w = os.pipe()
     error_r, error_w = os.pipe()
     try:
@@ -280,6 +336,8 @@ def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]]) -> Spawned
         try:
             os.close(start_w)
             os.close(error_r)
+            for fd in child_closes:
+                os.close(fd)
             exec_args = child()
             _wait_release(start_r)
             _exec(*exec_args)
@@ -314,14 +372,12 @@ def _report(error_fd: int, message: str, exit_code: int) -> None:
 
 
 def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
-                     stderr: int) -> tuple[str, list[str], dict[str, str]]:
-    """Everything between fork and exec for a container's init process."""
+                     stderr: int, joined_fd: int) -> tuple[str, list[str], dict[str, str]]:
+    """Everything between fork and exec for a container's init process (``joined_fd``:
+    where the parent says it moved us into our cgroup, or -1)."""
     _reset_signals()
     linux = spec.get("linux") or {}
     process = spec["process"]
-    cgroups_path = linux.get("cgroupsPath") or None
-    if cgroups_path:
-        _cgroups.join(cgroups_path, 0)
 
     flags = 0
     for ns in linux.get("namespaces") or ():
@@ -340,6 +396,7 @@ def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
     unshare(flags)
     if any(ns["type"] == "cgroup" and not ns.get("path")
            for ns in linux.get("namespaces") or ()):
+        joined_fd = _wait_joined(joined_fd)  # the namespace is rooted where we are
         unshare(CLONE_NEWCGROUP)
 
     _rootfs.prepare(spec, tty_slave=tty_slave)
@@ -349,7 +406,27 @@ def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
     if spec.get("domainname"):
         name = spec["domainname"].encode()
         _check(_libc.setdomainname(name, len(name)), "setdomainname")
-    return _prepare_process(process, tty_slave, stdin, stdout, stderr, create_cwd=True)
+    exec_args = _prepare_process(process, tty_slave, stdin, stdout, stderr,
+                                 create_cwd=True)
+    _wait_joined(joined_fd)
+    return exec_args
+
+
+def _wait_joined(joined_fd: int) -> int:
+    """Wait until the parent has moved us into our cgroup (-1: nothing to wait for);
+    returns -1."""
+    if joined_fd < 0:
+        return -1
+    while True:
+        try:
+            done = os.read(joined_fd, 1)
+            break
+        except InterruptedError:
+            continue
+    os.close(joined_fd)
+    if done != b"\1":
+        raise _ChildError(_NOT_JOINED)
+    return -1
 
 
 def _exec_child(process: dict, ns_fds: list[tuple[str, int]], cgroups_path: str | None,
