@@ -9,13 +9,15 @@ which ``logs`` works. TLS (``tcp+tls``) is not supported.
 """
 from __future__ import annotations
 
+import os
+
 from engine.sdk import hookimpl
 from engine.sdk.errors import InvalidArgument
 
 from ._base import check_tag
-from .local import CachingLogDriver
-from .syslog_writer import FORMATS, SCHEMES, facility_code
 from ._netaddr import parse_address
+from .local import CachingLogDriver
+from .syslog_writer import DEFAULT_SOCKETS, FORMATS, SCHEMES, facility_code
 
 
 class SyslogLogDriver(CachingLogDriver):
@@ -32,6 +34,8 @@ class SyslogLogDriver(CachingLogDriver):
                 if addr.startswith("tcp+tls://"):
                     raise ValueError("syslog over TLS (tcp+tls) is not supported")
                 parse_address(addr, default_port=514, schemes=SCHEMES, default_scheme="udp")
+            elif not any(os.path.exists(p) for p in DEFAULT_SOCKETS):
+                raise ValueError("no local syslog socket (/dev/log): set syslog-address")
             facility_code(options.get("syslog-facility", ""))
             if options.get("syslog-format", "") not in FORMATS:
                 raise ValueError(f"invalid syslog format: {options['syslog-format']!r}")

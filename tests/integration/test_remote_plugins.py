@@ -164,6 +164,11 @@ def test_hung_plugin_times_out_without_blocking_others(plugged):
         assert "volume plugin testplug is not responding" in err
         assert "timed out" in err
         assert 9 <= elapsed < 20
+        # right after a timeout the plugin is held off: listing does not wait again
+        t2 = time.monotonic()
+        r = docker(daemon, "volume", "ls")
+        assert r.returncode == 0, r.stderr
+        assert time.monotonic() - t2 < 3
     finally:
         os.kill(plugin.proc.pid, signal.SIGCONT)
 

@@ -241,3 +241,14 @@ def test_valid_options(tmp_path):
     drv.validate_options({"syslog-address": "tcp://127.0.0.1:601", "syslog-facility": "local7",
                           "syslog-format": "rfc5424micro", "tag": "{{.Name}}",
                           "mode": "non-blocking", "cache-max-size": "1m"})
+
+
+def test_no_address_needs_a_local_syslog(tmp_path, monkeypatch):
+    import engine.plugins.log.syslog as mod
+
+    drv = SyslogLogDriver(DriverContext(name="syslog", state_dir=str(tmp_path)))
+    monkeypatch.setattr(mod, "DEFAULT_SOCKETS", (str(tmp_path / "no-log"),))
+    with pytest.raises(InvalidArgument, match="set syslog-address"):
+        drv.validate_options({})
+    (tmp_path / "no-log").touch()
+    drv.validate_options({})

@@ -172,7 +172,12 @@ def test_a_hung_plugin_times_out_and_others_go_on(tmp_path):
             except PluginUnavailable as e:
                 err = e
             tick.cancel()
-            return err, time.monotonic() - t0, ticks
+            elapsed = time.monotonic() - t0
+            t1 = time.monotonic()
+            with pytest.raises(PluginUnavailable, match="not asked again for 5s"):
+                await client.call("VolumeDriver.List")  # held off: fails at once
+            assert time.monotonic() - t1 < 0.1
+            return err, elapsed, ticks
 
     err, elapsed, ticks = asyncio.run(go())
     assert str(err) == ("volume plugin fake is not responding: "
