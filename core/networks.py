@@ -452,7 +452,7 @@ class NetworkService:
         if not c.networks:
             c.networks = self.plan(c.host_config, None, default_network)
         primary = self.resolve_mode(c.host_config.get("NetworkMode") or "default", default_network)
-        order = sorted(c.networks, key=lambda k: 0 if self._ref_is(k, c.networks[k], primary) else 1)
+        order = sorted(c.networks, key=lambda k: not self._ref_is(k, c.networks[k], primary))
         # check everything before making anything
         nets = []
         for key in order:

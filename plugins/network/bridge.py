@@ -320,7 +320,7 @@ class BridgeNetworkDriver(NetworkDriver):
                 await self._run(create_bridge, net.bridge, net.pool.gateway,
                                 net.pool.prefixlen, net.mtu)
                 await self._run(iptables.add_network, net.bridge, net.pool.subnet,
-                                not net.masquerade)
+                                net.internal, net.masquerade)
                 self.networks[spec.id] = net
                 await self._start_dns(net)
             except Exception as e:
@@ -334,7 +334,8 @@ class BridgeNetworkDriver(NetworkDriver):
 
     async def _restore_endpoint(self, eid: str, ep: dict) -> None:
         net = self.networks.get(ep["network"])
-        alive = bool(ep.get("netns")) and os.path.exists(ep["netns"]) and os.path.ismount(ep["netns"])
+        ns = ep.get("netns") or ""
+        alive = bool(ns) and os.path.exists(ns) and os.path.ismount(ns)
         if net is None or not alive:
             await self._release(eid, ep)
             return
@@ -365,7 +366,7 @@ class BridgeNetworkDriver(NetworkDriver):
             try:
                 if not net.names and await self._run(bridge_ports, net.bridge) == 0:
                     await self._run(iptables.remove_network, net.bridge, net.pool.subnet,
-                                    not net.masquerade)
+                                    net.internal, net.masquerade)
                     await self._run(delete_link, net.bridge)
                     self.leases.forget(net.bridge)
             except Exception as e:
@@ -401,9 +402,10 @@ class BridgeNetworkDriver(NetworkDriver):
             elif not net.default_bridge and network.options.get(OPT_BRIDGE_NAME):
                 # a user-named bridge that exists already belongs to someone else
                 raise Conflict(f"bridge {net.bridge} already exists on this host")
-            await self._run(iptables.add_network, net.bridge, net.pool.subnet, not net.masquerade)
+            await self._run(iptables.add_network, net.bridge, net.pool.subnet, net.internal,
+                            net.masquerade)
             undo.push_async_callback(self._run, iptables.remove_network, net.bridge,
-                                     net.pool.subnet, not net.masquerade)
+                                     net.pool.subnet, net.internal, net.masquerade)
             await self._start_dns(net)
             self._save_net(net)
             self.networks[network.id] = net
@@ -416,7 +418,8 @@ class BridgeNetworkDriver(NetworkDriver):
                 return
             if net.resolver is not None:
                 net.resolver.close()
-            await self._run(iptables.remove_network, net.bridge, net.pool.subnet, not net.masquerade)
+            await self._run(iptables.remove_network, net.bridge, net.pool.subnet, net.internal,
+                            net.masquerade)
             await self._run(delete_link, net.bridge)
             self.leases.forget(net.bridge)
             self._net_file(network.id).unlink(missing_ok=True)
@@ -505,7 +508,7 @@ class BridgeNetworkDriver(NetworkDriver):
                                ["-i", net.bridge, "-o", net.bridge, "-j", "ACCEPT"]):
             iptables.enable_forwarding()
             iptables.setup_base()
-            iptables.add_network(net.bridge, net.pool.subnet, not net.masquerade)
+            iptables.add_network(net.bridge, net.pool.subnet, net.internal, net.masquerade)
 
     async def leave(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox) -> None:
         f = self._ep_file(endpoint_id)

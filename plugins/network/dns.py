@@ -129,7 +129,8 @@ class _Forward(asyncio.DatagramProtocol):
             self.fut.set_exception(exc)
 
 
-async def forward(data: bytes, servers: list[str], timeout: float = FORWARD_TIMEOUT) -> bytes | None:
+async def forward(data: bytes, servers: list[str],
+                  timeout: float = FORWARD_TIMEOUT) -> bytes | None:
     """Send the query to each upstream in turn; the first answer wins."""
     loop = asyncio.get_running_loop()
     per = timeout / max(len(servers), 1)

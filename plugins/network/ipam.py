@@ -81,7 +81,8 @@ class Pool:
                 raise Conflict(f"Address already in use: {wanted}")
             self.allocated[wanted] = owner
             return wanted
-        start = int(ipaddress.IPv4Address(self.last)) if self.last else int(self.net.network_address)
+        last = ipaddress.IPv4Address(self.last) if self.last else self.net.network_address
+        start = int(last)
         lo, hi = int(self.net.network_address) + 1, int(self.net.broadcast_address) - 1
         size = hi - lo + 1
         for step in range(1, size + 1):

@@ -103,8 +103,11 @@ def unused() -> bool:
     return p.returncode != 0 or not any(line.startswith("-A") for line in p.stdout.splitlines())
 
 
-def network_rules(bridge: str, subnet: str, internal: bool) -> list[tuple[str, str, Rule]]:
-    """The (table, chain, rule) triples one network needs, in the order they are added."""
+def network_rules(bridge: str, subnet: str, internal: bool,
+                  masquerade: bool = True) -> list[tuple[str, str, Rule]]:
+    """The (table, chain, rule) triples one network needs, in the order they are added:
+    isolation from our other bridges, traffic inside the bridge, and unless the network
+    is internal, outbound traffic (NATed with ``masquerade``) and its replies."""
     rules: list[tuple[str, str, Rule]] = [
         ("filter", ISOLATION1, ["-i", bridge, "!", "-o", bridge, "-j", ISOLATION2]),
         ("filter", ISOLATION2, ["-o", bridge, "-j", "DROP"]),
@@ -120,16 +123,18 @@ def network_rules(bridge: str, subnet: str, internal: bool) -> list[tuple[str, s
             ("filter", FORWARD_CHAIN, ["-i", bridge, "-j", "ACCEPT"]),
             ("filter", FORWARD_CHAIN, ["-o", bridge, "-m", "conntrack", "--ctstate",
                                        "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"]),
-            ("nat", "POSTROUTING", ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]),
         ]
+        if masquerade:
+            rules.append(("nat", "POSTROUTING",
+                          ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]))
     return rules
 
 
-def add_network(bridge: str, subnet: str, internal: bool) -> None:
+def add_network(bridge: str, subnet: str, internal: bool, masquerade: bool = True) -> None:
     """Install one network's rules; on failure, remove what was added and re-raise."""
     done: list[tuple[str, str, Rule]] = []
     try:
-        for table, chain, rule in network_rules(bridge, subnet, internal):
+        for table, chain, rule in network_rules(bridge, subnet, internal, masquerade):
             ensure(table, chain, rule)
             done.append((table, chain, rule))
     except BaseException:
@@ -138,8 +143,8 @@ def add_network(bridge: str, subnet: str, internal: bool) -> None:
         raise
 
 
-def remove_network(bridge: str, subnet: str, internal: bool) -> None:
-    for table, chain, rule in reversed(network_rules(bridge, subnet, internal)):
+def remove_network(bridge: str, subnet: str, internal: bool, masquerade: bool = True) -> None:
+    for table, chain, rule in reversed(network_rules(bridge, subnet, internal, masquerade)):
         remove(table, chain, rule)
 
 

@@ -217,6 +217,7 @@ def bind(binding: Binding, target: tuple[str, int]) -> Proxy:
             raise Conflict(f"Bind for {host_ip}:{binding.host_port} failed: "
                            "port is already allocated") from None
         if e.errno == errno.EADDRNOTAVAIL:
-            raise InvalidArgument(f"cannot publish on {host_ip}: not an address of this host") from None
+            raise InvalidArgument(
+                f"cannot publish on {host_ip}: not an address of this host") from None
         raise
     return Proxy(binding=binding, host_port=s.getsockname()[1], target=target, sock=s)
