@@ -138,3 +138,19 @@ def test_ls_shows_why_a_plugin_is_not_running(daemon):
     assert lines[0].split() == ["ID", "NAME", "DESCRIPTION", "ENABLED"]
     assert "error: ImportError: no x" in lines[1] and lines[1].rstrip().endswith("false")
     assert "Volumes kept in memory" in lines[2] and lines[2].rstrip().endswith("true")
+
+
+def test_create_with_only_a_directory_builds_the_wheel_locally(daemon, tmp_path, monkeypatch):
+    import engine.sdk.packaging as packaging
+
+    built = []
+
+    def fake_build(directory, out):
+        built.append((str(directory), str(out)))
+        return Path(out) / "engine_log_counter-1.0.0-py3-none-any.whl"
+    monkeypatch.setattr(packaging, "build_wheel", fake_build)
+    result = invoke(daemon, "plugin", "create", "-o", str(tmp_path), str(EXAMPLES / "log-counter"))
+    assert result.code == 0, result
+    assert result.out == f"{tmp_path}/engine_log_counter-1.0.0-py3-none-any.whl\n"
+    assert built == [(str(EXAMPLES / "log-counter"), str(tmp_path))]
+    assert not daemon.find("POST", "/plugins/create")
