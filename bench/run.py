@@ -129,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             targets.append(target)
 
-    shm_lock = Path("/dev/shm/libpod_lock")
-    shm_lock_existed = shm_lock.exists()
+    # files outside the base directory that the engines create once per machine:
+    # podman's lock segment and dockerd 20.10's trust key. Removed at the end unless
+    # they were already there.
+    host_files = [p for p in (Path("/dev/shm/libpod_lock"), Path("/etc/docker/key.json"))
+                  if not p.exists()]
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     interrupted = False
     try:
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{target.name}: cleanup failed: {e}")
         unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
-        if not shm_lock_existed:
-            shm_lock.unlink(missing_ok=True)  # podman's lock file, created by this run
+        for path in host_files:
+            path.unlink(missing_ok=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for s, h in old_handlers.items():
             signal.signal(s, h)

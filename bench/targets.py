@@ -398,7 +398,7 @@ def versions(targets: list[Target]) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         out["engine"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
             text=True, timeout=10).stdout.strip()
     except OSError:
         pass
