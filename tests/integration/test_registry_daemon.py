@@ -145,8 +145,32 @@ def test_auth_checks_credentials_against_the_registry(fresh_daemon, tmp_path):
         status, body = raw_request(fresh_daemon, "POST", f"/images/{repo}/push?tag=v1",
                                    {"X-Registry-Auth": header})
         assert status == 200 and "aux" in lines(body)[-1], body
+        docker_py_login_and_pull(fresh_daemon, reg.host, repo)
     finally:
         reg.stop()
+
+
+def docker_py_login_and_pull(daemon, host: str, repo: str) -> None:
+    """docker-py's login, and a pull with auth_config, against the same registry."""
+    docker_py = pytest.importorskip("docker")
+    anonymous = docker_py.DockerClient(base_url=daemon.host, version="1.41")
+    client = docker_py.DockerClient(base_url=daemon.host, version="1.41")
+    try:
+        with pytest.raises(docker_py.errors.APIError):
+            client.login(username="bob", password="wrong", registry=host, reauth=True)
+        assert client.login(username="bob", password="pw", registry=host,
+                            reauth=True)["Status"] == "Login Succeeded"
+        client.images.remove(f"{repo}:v1")
+        with pytest.raises(docker_py.errors.APIError):
+            anonymous.images.pull(repo, tag="v1")
+        img = anonymous.images.pull(repo, tag="v1", auth_config={"username": "bob",
+                                                                 "password": "pw"})
+        assert f"{repo}:v1" in img.tags
+        client.images.remove(f"{repo}:v1")
+        assert f"{repo}:v1" in client.images.pull(repo, tag="v1").tags  # login's credentials
+    finally:
+        client.close()
+        anonymous.close()
 
 
 def raw_request(daemon, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
