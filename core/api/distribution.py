@@ -7,6 +7,7 @@ a plain error status; later errors are the stream's last line, as Docker writes 
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -110,11 +111,12 @@ async def push(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     tag = request.query.get("tag") or ""
     r = reference.parse(name)
+    loop = asyncio.get_running_loop()
     if tag or r.tag:
         refs = [f"{name}:{tag}" if tag and not r.tag else name]
-        s.images.get(refs[0])  # 404 before the stream starts
+        await loop.run_in_executor(None, s.images.get, refs[0])  # 404 before the stream
     else:
-        refs = _tags_of(s, name)
+        refs = await loop.run_in_executor(None, _tags_of, s, name)
         if not refs:
             raise NotFound(f"An image does not exist locally with the tag: "
                            f"{reference.familiar_name(r)}")
