@@ -52,6 +52,12 @@ def test_daemon_pushes_and_pulls_through_the_api(fresh_daemon, registry):
     pushed = lines(body)
     assert not [m for m in pushed if "error" in m], pushed
     digest = pushed[-1]["aux"]["Digest"]
+    # without a tag every local tag of the repository is pushed
+    q = urllib.parse.urlencode({"repo": repo, "tag": "extra"})
+    assert d.request("POST", f"/images/busybox:latest/tag?{q}")[0] == 201
+    status, body = d.request("POST", f"/images/{repo}/push")
+    tags = sorted(m["aux"]["Tag"] for m in lines(body) if "aux" in m)
+    assert status == 200 and tags == ["extra", "latest"], body
     image_id = json.loads(d.request("GET", "/images/busybox/json")[1])["Id"]
     # a second daemon, with nothing in its stores, pulls it
     other = Daemon(new_daemon_dir()).start()
