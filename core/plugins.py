@@ -364,7 +364,7 @@ class PluginHost:
         if rec.error:
             raise InvalidArgument(f"plugin {name} failed to enable: {rec.error}")
 
-    async def disable(self, name: str, in_use: "callable") -> None:
+    async def disable(self, name: str, in_use: Callable[[str, str], str]) -> None:
         """Disable a plugin; ``in_use(kind, driver)`` tells whether anything uses it."""
         rec = self.get(name)
         if not rec.enabled:
@@ -373,7 +373,8 @@ class PluginHost:
             for drv in names:
                 user = in_use(kind, drv)
                 if user:
-                    raise Conflict(f"plugin {name} is in use: {kind} driver {drv} is used by {user}")
+                    raise Conflict(f"plugin {name} is in use: {kind} driver {drv} "
+                                   f"is used by {user}")
         for kind, names in rec.drivers.items():
             for drv in names:
                 inst = self.drivers[kind].pop(drv, None)

@@ -14,13 +14,13 @@ from aiohttp import web
 
 from engine.sdk.errors import EngineError, InvalidArgument
 
+from .util import encode, json_response, json_stream, qbool, qfilters, svc
+
 
 class NotSupported(EngineError):
     """A part of Docker's plugin API the engine does not implement yet."""
 
     status = 501
-
-from .util import encode, json_response, json_stream, qbool, qfilters, svc
 
 
 def _remote(request: web.Request) -> str:

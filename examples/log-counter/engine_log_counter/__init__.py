@@ -47,7 +47,9 @@ class CounterLogDriver(LogDriver):
         path = log_path(log.log_dir, log.container_id)
 
         def wanted(e: LogEntry) -> bool:
-            return not (since_ns and e.time_ns < since_ns) and not (until_ns and e.time_ns > until_ns)
+            if since_ns and e.time_ns < since_ns:
+                return False
+            return not (until_ns and e.time_ns > until_ns)
 
         def read_from(pos: int) -> tuple[list[LogEntry], int]:
             try:
