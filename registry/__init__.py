@@ -10,5 +10,7 @@
 * :mod:`.server` — ``engine registry serve``: the OCI distribution API v2 over aiohttp.
 
 The server is not part of the daemon: it is a program of its own that the ``engine`` CLI
-starts with ``registry serve`` (see :func:`engine.registry.server.main`).
+starts with ``registry serve`` (see :func:`engine.registry.server.main`), and it imports
+nothing of ``engine.core``. The client works on the daemon's stores and is used by the
+daemon's API (``engine.core.api.distribution``).
 """
