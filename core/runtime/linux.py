@@ -46,7 +46,7 @@ from engine.core.runtime.rootfs import mount, umount  # re-exported helpers
 
 __all__ = [
     "Spawned", "SpawnError", "spawn_container", "spawn_exec", "resolve_exec_user",
-    "resize_tty", "set_subreaper", "pidfd_open", "mount", "umount", "unshare", "setns",
+    "resize_tty", "set_subreaper", "trim_heap", "pidfd_open", "mount", "umount", "unshare", "setns",
 ]
 
 CLONE_NEWNS = 0x00020000
@@ -219,6 +219,11 @@ def set_subreaper() -> None:
 def pidfd_open(pid: int) -> int:
     """A pidfd for ``pid`` (pollable; readable when the process exits)."""
     return os.pidfd_open(pid)
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the kernel (glibc ``malloc_trim(0)``)."""
+    _libc.malloc_trim(0)
 
 
 def resize_tty(fd: int, rows: int, cols: int) -> None:

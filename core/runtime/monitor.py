@@ -396,7 +396,8 @@ class BuiltinContainer(_SpawnedBackend):
 
     def prepare(self, stdio: Stdio) -> int:
         from engine.core.runtime import linux
-        return self._spawn(linux.spawn_container, self.spec, stdin=stdio.child[0],
+        spec, self.spec = self.spec, {}  # the child has its copy: ours is garbage
+        return self._spawn(linux.spawn_container, spec, stdin=stdio.child[0],
                            stdout=stdio.child[1], stderr=stdio.child[2],
                            tty_slave=stdio.tty_slave)
 
@@ -1150,6 +1151,20 @@ def _report(sync_fd: int, obj: dict[str, Any]) -> None:
         pass
 
 
+def _settle_memory() -> None:
+    """Keep the long-lived monitor small once it is set up: what exists now is never
+    traversed by the collector again (its pages stay shared with the fork server's),
+    and the C heap returns what the set-up freed."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    try:
+        from engine.core.runtime import linux
+        linux.trim_heap()
+    except Exception as exc:  # only memory is at stake
+        log(f"heap trim failed: {exc!r}")
+
+
 def make_backend(opts: Options) -> Backend:
     """The backend for a parsed command line."""
     state = os.path.abspath(opts.state)
@@ -1195,6 +1210,7 @@ def run(opts: Options) -> int:
         return 1
     _report(opts.sync_fd, {"pid": pid, "monitor_pid": os.getpid()})
     backend.settle()
+    _settle_memory()
     mon.serve()
     return 0
 
@@ -1275,12 +1291,12 @@ def forkserver_main(argv: list[str]) -> int:
                 os.close(fd)
             continue
         args = [a.decode("utf-8", "surrogateescape") for a in data.split(b"\0")]
+        _preload_for(args, preloaded)
         pgid = _fork_monitor(control, args, *fds)
         try:
             control.sendall(str(pgid).encode())
         except OSError:
             return 0  # the daemon is gone
-        _preload_for(args, preloaded)
 
 
 def _received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -1348,9 +1364,10 @@ def _forked_monitor(args: list[str], sync_fd: int, log_fd: int) -> int:
 
 
 def _preload_for(args: list[str], preloaded: set[str]) -> None:
-    """After serving a request, import what the next monitors of its kind will use,
-    so that they share it: the runc adapter, and a log writer of the engine's own
-    (third-party writers stay out of the fork server: they may start threads)."""
+    """Import what the monitor for ``args`` will use, once, so that every monitor
+    shares it: the runc adapter, and a log writer of the engine's own (third-party
+    writers stay out of the fork server: they may start threads). Only the first
+    monitor of a kind waits for it."""
     wanted = []
     for i, arg in enumerate(args[:-1]):
         if arg == "--runtime" and args[i + 1] == "runc":
