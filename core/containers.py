@@ -434,7 +434,10 @@ class ContainerService:
                  "Driver": "local", "Mode": "", "RW": True, "Propagation": "", "Anonymous": True})
         for mp in out:  # named volumes are created now, as Docker does
             if mp["Type"] == "volume":
-                drv = self.plugins.volume(mp.get("Driver") or "local")
+                if not mp.get("Driver"):
+                    mp["Driver"] = await self._volume_driver_of(
+                        mp["Name"], hc.get("VolumeDriver") or "")
+                drv = self.plugins.volume(mp["Driver"])
                 try:
                     info = await drv.get(mp["Name"])
                     created = False
@@ -446,6 +449,23 @@ class ContainerService:
                 mp["Source"] = info.mountpoint
                 mp["_fresh"] = created
         return out
+
+    async def _volume_driver_of(self, name: str, requested: str) -> str:
+        """The driver of an existing named volume (any driver), else the one asked
+        for with ``--volume-driver``, else ``local``."""
+        if requested:
+            return requested
+        for dname, drv in self.plugins.drivers["volume"].items():
+            if dname == "bind":
+                continue
+            try:
+                await drv.get(name)
+                return dname
+            except NotFound:
+                continue
+            except Exception as e:  # a dead plugin must not stop a local volume
+                log.warning("volume driver %s: %s", dname, e)
+        return "local"
 
     def _parse_bind(self, spec: str) -> dict:
         parts = spec.split(":")
@@ -469,7 +489,7 @@ class ContainerService:
                     "Mode": mode, "RW": rw, "Propagation": prop or "rprivate", "Driver": "bind",
                     "_create": True}
         return {"Type": "volume", "Name": src, "Source": "", "Destination": dest,
-                "Driver": "local", "Mode": mode, "RW": rw, "Propagation": "",
+                "Driver": "", "Mode": mode, "RW": rw, "Propagation": "",
                 "_nocopy": "nocopy" in opts}
 
     def _parse_mount(self, m: dict) -> dict:
@@ -493,7 +513,7 @@ class ContainerService:
                     "Mode": "", "RW": not ro, "Propagation": prop, "Driver": "bind"}
         if typ == "volume":
             vo = m.get("VolumeOptions") or {}
-            drv = ((vo.get("DriverConfig") or {}).get("Name")) or "local"
+            drv = ((vo.get("DriverConfig") or {}).get("Name")) or ""
             name = m.get("Source") or new_id()
             return {"Type": "volume", "Name": name, "Source": "", "Destination": target,
                     "Driver": drv, "Mode": "z", "RW": not ro, "Propagation": "",
