@@ -18,6 +18,7 @@ manifest in its wheel or directory, without importing any of its code
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import io
 import json
@@ -84,6 +85,11 @@ class PluginRecord:
     manifest: Manifest | None = None
 
     @property
+    def id(self) -> str:
+        """A stable 64-hex-digit id, as Docker gives plugins (derived from the name)."""
+        return hashlib.sha256(f"engine-plugin:{self.name}".encode()).hexdigest()
+
+    @property
     def description(self) -> str:
         if self.manifest is not None and self.manifest.description:
             return self.manifest.description
@@ -103,7 +109,7 @@ class PluginRecord:
                   for m in self.privilege_values("mount")]
         network = self.privilege_values("network")
         return {
-            "Id": self.name,
+            "Id": self.id,
             "Name": self.name,
             "Enabled": self.enabled and not self.error,
             "PluginReference": self.source or self.module,
@@ -163,7 +169,8 @@ class PluginEnv:
                 raise DriverError(f"creating the plugin environment failed: {proc.stderr.strip()}")
         engine_sites = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
         pth = self.site_dir / "_engine.pth"
-        line = f"import site; [site.addsitedir(p) for p in {engine_sites!r}]\n"
+        # one line, run by site.py (exec'd: a comprehension would not see ``site``)
+        line = f"import site; list(map(site.addsitedir, {engine_sites!r}))\n"
         if not pth.exists() or pth.read_text() != line:
             atomic_write(pth, line.encode())
 
@@ -348,13 +355,22 @@ class PluginHost:
     # -------------------------------------------------------------- enable / disable
 
     def get(self, name: str) -> PluginRecord:
+        """A plugin by name, by id, or by an unambiguous prefix of its id."""
         rec = self.plugins.get(name)
-        if rec is None:
-            raise NotFound(f"plugin {name} not found")
-        return rec
+        if rec is not None:
+            return rec
+        if len(name) >= 4 and all(c in "0123456789abcdef" for c in name):
+            found = [r for r in self.plugins.values() if r.id.startswith(name)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise InvalidArgument(f"plugin id prefix {name} is ambiguous")
+        raise NotFound(f"plugin {name} not found")
 
     async def enable(self, name: str) -> None:
+        """Load a disabled (or failed) plugin and start its drivers, live."""
         rec = self.get(name)
+        name = rec.name
         if rec.enabled and not rec.error:
             raise InvalidArgument(f"plugin {name} is already enabled")
         rec.enabled = True
@@ -367,6 +383,7 @@ class PluginHost:
     async def disable(self, name: str, in_use: Callable[[str, str], str]) -> None:
         """Disable a plugin; ``in_use(kind, driver)`` tells whether anything uses it."""
         rec = self.get(name)
+        name = rec.name
         if not rec.enabled:
             raise InvalidArgument(f"plugin {name} is already disabled")
         for kind, names in rec.drivers.items():
@@ -539,7 +556,7 @@ class PluginHost:
             rec = self.get(name)
             siblings = self._siblings(rec)
             if any(r.enabled and not r.error for r in siblings):
-                raise Conflict(f"plugin {name} must be disabled before upgrading")
+                raise Conflict(f"plugin {rec.name} must be disabled before upgrading")
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, self._upgrade_files, rec, remote, granted)
             self._forget(siblings)

@@ -78,3 +78,17 @@ def test_unknown_driver_names_the_installed_ones(tmp_path):
     h = host(tmp_path)
     with pytest.raises(NotFound, match="json-file"):
         h.log("syslogx")
+
+
+def test_plugins_have_docker_like_ids_that_find_them(tmp_path):
+    h = host(tmp_path)
+    rec = h.get("vol-bind")
+    api = rec.to_api()
+    assert len(api["Id"]) == 64 and int(api["Id"], 16) >= 0 and api["Name"] == "vol-bind"
+    assert h.get(api["Id"]) is rec and h.get(api["Id"][:12]) is rec
+    with pytest.raises(NotFound):
+        h.get("0000000000ff")
+    asyncio.run(h.disable(api["Id"][:12], lambda kind, name: ""))
+    assert h.get("vol-bind").enabled is False
+    asyncio.run(h.enable(api["Id"]))
+    assert h.volume("local").name == "local"

@@ -43,16 +43,35 @@ def never(kind: str, name: str) -> str:
     return ""
 
 
-def other_wheel(directory: Path) -> Path:
+def other_wheel(directory: Path, requires: tuple[str, ...] = ()) -> Path:
     """A minimal wheel of another distribution, written by hand (no build)."""
     path = directory / "other-1.0-py3-none-any.whl"
+    metadata = "Metadata-Version: 2.1\nName: other\nVersion: 1.0\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires)
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("other/__init__.py", "")
         zf.writestr("other/engine-plugin.json", "{}")
-        zf.writestr("other-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: other\n"
-                    "Version: 1.0\n")
+        zf.writestr("other-1.0.dist-info/METADATA", metadata)
+        zf.writestr("other-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
+                    "Tag: py3-none-any\n")
         zf.writestr("other-1.0.dist-info/entry_points.txt", "[engine.plugins]\nother = other\n")
+        zf.writestr("other-1.0.dist-info/RECORD", "")
     return path
+
+
+def test_dependencies_the_engine_has_are_not_installed_again(host, tmp_path):
+    """The plugin environment sees the engine's packages (its .pth file), so a plugin
+    that needs pluggy and msgspec gets the engine's copies."""
+    wheel = other_wheel(tmp_path, ("pluggy>=1.0", "msgspec"))
+
+    async def body():
+        assert await host.install(str(wheel), "", []) == ["other"]
+        site = host.env.site_dir
+        assert (site / "other").is_dir()
+        assert not list(site.glob("pluggy*")) and not list(site.glob("msgspec*"))
+        assert (site / "_engine.pth").read_text().startswith("import site;")
+        await host.remove("other", never)
+    asyncio.run(body())
 
 
 def test_install_from_a_wheel_enable_use_disable_remove(host, memfs_wheel):
