@@ -192,7 +192,8 @@ class NetworkService:
         routes = host_routes()
         mine = [cidr for dev, cidr in routes if dev == DEFAULT_BRIDGE]
         used = [cidr for dev, cidr in routes if dev != DEFAULT_BRIDGE] + self._used_subnets()
-        for cand in [DEFAULT_SUBNET] * (DEFAULT_SUBNET in mine) + mine + [DEFAULT_SUBNET]:
+        preferred = ([DEFAULT_SUBNET] if DEFAULT_SUBNET in mine else []) + mine + [DEFAULT_SUBNET]
+        for cand in preferred:
             if not _overlap(cand, used):
                 return cand
         return next((c for c in _candidates()[:15] if not _overlap(c, used + mine)), "")
