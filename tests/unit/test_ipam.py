@@ -1,5 +1,6 @@
-"""Bridge driver helpers that need no root: IPAM pools and leases, the DNS wire format,
-port-binding parsing, subnet planning and the API views of ports."""
+"""Networking without root: IPAM pools and leases, the DNS wire format, port bindings
+and proxies over loopback, and the network records (subnet planning, predefined
+networks, conflicts, filters, endpoint configuration) with fake drivers."""
 from __future__ import annotations
 
 import asyncio
@@ -302,3 +303,121 @@ def test_port_views():
     assert clean_endpoint(c.networks["bridge"]) == {"IPAddress": "172.30.0.2"}
     c.state.status = "exited"
     assert ports_view(c) == {}
+
+
+# ---------------------------------------------------------------- network records
+
+
+class FakeDriver:
+    def __init__(self, name: str, needs_netns: bool = True) -> None:
+        self.name, self.needs_netns, self.scope = name, needs_netns, "local"
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+
+    async def create_network(self, spec) -> None:
+        self.created.append(spec.name)
+
+    async def delete_network(self, spec) -> None:
+        self.deleted.append(spec.name)
+
+
+class FakePlugins:
+    def __init__(self) -> None:
+        self.drivers = {"network": {"bridge": FakeDriver("bridge"),
+                                    "host": FakeDriver("host", False),
+                                    "null": FakeDriver("null")}}
+
+    def network(self, name: str):
+        from engine.sdk.errors import NotFound
+
+        try:
+            return self.drivers["network"][name]
+        except KeyError:
+            raise NotFound(f"network driver {name!r} not found") from None
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch):
+    from engine.core import networks
+    from engine.core.events import Events
+
+    monkeypatch.setattr(networks, "host_routes",
+                        lambda: [("eth0", "172.17.0.0/16"), ("engine0", "172.30.0.0/16")])
+    svc = networks.NetworkService(data_root=str(tmp_path), exec_root=str(tmp_path / "run"),
+                                  plugins=FakePlugins(), events=Events())
+    asyncio.run(svc.start())
+    return svc
+
+
+def test_predefined_networks_and_default_subnet(service):
+    names = {n["Name"]: n for n in service.list()}
+    assert set(names) == {"bridge", "host", "none"}
+    assert names["bridge"]["IPAM"]["Config"] == [{"Subnet": "172.30.0.0/16",
+                                                  "Gateway": "172.30.0.1"}]
+    assert names["bridge"]["Options"]["com.docker.network.bridge.name"] == "engine0"
+    assert names["none"]["Driver"] == "null"
+    with pytest.raises(Forbidden, match="pre-defined"):
+        asyncio.run(service.remove("bridge"))
+
+
+def test_create_picks_a_free_subnet_and_checks_conflicts(service):
+    from engine.sdk.errors import NotFound
+
+    r = asyncio.run(service.create({"Name": "n1", "Labels": {"a": "b"}}))
+    n1 = service.inspect(r["Id"][:6])
+    # 172.17 is a host route: the first free default pool is 172.18
+    assert n1["IPAM"]["Config"] == [{"Subnet": "172.18.0.0/16", "Gateway": "172.18.0.1"}]
+    with pytest.raises(Conflict, match="already exists"):
+        asyncio.run(service.create({"Name": "n1"}))
+    with pytest.raises(Forbidden, match="Pool overlaps"):
+        asyncio.run(service.create({"Name": "n2",
+                                    "IPAM": {"Config": [{"Subnet": "172.18.5.0/24"}]}}))
+    with pytest.raises(InvalidArgument, match="it should be"):
+        asyncio.run(service.create({"Name": "n2",
+                                    "IPAM": {"Config": [{"Subnet": "10.9.0.1/24"}]}}))
+    with pytest.raises(NotFound):
+        asyncio.run(service.create({"Name": "n2", "Driver": "nope"}))
+    with pytest.raises(Forbidden):
+        asyncio.run(service.create({"Name": "n2", "Driver": "host"}))
+    asyncio.run(service.create({"Name": "n3", "Internal": True,
+                                "IPAM": {"Config": [{"Subnet": "10.9.0.0/24",
+                                                     "Gateway": "10.9.0.254"}]}}))
+    assert [n["Name"] for n in service.list({"label": ["a=b"]})] == ["n1"]
+    assert [n["Name"] for n in service.list({"type": ["custom"]})] == ["n1", "n3"]
+    assert [n["Name"] for n in service.list({"driver": ["null"]})] == ["none"]
+    assert service.inspect("n3")["IPAM"]["Config"][0]["Gateway"] == "10.9.0.254"
+    assert sorted(asyncio.run(service.prune())) == ["n1", "n3"]
+    assert service.plugins.drivers["network"]["bridge"].deleted == ["n1", "n3"]
+    with pytest.raises(NotFound):
+        service.get("n1")
+
+
+def test_records_survive_a_restart(service, tmp_path):
+    from engine.core import networks
+    from engine.core.events import Events
+
+    nid = asyncio.run(service.create({"Name": "keep"}))["Id"]
+    again = networks.NetworkService(data_root=str(tmp_path), exec_root=str(tmp_path / "run"),
+                                    plugins=FakePlugins(), events=Events())
+    asyncio.run(again.start())
+    assert again.get("keep").id == nid
+    assert sorted(n["Name"] for n in again.list()) == ["bridge", "host", "keep", "none"]
+    # the driver was asked to set every network up again
+    assert "keep" in again.plugins.drivers["network"]["bridge"].created
+
+
+def test_plan_endpoint_config(service):
+    asyncio.run(service.create({"Name": "app", "IPAM": {"Config": [{"Subnet": "10.8.0.0/24"}]}}))
+    plan = service.plan({"NetworkMode": "app"}, {"EndpointsConfig": {
+        "app": {"Aliases": ["db"], "IPAMConfig": {"IPv4Address": "10.8.0.9"}}}})
+    ep = plan["app"]
+    assert ep["Aliases"] == ["db"] and ep["IPAMConfig"] == {"IPv4Address": "10.8.0.9"}
+    assert ep["NetworkID"] == service.get("app").id and ep["IPAddress"] == ""
+    assert list(service.plan({}, None)) == ["bridge"]
+    with pytest.raises(InvalidArgument):
+        service.plan({"NetworkMode": "app"}, {"EndpointsConfig": {
+            "app": {"IPAMConfig": {"IPv4Address": "10.9.0.9"}}}})
+    with pytest.raises(InvalidArgument):
+        service.plan({}, {"EndpointsConfig": {"bridge": {"Aliases": ["x"]}}})
+    with pytest.raises(InvalidArgument):
+        service.plan({"NetworkMode": "container:abc"}, None)
