@@ -1,0 +1,146 @@
+"""Fast container starts on the real kernel: monitors forked by the fork server, the
+daemon's fork server, and the cgroup move done by the monitor instead of the child."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, import_busybox, needs_root, new_daemon_dir
+from engine.core.runtime import cgroups, client, linux
+from engine.core.runtime.spec import build_spec, write_bundle
+
+pytestmark = [pytest.mark.root, needs_root]
+
+CGROUP_PARENT = "engine-test-forkserver"
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while client._running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def cgroup_parent():
+    yield f"/{CGROUP_PARENT}"
+    for ctrl in os.listdir("/sys/fs/cgroup"):
+        try:
+            os.rmdir(f"/sys/fs/cgroup/{ctrl}/{CGROUP_PARENT}")
+        except OSError:
+            pass
+
+
+def test_a_forked_monitor_is_detached_and_found_again(
+        tmp_path: Path, busybox_rootfs: Path, cgroup_parent: str) -> None:
+    cid = uuid.uuid4().hex
+    bundle = tmp_path / "bundle"
+    state = tmp_path / "state"
+    cg = f"{cgroup_parent}/{cid}"
+    write_bundle(str(bundle), build_spec(
+        container_id=cid, args=["sleep", "30"], env=["PATH=/bin"], hostname=cid[:12],
+        rootfs=str(busybox_rootfs), readonly_rootfs=True, cgroups_path=cg))
+
+    async def go():
+        report = await client.create(container_id=cid, bundle=str(bundle),
+                                     state_dir=str(state))
+        mon = client.Monitor(str(state))
+        await mon.start()
+        return report, mon
+
+    report, mon = asyncio.run(go())
+    try:
+        server = client.fork_server().pid
+        mpid = report["monitor_pid"]
+        assert server and mpid != server
+        fields = _stat(mpid)  # state, ppid, pgrp, session
+        assert int(fields[1]) not in (server, os.getpid())  # not a child of either
+        assert int(fields[3]) not in (_stat(server)[3], os.getsid(0))  # own session
+        # the monitor has the server's command line: alive() knows it by its cwd
+        with open(f"/proc/{mpid}/cmdline", "rb") as f:
+            assert b"--state" not in f.read()
+        assert mon.alive()
+        assert not client.Monitor(str(tmp_path)).alive()
+        # the init is in the container's cgroup (moved there by the monitor)
+        assert report["pid"] in cgroups.pids(cg)
+    finally:
+        async def end():
+            await mon.kill(signal.SIGKILL)
+            return await mon.wait()
+        assert asyncio.run(end())["exit_code"] == 137
+    assert not Path("/sys/fs/cgroup/pids", cg.lstrip("/")).exists()
+
+
+def test_a_failed_cgroup_move_fails_the_start(busybox_rootfs: Path,
+                                              cgroup_parent: str) -> None:
+    cid = uuid.uuid4().hex
+    spec = build_spec(container_id=cid, args=["true"], env=["PATH=/bin"],
+                      rootfs=str(busybox_rootfs), readonly_rootfs=True,
+                      cgroups_path=f"{cgroup_parent}/{cid}")
+    # no pid namespace: spawn_container would move this test process into a new one
+    spec["linux"]["namespaces"] = [ns for ns in spec["linux"]["namespaces"]
+                                   if ns["type"] != "pid"]
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        spawned = linux.spawn_container(spec, stdin=null, stdout=null, stderr=null)
+        try:
+            os.rmdir(f"/sys/fs/cgroup/pids{cgroup_parent}/{cid}")  # the child is not in it
+            with pytest.raises(linux.SpawnError, match="cannot join the cgroup"):
+                spawned.start()
+        finally:
+            spawned.close()
+            _pid, status = os.waitpid(spawned.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 125  # it never exec'd
+    finally:
+        os.close(null)
+        cgroups.destroy(f"{cgroup_parent}/{cid}")
+
+
+def test_the_daemons_fork_server(busybox_tar: Path) -> None:
+    d = Daemon(new_daemon_dir()).start()
+    servers: list[int] = []
+    try:
+        import_busybox(d, busybox_tar)
+        status, body = d.request("POST", "/containers/create", {
+            "Image": "busybox", "Cmd": ["sleep", "30"], "HostConfig": {"NetworkMode": "none"}})
+        assert status == 201, body
+        cid = json.loads(body)["Id"]
+        assert d.request("POST", f"/containers/{cid}/start")[0] == 204
+        assert d.proc is not None
+        servers += [int(p) for p in os.listdir("/proc") if p.isdigit()
+                    and _is_fork_server(int(p)) and int(_stat(int(p))[1]) == d.proc.pid]
+        assert len(servers) == 1  # a child of the daemon
+        status, body = d.request("GET", "/containers/json?all=1")
+        assert [c["Id"] for c in json.loads(body)] == [cid]  # not a container
+
+        d.stop(signal.SIGKILL)  # no clean-up: the server sees EOF and exits
+        assert _wait_gone(servers[0])
+        d.start()  # live restore of a monitor forked by the old daemon's server
+        status, body = d.request("GET", f"/containers/{cid}/json")
+        assert json.loads(body)["State"]["Running"] is True
+        assert d.request("POST", f"/containers/{cid}/kill")[0] == 204
+    finally:
+        d.cleanup()
+    assert all(_wait_gone(pid) for pid in servers)  # the new daemon's too
+
+
+def _is_fork_server(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"\0forkserver\0--control-fd\0" in f.read()
+    except OSError:
+        return False
