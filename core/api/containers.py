@@ -273,6 +273,96 @@ async def top(request: web.Request) -> web.Response:
     return json_response({"Titles": titles, "Processes": procs})
 
 
+_STATS_INTERVAL = 1.0  # seconds between two samples, as Docker's collector
+
+
+def _host_cpu_ns() -> int:
+    """The host's total CPU time (all CPUs, all modes) in nanoseconds: Docker's
+    ``system_cpu_usage``, the denominator of the CLI's CPU percentage."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]  # user nice system idle iowait irq softirq
+    ticks = os.sysconf("SC_CLK_TCK") or 100
+    return sum(int(x) for x in fields) * 1_000_000_000 // ticks
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _stats_sample(cgroup: str) -> dict:
+    """One sample in Docker's StatsJSON shape (without name, id and the pre* fields)."""
+    from ..runtime import cgroups
+
+    st = cgroups.stats(cgroup)
+    mem, cpu, pids = st["memory"], st["cpu"], st["pids"]
+    return {
+        "read": rfc3339(),
+        "pids_stats": {"current": pids["current"], **({"limit": pids["limit"]}
+                                                       if pids["limit"] else {})},
+        "blkio_stats": {k: None for k in (
+            "io_service_bytes_recursive", "io_serviced_recursive", "io_queue_recursive",
+            "io_service_time_recursive", "io_wait_time_recursive", "io_merged_recursive",
+            "io_time_recursive", "sectors_recursive")},
+        "num_procs": 0,
+        "storage_stats": {},
+        "cpu_stats": {
+            "cpu_usage": {"total_usage": cpu["usage_total"],
+                          "percpu_usage": cpu["percpu"] or None,
+                          "usage_in_kernelmode": cpu["usage_system"],
+                          "usage_in_usermode": cpu["usage_user"]},
+            "system_cpu_usage": _host_cpu_ns(),
+            "online_cpus": os.cpu_count() or 1,
+            "throttling_data": cpu["throttling"],
+        },
+        "memory_stats": {"usage": mem["usage"], "max_usage": mem["max_usage"],
+                         "stats": mem["stats"], "limit": mem["limit"] or _host_memory()},
+    }
+
+
+_EMPTY_CPU = {"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0,
+                            "usage_in_usermode": 0}, "throttling_data": {
+    "periods": 0, "throttled_periods": 0, "throttled_time": 0}}
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    """``docker stats``: one JSON object per second (``stream``, the default), or one
+    object whose ``precpu_stats`` is a second older (``stream=0``), or a single
+    sample at once (``stream=0&one-shot=1``). A container that is not running has
+    zeroed stats, as in Docker."""
+    cs = _cs(request)
+    c = cs.get(request.match_info["id"])
+    stream = qbool(request, "stream", True)
+    one_shot = qbool(request, "one-shot") and not stream
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    pre_cpu: dict = _EMPTY_CPU
+    pre_read = "0001-01-01T00:00:00Z"
+    first = True
+    try:
+        while True:
+            if c.state.status == "running" and c.id in cs.containers:
+                sample = await cs.run(_stats_sample, f"engine/{c.id}")
+            else:
+                sample = {"read": "0001-01-01T00:00:00Z", "cpu_stats": _EMPTY_CPU,
+                          "memory_stats": {}, "pids_stats": {}, "blkio_stats": {}}
+                if not stream:
+                    first = False  # nothing to prime
+            out = {**sample, "preread": pre_read, "precpu_stats": pre_cpu,
+                   "name": c.name, "id": c.id}
+            pre_cpu, pre_read = sample["cpu_stats"], sample["read"]
+            if stream or one_shot or not first:
+                await resp.write(encode(out) + b"\n")
+                if not stream:
+                    break
+            first = False
+            await asyncio.sleep(_STATS_INTERVAL)
+    except (ConnectionResetError, asyncio.CancelledError):
+        return resp
+    await resp.write_eof()
+    return resp
+
+
 async def changes(request: web.Request) -> web.Response:
     cs = _cs(request)
     c = cs.get(request.match_info["id"])
@@ -347,6 +437,7 @@ ROUTES = [
     ("POST", "/containers/{id}/attach", attach),
     ("GET", "/containers/{id}/logs", logs),
     ("GET", "/containers/{id}/top", top),
+    ("GET", "/containers/{id}/stats", stats),
     ("GET", "/containers/{id}/changes", changes),
     ("GET", "/containers/{id}/export", export),
     ("HEAD", "/containers/{id}/archive", archive_head),

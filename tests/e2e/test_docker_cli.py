@@ -528,6 +528,19 @@ def test_memory_limit_oom(docker, names):
     assert inspect(docker, name, "{{.HostConfig.Memory}}") == str(32 << 20)
 
 
+def test_stats(docker, names):
+    name, stopped = names(), names()
+    docker("run", "-d", "--name", name, "--memory", "64m", "busybox", "sleep", "60",
+           check=True)
+    docker("create", "--name", stopped, "busybox", "true", check=True)
+    p = docker("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} {{.PIDs}}",
+               name, stopped, check=True)
+    lines = sorted(out(p).splitlines())
+    running = next(line for line in lines if line.startswith(name + " "))
+    assert running.endswith(" / 64MiB 1"), lines
+    assert f"{stopped} 0B / 0B 0" in lines
+
+
 # ---------------------------------------------------------------- run options
 
 

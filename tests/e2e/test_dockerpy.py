@@ -137,6 +137,22 @@ def test_images_list_get_tag_remove(client):
     assert ctr.image.id == img.id
 
 
+def test_stats(client):
+    ctr = track(client, client.containers.run("busybox", ["sleep", "60"], detach=True,
+                                              mem_limit="48m"))
+    st = ctr.stats(stream=False)  # two samples a second apart: precpu is filled
+    assert st["id"] == ctr.id and st["name"] == ctr.attrs["Name"]
+    assert st["memory_stats"]["limit"] == 48 << 20
+    assert st["memory_stats"]["usage"] > 0
+    assert st["pids_stats"]["current"] == 1
+    assert st["precpu_stats"]["system_cpu_usage"] < st["cpu_stats"]["system_cpu_usage"]
+    one = ctr.stats(stream=False, one_shot=True)
+    assert one["cpu_stats"]["online_cpus"] >= 1
+    assert one["precpu_stats"]["cpu_usage"]["total_usage"] == 0
+    first = next(ctr.stats(decode=True))  # the stream's first object
+    assert first["memory_stats"]["limit"] == 48 << 20
+
+
 def test_containers_prune(client):
     keep = track(client, client.containers.run("busybox", ["sleep", "60"], detach=True))
     gone = track(client, client.containers.create("busybox", ["true"], labels={"p": uid()}))
