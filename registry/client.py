@@ -263,6 +263,10 @@ class _Conn:
                                                ssl=self._ssl if url.scheme == "https" else False)
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise RegistryError(f"TLS certificate of {self.host} not trusted: {exc}") from None
+            except aiohttp.ClientConnectorError as exc:
+                reason = exc.os_error.strerror or str(exc.os_error)
+                raise RegistryError(f"{method} {url}: cannot connect to {url.host}:{url.port}: "
+                                    f"{reason}") from None
             except (TimeoutError, aiohttp.ClientError, ssl.SSLError) as exc:
                 raise RegistryError(f"{method} {url}: {type(exc).__name__}: {exc}") from None
             if url.scheme == "http" and self.base is not None and self.base.scheme == "http":
