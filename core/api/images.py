@@ -9,7 +9,7 @@ import tempfile
 
 from aiohttp import web
 
-from engine.sdk.errors import InvalidArgument, NotFound
+from engine.sdk.errors import InvalidArgument
 
 from .archive import stream_from_thread
 from .util import encode, json_response, qbool, qfilters, svc
