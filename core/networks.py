@@ -480,6 +480,8 @@ class NetworkService:
             undo.push_async_callback(self._leave, c, n, drv, ep, ns_path)
             joined[n.name] = ep
         c.networks = joined
+        for _, n, _ in nets:
+            self._emit("connect", n, c)
         return ns_path, not first_drv.needs_netns
 
     def _ref_is(self, key: str, ep: dict, n: NetworkRecord) -> bool:
@@ -534,7 +536,13 @@ class NetworkService:
                 await self._leave(c, n, drv, ep, c.netns or None)
             except Exception as e:
                 log.warning("container %s: leaving network %s failed: %s", c.id[:12], key, e)
+            if n is not None and ep.get("EndpointID"):
+                self._emit("disconnect", n, c)
             c.networks[key] = self._stopped(ep)
+
+    def _emit(self, action: str, n: NetworkRecord, c: "Container") -> None:
+        self.events.emit("network", action, n.id, {"container": c.id, "name": n.name,
+                                                   "type": n.driver})
 
     @staticmethod
     def _stopped(ep: dict) -> dict:
@@ -565,8 +573,7 @@ class NetworkService:
                 conf = await self._join(c, n, drv, conf, c.netns, primary=False)
             c.networks[n.name] = conf
             svc.save(c)
-        self.events.emit("network", "connect", n.id, {"container": c.id, "name": n.name,
-                                                      "type": n.driver})
+        self._emit("connect", n, c)
 
     async def disconnect(self, ref: str, container_ref: str, force: bool = False) -> None:
         n = self.get(ref)
@@ -594,8 +601,7 @@ class NetworkService:
                     c.networks[key] = ep
                     raise
             svc.save(c)
-        self.events.emit("network", "disconnect", n.id, {"container": c.id, "name": n.name,
-                                                         "type": n.driver})
+        self._emit("disconnect", n, c)
 
 
 def ports_view(c: "Container") -> dict[str, list[dict] | None]:

@@ -276,3 +276,16 @@ def test_daemon_restart_keeps_ports_names_and_addresses(fresh_daemon):
     dk("rm", "-f", web)
     dk("network", "rm", n)
     assert os.path.exists(fresh_daemon.sock)
+
+
+def test_network_events_on_start_and_stop(docker, made):
+    n, c = uid("ev"), uid("evc")
+    made["networks"].append(n)
+    made["containers"].append(c)
+    since = str(int(time.time()) - 1)
+    nid = ok(docker("network", "create", n)).strip()
+    ok(docker("run", "--name", c, "--network", n, "busybox", "true"))
+    out = ok(docker("events", "--since", since, "--until", str(int(time.time()) + 1),
+                    "--filter", "type=network", "--format", "{{.Action}} {{.Actor.ID}}"))
+    assert [ln for ln in out.splitlines() if ln.endswith(nid)] == [
+        f"create {nid}", f"connect {nid}", f"disconnect {nid}"]
