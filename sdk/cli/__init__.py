@@ -128,6 +128,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "events": ("system", "cmd_events", "Get real time events from the server"),
     "info": ("system", "cmd_info", "Display system-wide information"),
     "version": ("system", "cmd_version", "Show the engine version information"),
+    "registry": ("system", "cmd_registry", "Run a registry server (serve, gc)"),
 }
 
 MANAGEMENT: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {

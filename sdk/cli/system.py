@@ -322,3 +322,16 @@ def cmd_system_prune(cli: Cli, argv: list[str]) -> int:
     total += print_image_prune(cli, report)
     cli.print(f"Total reclaimed space: {human_size(total)}")
     return 0
+
+
+def cmd_registry(cli: Cli, argv: list[str]) -> int:
+    """``engine registry serve --addr 127.0.0.1:5000 --root DIR`` and ``registry gc``:
+    the registry server is its own program; this hands it the arguments."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        cli.print("Usage:  engine registry serve --addr HOST:PORT --root DIR [--htpasswd FILE]"
+                  " [--tls-cert F --tls-key F] [--read-only]\n"
+                  "        engine registry gc --root DIR [--dry-run] [--delete-untagged]")
+        return 0
+    from engine.registry.server import main as registry_main
+
+    return registry_main(argv)

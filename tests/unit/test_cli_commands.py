@@ -611,3 +611,10 @@ def test_cp_tar_from_stdin(daemon):
     daemon.route("HEAD", r"/containers/web/archive", error(404, "not found"))
     missing = invoke(daemon, "cp", "-", "web:/nope", stdin=payload)
     assert missing.code == 1 and "must be a directory" in missing.err
+
+
+def test_registry_command_hands_over_to_the_registry_server(capsys):
+    from engine.sdk.cli import main
+
+    assert main(["registry", "--help"]) == 0
+    assert "engine registry serve" in capsys.readouterr().out
