@@ -407,7 +407,7 @@ class BridgeNetworkDriver(NetworkDriver):
             undo.push_async_callback(self._run, iptables.remove_network, net.bridge,
                                      net.pool.subnet, net.internal, net.masquerade)
             await self._start_dns(net)
-            self._save_net(net)
+            await self._run(self._save_net, net)
             self.networks[network.id] = net
             undo.pop_all()
 
@@ -440,8 +440,9 @@ class BridgeNetworkDriver(NetworkDriver):
         host_if = veth_name(endpoint_id)
         async with self.lock, AsyncExitStack() as undo:
             await self._run(self._ensure_network, net)
-            ip = self._allocate(net, endpoint_id, options.get("ipv4_address") or "",
-                                sandbox.netns_path)
+            # the pool is only touched under self.lock, so the worker thread is safe
+            ip = await self._run(self._allocate, net, endpoint_id,
+                                 options.get("ipv4_address") or "", sandbox.netns_path)
             undo.callback(net.pool.release, ip)
             undo.callback(self.leases.drop, net.bridge, ip, endpoint_id)
             proxies: list[portmap.Proxy] = []
@@ -470,10 +471,10 @@ class BridgeNetworkDriver(NetworkDriver):
                 records.append({"proto": b.proto, "port": b.port, "host_ip": b.host_ip,
                                 "host_port": p.host_port})
             names = [n.lower() for n in options.get("names") or [] if n]
-            write_json(self._ep_file(endpoint_id), {
+            await self._run(write_json, self._ep_file(endpoint_id), {
                 "network": network.id, "ip": ip, "veth": host_if, "ports": records,
                 "names": names, "netns": sandbox.netns_path, "container": sandbox.container_id})
-            self._save_net(net)
+            await self._run(self._save_net, net)
             undo.pop_all()
         net.names[endpoint_id] = {n: ip for n in names}
         self.proxies[endpoint_id] = proxies
@@ -533,8 +534,8 @@ class BridgeNetworkDriver(NetworkDriver):
         await self._run(delete_link, ep.get("veth") or veth_name(endpoint_id))
         if net is not None:
             net.pool.release(ep.get("ip", ""))
-            self.leases.drop(net.bridge, ep.get("ip", ""), endpoint_id)
-            self._save_net(net)
+            await self._run(self.leases.drop, net.bridge, ep.get("ip", ""), endpoint_id)
+            await self._run(self._save_net, net)
         self._ep_file(endpoint_id).unlink(missing_ok=True)
 
 
