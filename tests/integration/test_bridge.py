@@ -303,3 +303,71 @@ def test_a_named_bridge_that_exists_is_not_taken_over(env):
         env.run(env.drv.create_network(spec))
     assert link_exists("lo") and spec.id not in env.drv.networks
     assert iptables_lines(" -i lo ") == []
+
+
+# Runs inside a network namespace of its own (``unshare --net``): there the test may set
+# the FORWARD policy to DROP, as dockerd does, without touching the host.
+_ISOLATED = r'''
+import asyncio, os, secrets, subprocess, sys, time
+from engine.core import netns
+from engine.plugins.network.bridge import BridgeNetworkDriver
+from engine.sdk.drivers import DriverContext, NetworkSpec, Sandbox
+
+tmp = sys.argv[1]
+busybox = sys.argv[2]
+sh = lambda *a: subprocess.run(a, check=True, capture_output=True)
+sh("ip", "link", "set", "lo", "up")
+sh("iptables", "-w", "-P", "FORWARD", "DROP")
+# an "outside" namespace behind a veth: it has no route back to the containers' subnet,
+# so only masqueraded traffic gets answers
+outside = netns.create(os.path.join(tmp, "outside"))
+sh("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+sh("ip", "link", "set", "up1", "netns", outside)
+sh("ip", "addr", "add", "198.18.0.1/24", "dev", "up0")
+sh("ip", "link", "set", "up0", "up")
+sh("nsenter", "--net=" + outside, "ip", "addr", "add", "198.18.0.2/24", "dev", "up1")
+sh("nsenter", "--net=" + outside, "ip", "link", "set", "up1", "up")
+server = subprocess.Popen(["nsenter", "--net=" + outside, busybox, "nc", "-ll", "-p", "9000",
+                           "-e", "echo", "outside"])
+ctx = DriverContext(name="bridge", state_dir=os.path.join(tmp, "state"),
+                    options={"lease_dir": os.path.join(tmp, "leases")})
+os.makedirs(ctx.state_dir)
+drv = BridgeNetworkDriver(ctx)
+spec = NetworkSpec(id=secrets.token_hex(32), name="iso",
+                   ipam={"Config": [{"Subnet": "10.213.0.0/24"}]})
+sandboxes = [netns.create(os.path.join(tmp, f"c{i}")) for i in range(2)]
+
+async def main():
+    await drv.create_network(spec)
+    infos = [await drv.join(spec, secrets.token_hex(32), Sandbox(container_id="c", netns_path=p),
+                            {}) for p in sandboxes]
+    loop = asyncio.get_running_loop()
+    def run(*a):
+        return subprocess.run(["nsenter", "--net=" + sandboxes[0], busybox, *a],
+                              capture_output=True, text=True, timeout=20)
+    time.sleep(0.2)
+    ping = await loop.run_in_executor(None, run, "ping", "-c1", "-W2", infos[1].ip_address)
+    out = await loop.run_in_executor(None, run, "nc", "-w", "3", "198.18.0.2", "9000")
+    print("PING", ping.returncode, "OUT", out.stdout.strip(), flush=True)
+    await drv.delete_network(spec)
+    await drv.stop()
+
+try:
+    asyncio.run(main())
+finally:
+    server.kill()
+    for p in sandboxes + [outside]:
+        netns.delete(p)
+'''
+
+
+def test_forward_policy_drop_and_outbound_nat(tmp_path):
+    """Where dockerd set FORWARD to DROP, our rules still let containers talk to each
+    other and out (masqueraded)."""
+    if not shutil.which("unshare"):
+        pytest.skip("unshare is not installed")
+    import sys
+
+    p = subprocess.run(["unshare", "--net", sys.executable, "-c", _ISOLATED, str(tmp_path),
+                        BUSYBOX], capture_output=True, text=True, timeout=60)
+    assert "PING 0 OUT outside" in p.stdout, p.stdout + p.stderr
