@@ -16,16 +16,25 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` (VmRSS), or None when it is gone."""
+def _status_bytes(pid: int, field: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return None
     return None
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` (VmRSS), or None when it is gone."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The highest resident set size ``pid`` had (VmHWM), or None when it is gone."""
+    return _status_bytes(pid, "VmHWM")
 
 
 def pss_bytes(pid: int) -> int | None:

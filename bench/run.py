@@ -42,6 +42,7 @@ GROUPS: dict[str, tuple[Callable[[Target, Report, int], None], list[str]]] = {
     "run_rm": (measure.run_rm, ["run_rm", "run_rm_docker_cli"]),
     "concurrent": (measure.concurrent, ["run50", "rm50", "ctr_pss"]),
     "logs": (measure.logs, ["log_write", "log_read"]),
+    "peak": (measure.peak_rss, ["peak_rss"]),
 }
 
 

@@ -55,12 +55,13 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 @dataclass(frozen=True)
 class Measurement:
     """What is measured: an id (the JSON key), a title for the table, the unit of its
-    samples and the goal the engine's median must not exceed."""
+    samples and the goal the engine's median must not exceed (None: no goal, the
+    number is for information)."""
 
     id: str
     title: str
     unit: Unit
-    goal: float
+    goal: float | None = None
 
 
 @dataclass
@@ -148,10 +149,11 @@ class Report:
 
         for m in self.measurements:
             own = self.result(m.id, first).median
-            row = [m.title, "≤ " + format_value(m.goal, m.unit)]
+            row = [m.title, "-" if m.goal is None else "≤ " + format_value(m.goal, m.unit)]
             row += [cell(self.result(m.id, t), m.unit) for t in self.targets]
             row += [format_ratio(ratio(own, self.result(m.id, t).median)) for t in others]
-            row.append("-" if own is None else ("yes" if own <= m.goal else "NO"))
+            row.append("-" if own is None or m.goal is None
+                       else ("yes" if own <= m.goal else "NO"))
             rows.append(row)
         table = markdown_table(header, rows)
         if notes:

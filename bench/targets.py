@@ -263,6 +263,15 @@ class EngineTarget(Target):
         pids = (proc.read_pid_file(p) for p in self.exec_root.glob("c/*/monitor.pid"))
         return [p for p in pids if p and proc.alive(p)]
 
+    def daemon_pids(self) -> list[int]:
+        """engined and its helpers (the monitors' fork server): its direct children
+        while no container runs, as monitors detach from it."""
+        pids = super().daemon_pids()
+        if pids:
+            monitors = set(self.overhead_pids())
+            pids += [p for p in proc.children_of(pids[0]) if p not in monitors]
+        return pids
+
     @property
     def overhead_label(self) -> str:
         return "monitor"
