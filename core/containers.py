@@ -862,6 +862,9 @@ class ContainerService:
         m = rt.monitor
         if c.state.status == "paused":
             await self._thaw(c)
+        # as Docker, each signal a stop sends is a "kill" event; emitted before the
+        # signal goes out so that it always precedes the "die"
+        self.events.emit("container", "kill", c.id, self._attrs(c, signal=int(n)))
         try:
             await m.kill(n)
         except Exception:
@@ -872,6 +875,8 @@ class ContainerService:
             try:
                 await asyncio.wait_for(rt.exited.wait(), timeout)
             except asyncio.TimeoutError:
+                self.events.emit("container", "kill", c.id,
+                                 self._attrs(c, signal=int(signal.SIGKILL)))
                 try:
                     await m.kill(signal.SIGKILL)
                 except Exception:
