@@ -155,13 +155,24 @@ def test_a_broken_plugin_is_shown_and_the_daemon_goes_on(tools, tmp_path):
     assert "broken" not in tools.plugins()
 
 
-def test_create_builds_a_directory_into_a_disabled_plugin(tools):
+def test_create_builds_a_directory_into_a_disabled_plugin_which_upgrades(tools):
     assert tools.engine("plugin", "create", "ramvol", str(EXAMPLES / "volume-memfs")).stdout \
         == "ramvol\n"
     created = tools.plugins()["ramvol"]
     assert created["Enabled"] is False and created["PluginReference"] == "created:ramvol"
     tools.engine("plugin", "enable", "ramvol")
     tools.docker("volume", "create", "-d", "memfs", "made")
+    assert "disabled before upgrading" in tools.engine(
+        "plugin", "upgrade", "--grant-all-permissions", "ramvol",
+        str(EXAMPLES / "volume-memfs"), ok=False).stderr
+    tools.engine("plugin", "disable", "ramvol")
+    tools.engine("plugin", "upgrade", "--grant-all-permissions", "ramvol",
+                 str(EXAMPLES / "volume-memfs"))
+    upgraded = tools.plugins()["ramvol"]
+    assert upgraded["Enabled"] is False
+    assert upgraded["PluginReference"] == str(EXAMPLES / "volume-memfs")
+    tools.engine("plugin", "enable", "ramvol")
+    assert tools.docker("volume", "ls", "-q", "--filter", "driver=memfs").stdout == "made\n"
     tools.docker("volume", "rm", "made")
     assert "not supported yet" in tools.engine("plugin", "push", "ramvol", ok=False).stderr
     tools.engine("plugin", "rm", "--force", "ramvol")
