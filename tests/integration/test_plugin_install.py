@@ -94,6 +94,9 @@ def test_volume_plugin_from_a_wheel(tools, wheels):
 
 
 def test_log_plugin_from_a_directory_and_network_plugin_from_a_wheel(tools, wheels):
+    # a container first: monitors (and their fork server) already run when the plugin
+    # arrives, and still find its log writer
+    tools.docker("run", "--rm", "busybox", "true")
     tools.engine("plugin", "install", "--grant-all-permissions", str(EXAMPLES / "log-counter"))
     assert tools.plugins()["log-counter"]["Enabled"] is True
     tools.docker("run", "--name", "counted", "--log-driver", "counter", "busybox",
