@@ -1,7 +1,8 @@
 """The daemon's side of the monitor: spawn one, then talk to it over its socket.
 
-:func:`create` and :func:`create_exec` spawn the monitor (:func:`monitor_argv`) in a
-new session and wait for its one-line sync report (the blocking part runs in an
+:func:`create` and :func:`create_exec` have the process-wide :class:`ForkServer` fork
+the monitor (or, failing that, spawn it as ``python -S`` with :func:`monitor_argv`)
+in a new session and wait for its one-line sync report (the blocking part runs in an
 executor). :class:`Monitor` speaks the socket protocol described in
 :mod:`engine.core.runtime.monitor`; it needs nothing but the state directory, so a
 restarted daemon finds its running containers again (live restore).

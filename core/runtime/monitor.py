@@ -13,12 +13,20 @@ Command line (the daemon runs it through :mod:`engine.core.runtime.client`)::
     monitor exec   --id EXEC_ID --state DIR --target-pid PID --process FILE
                    [--cgroups-path P] [--runtime builtin|runc --container-id ID]
                    [--runc-root DIR] [--stdin-open] [--stdin-once] --sync-fd N
+    monitor forkserver --control-fd N
+
+The daemon normally runs one ``forkserver`` (see the section of that name below) and
+has it fork each ``create`` and ``exec`` monitor: no Python start-up per container,
+and the imported modules' memory shared by all monitors. Such a monitor has the fork
+server's command line; it is known by its working directory, its state directory.
 
 Start-up: the first process forks and exits at once; the real monitor prepares the
 stdio, creates the container process (which waits, not yet exec'd, like
 ``runc create``), binds ``DIR/monitor.sock``, writes ``DIR/monitor.pid`` and
 ``DIR/pid`` and writes one JSON line to the sync fd: ``{"pid": N, "monitor_pid": M}``
-or ``{"message": ..., "exit_code": 125|126|127}``.
+or ``{"message": ..., "exit_code": 125|126|127}``. Then it moves the container
+process into its cgroup (that waits for the kernel: it overlaps the daemon's work
+until its ``start`` request) and freezes what it allocated so far for the collector.
 
 Protocol on ``monitor.sock``: one request per connection, one JSON line each way.
 
