@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import socket
+
 import pytest
 
 from engine.plugins.log.jsonfile import JsonFileDriver
+from engine.plugins.log.local import LocalLogDriver
+from engine.plugins.log.syslog import SyslogLogDriver
 from engine.plugins.log.none import NoneLogDriver
 from engine.plugins.network.host import HostNetworkDriver
 from engine.plugins.network.none import NoneNetworkDriver
@@ -60,6 +64,33 @@ class TestJsonFileLogsRotated(LogDriverSuite):
         return JsonFileDriver(ctx(tmp_path, "json-file"))
 
 
+class TestLocalLogs(LogDriverSuite):
+    @pytest.fixture
+    def driver(self, tmp_path):
+        return LocalLogDriver(ctx(tmp_path, "local"))
+
+
+@pytest.fixture(scope="module")
+def syslog_sink():
+    """A UDP socket on loopback that receives (and ignores) what syslog sends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield f"udp://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
+class TestSyslogLogs(LogDriverSuite):
+    """Dual logging: lines go to syslog and to a local cache ``logs`` reads back."""
+
+    @pytest.fixture(autouse=True)
+    def _address(self, syslog_sink, monkeypatch):
+        monkeypatch.setattr(self, "log_options", {"syslog-address": syslog_sink})
+
+    @pytest.fixture
+    def driver(self, tmp_path):
+        return SyslogLogDriver(ctx(tmp_path, "syslog"))
+
+
 class TestNoneLogs(LogDriverSuite):
     @pytest.fixture
     def driver(self, tmp_path):
@@ -83,3 +114,42 @@ def test_unreadable_drivers_skip_rather_than_pass(tmp_path):
     suite = TestNoneLogs()
     with pytest.raises(pytest.skip.Exception):
         suite.readable(NoneLogDriver(ctx(tmp_path, "none")))
+
+
+# Built-in drivers that cannot run the suites here, and why. A new built-in driver
+# must either get a suite class above or a reason here.
+NOT_HERE = {
+    ("log", "journald"): "needs a systemd-journald socket",
+    ("log", "fluentd"): "needs a fluentd server",
+    ("network", "bridge"): "needs root and netlink: tests/integration/test_bridge.py",
+    ("network", "remote"): "out-of-process drivers: tests/integration/test_remote_plugins.py",
+    ("volume", "remote"): "out-of-process drivers: tests/integration/test_remote_plugins.py",
+}
+
+
+def test_every_builtin_driver_runs_a_suite(tmp_path):
+    import sys
+    import tomllib
+    from importlib.metadata import EntryPoint
+
+    from engine.core.plugins import GROUP, PluginHost
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    eps = tomllib.loads(pyproject.read_text())["project"]["entry-points"][GROUP]
+    host = PluginHost(str(tmp_path / "data"), str(tmp_path / "run"))
+    host.discover([EntryPoint(name=n, value=v, group=GROUP) for n, v in eps.items()])
+    covered = set()
+    for obj in vars(sys.modules[__name__]).values():
+        if isinstance(obj, type) and obj.__name__.startswith("Test"):
+            suite = next((b for b in obj.__mro__ if b in (VolumeDriverSuite, LogDriverSuite,
+                                                          NetworkDriverSuite)), None)
+            fixture = getattr(obj, "driver", None)
+            if suite is not None and fixture is not None:
+                kind = {VolumeDriverSuite: "volume", LogDriverSuite: "log",
+                        NetworkDriverSuite: "network"}[suite]
+                drv = fixture.__wrapped__(obj(), tmp_path / obj.__name__)
+                covered.add((kind, drv.name))
+    builtin = {(kind, name) for kind, table in host.drivers.items() for name in table}
+    assert builtin, "no built-in driver was found"
+    missing = builtin - covered - set(NOT_HERE)
+    assert not missing, f"built-in drivers without a conformance suite: {sorted(missing)}"
