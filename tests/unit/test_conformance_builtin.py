@@ -1,9 +1,8 @@
 """Every built-in driver runs the same conformance suites a third party runs."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import socket
+from pathlib import Path
 
 import pytest
 

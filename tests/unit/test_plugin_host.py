@@ -60,7 +60,8 @@ def test_a_driver_name_clash_is_an_error_not_a_silent_replace(tmp_path):
 def test_disable_refuses_while_in_use_and_persists(tmp_path):
     h = host(tmp_path, [ep("good", "plugin_samples.good")])
     with pytest.raises(Conflict, match="in use"):
-        asyncio.run(h.disable("good", lambda kind, name: "container web" if name == "memory" else ""))
+        asyncio.run(h.disable("good",
+                              lambda kind, name: "container web" if name == "memory" else ""))
     asyncio.run(h.disable("good", lambda kind, name: ""))
     with pytest.raises(NotFound):
         h.volume("memory")
