@@ -9,8 +9,9 @@ import tempfile
 
 from aiohttp import web
 
-from engine.sdk.errors import InvalidArgument
+from engine.sdk.errors import Conflict, InvalidArgument
 
+from ..store import reference
 from .archive import stream_from_thread
 from .util import encode, json_response, qbool, qfilters, svc
 
@@ -105,11 +106,31 @@ async def tag(request: web.Request) -> web.Response:
     return web.Response(status=201)
 
 
+def _delete(s, name: str, force: bool) -> list[dict]:
+    """Docker's image delete, with its one conflict that ``force`` cannot override: a
+    running container's image. Forcing the removal of its name only untags it; its id
+    is refused. (A stopped container's image may be forced away: the container keeps
+    its layers.)"""
+    if force:
+        img = s.images.get(name)
+        running = [c.id for c in s.containers.containers.values()
+                   if c.image == img.id and c.state.running]
+        if running:
+            hex_id = img.id.removeprefix("sha256:")
+            by_id = name.removeprefix("sha256:")
+            if len(by_id) >= 4 and hex_id.startswith(by_id):
+                raise Conflict(f"conflict: unable to delete {hex_id[:12]} (cannot be forced) "
+                               f"- image is being used by running container {running[0][:12]}")
+            s.images.untag(name)
+            return [{"Untagged": reference.familiar(
+                str(reference.parse(name).with_default_tag()))}]
+    return s.images.delete(name, force=force, in_use=_in_use(s))
+
+
 async def remove(request: web.Request) -> web.Response:
     s = svc(request)
     name = request.match_info["name"]
-    res = await _run(s, lambda: s.images.delete(name, force=qbool(request, "force"),
-                                                in_use=_in_use(s)))
+    res = await _run(s, _delete, s, name, qbool(request, "force"))
     for item in res:
         for action, ident in item.items():
             s.events.emit("image", action.lower().replace("untagged", "untag").replace(

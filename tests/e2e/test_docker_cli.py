@@ -394,6 +394,30 @@ def test_images_tag_rmi_refused_while_used(docker, names, images):
     assert docker("image", "inspect", "busybox").returncode == 0
 
 
+def test_rmi_of_an_image_in_use(docker, names, images, busybox_tar):
+    ref = images("inuse")
+    docker("import", str(busybox_tar), ref, check=True)
+    iid = inspect(docker, ref, "{{.Id}}")
+    c = names()
+    docker("create", "--name", c, ref, "true", check=True)
+    p = docker("rmi", ref)
+    assert p.returncode == 1
+    assert b"container is using its referenced image" in p.stderr
+    # a running container's image: -f only untags it, and its id cannot be forced
+    r = names()
+    docker("run", "-d", "--name", r, iid, "sleep", "60", check=True)
+    p = docker("rmi", "-f", ref, check=True)
+    assert out(p) == f"Untagged: {ref}"
+    assert inspect(docker, iid, "{{.Id}}") == iid
+    p = docker("rmi", "-f", iid)
+    assert p.returncode == 1 and b"being used by running container" in p.stderr
+    # once nothing runs it, -f deletes it although a stopped container refers to it
+    docker("rm", "-f", r, check=True)
+    p = docker("rmi", "-f", iid, check=True)
+    assert f"Deleted: {iid}" in out(p)
+    assert docker("start", "-a", c).returncode == 0  # the container kept its layers
+
+
 def test_save_load_import_commit(docker, names, images, tmp_path, busybox_tar):
     ref = images("saved")
     docker("tag", "busybox", ref, check=True)
