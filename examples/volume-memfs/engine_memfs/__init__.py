@@ -81,6 +81,10 @@ class MemfsDriver(VolumeDriver):
                            f"{', '.join(sorted(self.mounts[name]))}")
         meta.unlink()
         shutil.rmtree(self.root / name, ignore_errors=True)
+        try:  # the last volume gone: leave nothing behind in /dev/shm
+            self.root.rmdir()
+        except OSError:
+            pass
 
     async def get(self, name: str) -> VolumeInfo:
         return self._info(name)
