@@ -496,6 +496,7 @@ class NetworkService:
         options: dict[str, Any] = {
             "names": names, "gateway": primary,
             "ipv4_address": (cfg.get("IPAMConfig") or {}).get("IPv4Address") or "",
+            "dns_servers": list(hc.get("Dns") or []),
         }
         if primary:
             options.update(port_bindings=hc.get("PortBindings") or {},

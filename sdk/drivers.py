@@ -110,7 +110,9 @@ class NetworkDriver(Driver):
         ``names`` (list of DNS names for the endpoint: container name, aliases, short
         id), ``ipv4_address`` (the address the user asked for), ``gateway`` (bool: this
         endpoint provides the default route), ``port_bindings`` (Docker's
-        ``HostConfig.PortBindings``), ``exposed_ports`` and ``publish_all``.
+        ``HostConfig.PortBindings``), ``exposed_ports``, ``publish_all`` and
+        ``dns_servers`` (the container's ``--dns``: where an embedded DNS server
+        forwards the names it does not know).
         """
         return EndpointInfo()
 

@@ -220,6 +220,7 @@ class _Network:
         self.pool = pool
         self.bridge = bridge_name(spec)
         self.names: dict[str, dict[str, str]] = {}   # endpoint id -> {name: ip}
+        self.upstreams: dict[str, list[str]] = {}    # endpoint ip -> its own --dns servers
         self.resolver: dns.Resolver | None = None
 
     @property
@@ -248,6 +249,10 @@ class _Network:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
         return sorted({m[name] for m in self.names.values() if name in m})
+
+    def upstreams_for(self, client_ip: str) -> list[str]:
+        """Where to forward a container's other queries: its ``--dns``, else the host's."""
+        return self.upstreams.get(client_ip) or dns.upstream_servers()
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": {"id": self.spec.id, "name": self.spec.name,
@@ -302,7 +307,8 @@ class BridgeNetworkDriver(NetworkDriver):
             return
         try:
             net.resolver = await dns.serve(net.pool.gateway, net.lookup,
-                                           forward_queries=not net.internal)
+                                           forward_queries=not net.internal,
+                                           upstreams=net.upstreams_for)
         except OSError as e:
             raise DriverError(f"embedded DNS for network {net.spec.name} on "
                               f"{net.pool.gateway}:53: {e}") from None
@@ -340,6 +346,8 @@ class BridgeNetworkDriver(NetworkDriver):
             await self._release(eid, ep)
             return
         net.names[eid] = {n: ep["ip"] for n in ep.get("names", [])}
+        if ep.get("dns_servers"):
+            net.upstreams[ep["ip"]] = list(ep["dns_servers"])
         proxies = []
         for b in ep.get("ports", []):
             binding = portmap.Binding(b["proto"], b["port"], b["host_ip"], b["host_port"])
@@ -473,10 +481,13 @@ class BridgeNetworkDriver(NetworkDriver):
             names = [n.lower() for n in options.get("names") or [] if n]
             await self._run(write_json, self._ep_file(endpoint_id), {
                 "network": network.id, "ip": ip, "veth": host_if, "ports": records,
-                "names": names, "netns": sandbox.netns_path, "container": sandbox.container_id})
+                "names": names, "netns": sandbox.netns_path, "container": sandbox.container_id,
+                "dns_servers": list(options.get("dns_servers") or [])})
             await self._run(self._save_net, net)
             undo.pop_all()
         net.names[endpoint_id] = {n: ip for n in names}
+        if options.get("dns_servers"):
+            net.upstreams[ip] = [str(x) for x in options["dns_servers"]]
         self.proxies[endpoint_id] = proxies
         return EndpointInfo(
             ip_address=ip, ip_prefix_len=net.pool.prefixlen, gateway=net.pool.gateway,
@@ -531,6 +542,7 @@ class BridgeNetworkDriver(NetworkDriver):
                 await self._run(iptables.remove_dnat, bridge, b["proto"], b["host_ip"],
                                 b["host_port"], ep["ip"], b["port"])
             net.names.pop(endpoint_id, None)
+            net.upstreams.pop(ep.get("ip", ""), None)
         await self._run(delete_link, ep.get("veth") or veth_name(endpoint_id))
         if net is not None:
             net.pool.release(ep.get("ip", ""))

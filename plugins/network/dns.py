@@ -151,12 +151,17 @@ async def forward(data: bytes, servers: list[str],
     return None
 
 
+def _host_upstreams(client_ip: str) -> list[str]:
+    return upstream_servers()
+
+
 class Resolver(asyncio.DatagramProtocol):
     """The server for one network: ``lookup(name)`` gives the network's addresses for a
-    name (empty when it has none)."""
+    name (empty when it has none); ``upstreams(client_ip)`` the servers to forward the
+    other names to (a container's ``--dns``, else the host's)."""
 
     def __init__(self, lookup: Callable[[str], list[str]], *, forward_queries: bool = True,
-                 upstreams: Callable[[], list[str]] = upstream_servers) -> None:
+                 upstreams: Callable[[str], list[str]] = _host_upstreams) -> None:
         self.lookup = lookup
         self.forward_queries = forward_queries
         self.upstreams = upstreams
@@ -195,7 +200,7 @@ class Resolver(asyncio.DatagramProtocol):
         task.add_done_callback(self.tasks.discard)
 
     async def _forward(self, data: bytes, addr) -> None:
-        answer = await forward(data, self.upstreams())
+        answer = await forward(data, self.upstreams(addr[0]))
         if answer is None:
             try:
                 answer = build_response(parse_query(data), RCODE_SERVFAIL)
@@ -212,7 +217,8 @@ class Resolver(asyncio.DatagramProtocol):
 
 
 async def serve(address: str, lookup: Callable[[str], list[str]], *,
-                forward_queries: bool = True, port: int = 53) -> Resolver:
+                forward_queries: bool = True, port: int = 53,
+                upstreams: Callable[[str], list[str]] = _host_upstreams) -> Resolver:
     """Start a resolver on ``address:port`` (UDP). The address must be configured on an
     interface already (the bridge's gateway address)."""
     loop = asyncio.get_running_loop()
@@ -222,7 +228,8 @@ async def serve(address: str, lookup: Callable[[str], list[str]], *,
         sock.bind((address, port))
         sock.setblocking(False)
         _, proto = await loop.create_datagram_endpoint(
-            lambda: Resolver(lookup, forward_queries=forward_queries), sock=sock)
+            lambda: Resolver(lookup, forward_queries=forward_queries, upstreams=upstreams),
+            sock=sock)
     except BaseException:
         sock.close()
         raise

@@ -179,8 +179,10 @@ def test_resolver_forwards_to_upstream_over_loopback():
         up_t, _ = await loop.create_datagram_endpoint(Upstream, local_addr=("127.0.0.1", 0))
         up_port = up_t.get_extra_info("sockname")[1]
         got = loop.create_future()
+        asked: list = []
 
         async def fake_forward(data, servers, timeout=1.0):
+            asked.append(servers)
             t, _ = await loop.create_datagram_endpoint(
                 lambda: dns._Forward(got), remote_addr=("127.0.0.1", up_port))
             t.sendto(data)
@@ -192,7 +194,8 @@ def test_resolver_forwards_to_upstream_over_loopback():
         orig = dns.forward
         dns.forward = fake_forward
         try:
-            srv = await dns.serve("127.0.0.1", lambda n: [], port=0)
+            srv = await dns.serve("127.0.0.1", lambda n: [], port=0,
+                                  upstreams=lambda client: [f"dns-for-{client}"])
             port = srv.transport.get_extra_info("sockname")[1]
             fut = loop.create_future()
             c_t, _ = await loop.create_datagram_endpoint(
@@ -204,9 +207,11 @@ def test_resolver_forwards_to_upstream_over_loopback():
         finally:
             dns.forward = orig
             up_t.close()
-        return reply
+        return reply, asked
 
-    assert answers(asyncio.run(main())) == (0, ["192.0.2.99"])
+    reply, asked = asyncio.run(main())
+    assert answers(reply) == (0, ["192.0.2.99"])
+    assert asked == [["dns-for-127.0.0.1"]]     # the client's own servers (its --dns)
 
 
 # ---------------------------------------------------------------- ports
