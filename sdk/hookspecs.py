@@ -16,6 +16,10 @@ A plugin module looks like this::
     @hookimpl
     def engine_register_drivers(registrar):
         registrar.add_volume_driver(MyDriver)
+
+What a plugin asks for (host network, mounts, capabilities) is declared in an
+``engine-plugin.json`` manifest shipped in its package, so that ``engine plugin install``
+can show it before any of the plugin's code runs (see ``engine.sdk.packaging``).
 """
 from __future__ import annotations
 
@@ -38,13 +42,4 @@ def engine_register_drivers(registrar: "Registrar") -> None:
     Add driver classes with ``registrar.add_network_driver(cls)``,
     ``registrar.add_volume_driver(cls)`` or ``registrar.add_log_driver(cls)``. Return
     nothing. Raising marks the plugin as failed; the daemon goes on without it.
-    """
-
-
-@hookspec
-def engine_plugin_privileges() -> list[dict] | None:
-    """Privileges the plugin asks for, shown at install time.
-
-    Each item is ``{"Name": "network", "Description": ..., "Value": ["host"]}`` in the
-    shape of Docker's plugin privileges. Return None when the plugin needs none.
     """
