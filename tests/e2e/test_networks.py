@@ -289,3 +289,23 @@ def test_network_events_on_start_and_stop(docker, made):
                     "--filter", "type=network", "--format", "{{.Action}} {{.Actor.ID}}"))
     assert [ln for ln in out.splitlines() if ln.endswith(nid)] == [
         f"create {nid}", f"connect {nid}", f"disconnect {nid}"]
+
+
+def test_failed_start_leaves_no_endpoint_or_port(docker, made, engine_daemon):
+    n, port = uid("fs"), free_port()
+    made["networks"].append(n)
+    ok(docker("network", "create", n))
+    p = docker("run", "--rm", "--network", n, "-p", f"127.0.0.1:{port}:80", "busybox",
+               "no-such-command")
+    assert p.returncode == 127
+    assert json.loads(ok(docker("network", "inspect", n)))[0]["Containers"] == {}
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    from pathlib import Path
+
+    endpoints = Path(engine_daemon.data_root, "drivers", "network", "bridge", "endpoints")
+    mine = [f for f in endpoints.glob("*.json") if json.loads(f.read_text())["ports"]
+            and json.loads(f.read_text())["ports"][0]["host_port"] == port]
+    assert mine == []
+    ok(docker("network", "rm", n))
+    made["networks"].remove(n)
