@@ -429,7 +429,7 @@ class NetworkService:
 
     def _endpoint_config(self, n: NetworkRecord, cfg: dict) -> dict:
         aliases = cfg.get("Aliases")
-        ipam = cfg.get("IPAMConfig") or None
+        ipam = {k: v for k, v in (cfg.get("IPAMConfig") or {}).items() if v} or None
         if (aliases or ipam) and n.name in PREDEFINED:
             raise InvalidArgument("network-scoped alias and static addresses are supported "
                                   "only for containers in user defined networks")

@@ -419,6 +419,8 @@ def test_plan_endpoint_config(service):
     assert ep["Aliases"] == ["db"] and ep["IPAMConfig"] == {"IPv4Address": "10.8.0.9"}
     assert ep["NetworkID"] == service.get("app").id and ep["IPAddress"] == ""
     assert list(service.plan({}, None)) == ["bridge"]
+    empty = service.plan({}, {"EndpointsConfig": {"bridge": {"IPAMConfig": {"IPv4Address": ""}}}})
+    assert empty["bridge"]["IPAMConfig"] is None
     with pytest.raises(InvalidArgument):
         service.plan({"NetworkMode": "app"}, {"EndpointsConfig": {
             "app": {"IPAMConfig": {"IPv4Address": "10.9.0.9"}}}})
