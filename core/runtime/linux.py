@@ -38,6 +38,10 @@ import struct
 import termios
 from collections.abc import Callable
 
+TYPE_CHECKING = False  # typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
+
 from engine.core.runtime import caps as _caps
 from engine.core.runtime import cgroups as _cgroups
 from engine.core.runtime import rootfs as _rootfs
@@ -110,7 +114,8 @@ class Spawned:
     the read end of the error pipe. Both fds belong to the caller.
     """
 
-    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error")
+    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error",
+                 "_joining")
 
     def __init__(self, pid: int, start_fd: int, error_fd: int) -> None:
         self.pid = pid
@@ -121,16 +126,44 @@ class Spawned:
         self.cgroups_path = ""
         self.joined_fd = -1
         self.join_error: SpawnError | None = None
+        self._joining: Any = None  # the lock a background join holds until it is done
 
     def __repr__(self) -> str:
         return f"Spawned(pid={self.pid}, start_fd={self.start_fd}, error_fd={self.error_fd})"
 
     def join_cgroup(self) -> None:
-        """Move the child into its cgroup in every controller and tell it so (once).
+        """Move the child into its cgroup in every controller and tell it so (once;
+        this waits for a background move). :meth:`start` does it if nobody did.
+        A failure is raised by :meth:`start`."""
+        if self._joining is not None:
+            with self._joining:
+                return
+        self._join()
 
-        Call it as early as convenient to overlap the move with other work;
-        :meth:`start` does it otherwise. A failure is raised by :meth:`start`.
-        """
+    def join_cgroup_in_background(self) -> None:
+        """Start the move in a thread, so that the caller goes on with other work
+        (serving requests) while the kernel waits; :meth:`join_cgroup` and
+        :meth:`start` wait for it."""
+        if self.joined_fd < 0 or self._joining is not None:
+            return
+        import _thread
+        lock = _thread.allocate_lock()
+        lock.acquire()
+        self._joining = lock
+
+        def run() -> None:
+            try:
+                self._join()
+            finally:
+                lock.release()
+        try:
+            _thread.start_new_thread(run, ())
+        except RuntimeError:  # no thread to be had: do it now
+            self._joining = None
+            lock.release()
+            self._join()
+
+    def _join(self) -> None:
         if self.joined_fd < 0:
             return
         try:

@@ -376,9 +376,9 @@ class _SpawnedBackend(Backend):
 
     def settle(self) -> None:
         # the cgroup move waits for the kernel (see linux.py): overlap it with the
-        # daemon's work between our report and its start request
+        # daemon's work until its start request, attach requests included
         if self.spawned is not None:
-            self.spawned.join_cgroup()
+            self.spawned.join_cgroup_in_background()
 
     def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         from engine.core.runtime import linux
