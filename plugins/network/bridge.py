@@ -380,8 +380,8 @@ class BridgeNetworkDriver(NetworkDriver):
             except Exception as e:
                 log.warning("network %s not taken down: %s", net.spec.name, e)
         try:
-            if self._base_ready and await self._run(iptables.unused):
-                await self._run(iptables.teardown_base)
+            if self._base_ready:
+                await self._run(iptables.teardown_if_unused)
         except Exception as e:
             log.warning("iptables chains not removed: %s", e)
         self._base_ready = False
@@ -432,7 +432,7 @@ class BridgeNetworkDriver(NetworkDriver):
             self.leases.forget(net.bridge)
             self._net_file(network.id).unlink(missing_ok=True)
             if not self.networks:
-                await self._run(iptables.teardown_base)
+                await self._run(iptables.teardown_if_unused)
                 self._base_ready = False
 
     # ------------------------------------------------------------ endpoints
@@ -519,7 +519,6 @@ class BridgeNetworkDriver(NetworkDriver):
         if not iptables.exists("filter", iptables.FORWARD_CHAIN,
                                ["-i", net.bridge, "-o", net.bridge, "-j", "ACCEPT"]):
             iptables.enable_forwarding()
-            iptables.setup_base()
             iptables.add_network(net.bridge, net.pool.subnet, net.internal, net.masquerade)
 
     async def leave(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox) -> None:

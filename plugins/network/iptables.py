@@ -18,8 +18,12 @@ Chains (all ours, created at driver start):
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
+from contextlib import contextmanager
+from typing import Iterator
 
 from engine.sdk.errors import DriverError
 
@@ -31,6 +35,21 @@ ISOLATION2 = "ENGINE-ISOLATION2"
 NAT_CHAIN = "ENGINE"
 
 Rule = list[str]
+
+# Several daemons (tests, a second engine) may share the host's tables: changes that
+# span more than one rule take this lock, so one daemon never removes our chains
+# between another's creating them and adding its rules.
+LOCK_PATH = "/run/engine-iptables.lock"
+
+
+@contextmanager
+def host_lock() -> Iterator[None]:
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _binary() -> str:
@@ -73,7 +92,12 @@ def ensure_chain(table: str, chain: str) -> None:
 
 
 def setup_base() -> None:
-    """Create our chains and the jumps into them (idempotent, run at driver start)."""
+    """Create our chains and the jumps into them (idempotent)."""
+    with host_lock():
+        _setup_base()
+
+
+def _setup_base() -> None:
     for chain in (FORWARD_CHAIN, ISOLATION1, ISOLATION2):
         ensure_chain("filter", chain)
     ensure("filter", FORWARD_CHAIN, ["-j", ISOLATION1], insert=True)
@@ -84,8 +108,17 @@ def setup_base() -> None:
                              "-j", NAT_CHAIN])
 
 
-def teardown_base() -> None:
-    """Remove the jumps and our chains (when no network of ours is left)."""
+def teardown_if_unused() -> bool:
+    """Remove the jumps and our chains when no network (of any daemon) has rules left;
+    True when they were removed."""
+    with host_lock():
+        if not unused():
+            return False
+        _teardown_base()
+        return True
+
+
+def _teardown_base() -> None:
     remove("filter", "FORWARD", ["-j", FORWARD_CHAIN])
     remove("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN])
     remove("nat", "OUTPUT", ["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL",
@@ -131,7 +164,14 @@ def network_rules(bridge: str, subnet: str, internal: bool,
 
 
 def add_network(bridge: str, subnet: str, internal: bool, masquerade: bool = True) -> None:
-    """Install one network's rules; on failure, remove what was added and re-raise."""
+    """Install one network's rules (and our chains if another daemon removed them); on
+    failure, remove what was added and re-raise."""
+    with host_lock():
+        _setup_base()
+        _add_network(bridge, subnet, internal, masquerade)
+
+
+def _add_network(bridge: str, subnet: str, internal: bool, masquerade: bool) -> None:
     done: list[tuple[str, str, Rule]] = []
     try:
         for table, chain, rule in network_rules(bridge, subnet, internal, masquerade):
@@ -144,8 +184,9 @@ def add_network(bridge: str, subnet: str, internal: bool, masquerade: bool = Tru
 
 
 def remove_network(bridge: str, subnet: str, internal: bool, masquerade: bool = True) -> None:
-    for table, chain, rule in reversed(network_rules(bridge, subnet, internal, masquerade)):
-        remove(table, chain, rule)
+    with host_lock():
+        for table, chain, rule in reversed(network_rules(bridge, subnet, internal, masquerade)):
+            remove(table, chain, rule)
 
 
 def dnat_rule(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> Rule:
@@ -156,7 +197,9 @@ def dnat_rule(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, po
 
 
 def add_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> None:
-    ensure("nat", NAT_CHAIN, dnat_rule(bridge, proto, host_ip, host_port, ip, port))
+    with host_lock():
+        _setup_base()
+        ensure("nat", NAT_CHAIN, dnat_rule(bridge, proto, host_ip, host_port, ip, port))
 
 
 def remove_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> None:
