@@ -600,7 +600,10 @@ class ContainerService:
                     container_id=c.id, bundle=str(sdir), state_dir=str(sdir), runtime=c.runtime,
                     log_writer=drv.writer or None,
                     log_context=msgspec.to_builtins(log_ctx) if drv.writer else None,
-                    stdin_open=bool(cfg.get("OpenStdin")), stdin_once=bool(cfg.get("StdinOnce")),
+                    stdin_open=bool(cfg.get("OpenStdin")),
+                    # as Docker, a client leaving a terminal (detach keys) never closes
+                    # its input: StdinOnce applies to plain pipes only
+                    stdin_once=bool(cfg.get("StdinOnce")) and not cfg.get("Tty"),
                     runc_root=str(self.exec_root / "runc"))
             except monitor_client.MonitorError as e:
                 raise _start_error(e) from None

@@ -165,6 +165,29 @@ def test_run_it_tty_size_resize_and_exit_code(docker, engine_daemon, names):
     wait_for(lambda: container_gone(docker, name))
 
 
+def test_run_it_detach_keys_then_attach(docker, engine_daemon, names):
+    name = names()
+    s = PtySession(engine_daemon.env, ["run", "-it", "--name", name, "busybox", "sh"])
+    try:
+        s.read_until(b"# ")
+        s.write(b"echo one\r")
+        s.read_until(b"one\r\n")
+        s.write(b"\x10\x11")  # ctrl-p ctrl-q: the CLI leaves, the shell goes on
+    finally:
+        code = s.finish()
+    assert code == 0
+    assert inspect(docker, name, "{{.State.Running}}") == "true"
+    a = PtySession(engine_daemon.env, ["attach", name])
+    try:
+        time.sleep(0.5)  # the attach is made before anything is typed
+        a.write(b"echo two; exit 4\r")
+        a.read_until(b"two\r\n")
+    finally:
+        code = a.finish()
+    assert code == 4
+    assert inspect(docker, name, "{{.State.Status}} {{.State.ExitCode}}") == "exited 4"
+
+
 def test_run_i_pipes_stdin(docker):
     p = docker("run", "-i", "--rm", "busybox", "cat", input=b"hi\nthere\n")
     assert p.returncode == 0, p.stderr
@@ -617,11 +640,13 @@ def test_tmpfs_readonly_hostname(docker):
 
 
 def test_network_host_and_none(docker):
-    host_links = set(os.listdir("/sys/class/net"))
-    p = docker("run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net")
-    assert set(p.stdout.decode().split()) == host_links
-    p = docker("run", "--rm", "--network", "none", "busybox", "ls", "/sys/class/net")
-    assert p.stdout.decode().split() == ["lo"]
+    host_ns = os.readlink("/proc/self/ns/net")
+    p = docker("run", "--rm", "--network", "host", "busybox", "readlink", "/proc/self/ns/net")
+    assert out(p) == host_ns
+    p = docker("run", "--rm", "--network", "none", "busybox", "sh", "-c",
+               "readlink /proc/self/ns/net; ls /sys/class/net")
+    ns, *links = out(p).split()
+    assert ns != host_ns and links == ["lo"]
 
 
 # ---------------------------------------------------------------- live restore
