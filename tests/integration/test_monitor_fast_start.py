@@ -144,3 +144,29 @@ def _is_fork_server(pid: int) -> bool:
             return b"\0forkserver\0--control-fd\0" in f.read()
     except OSError:
         return False
+
+
+def test_concurrent_creates_get_a_monitor_each(tmp_path: Path, busybox_rootfs: Path,
+                                               cgroup_parent: str) -> None:
+    async def one(n: int) -> tuple[int, bytes, dict]:
+        cid = uuid.uuid4().hex
+        bundle, state = tmp_path / cid / "bundle", tmp_path / cid / "state"
+        write_bundle(str(bundle), build_spec(
+            container_id=cid, args=["echo", str(n)], env=["PATH=/bin"],
+            rootfs=str(busybox_rootfs), readonly_rootfs=True,
+            cgroups_path=f"{cgroup_parent}/{cid}"))
+        report = await client.create(container_id=cid, bundle=str(bundle),
+                                     state_dir=str(state))
+        mon = client.Monitor(str(state))
+        reader, _writer, _tty = await mon.attach(False, True, True)
+        await mon.start()
+        data = await reader.read()
+        return report["monitor_pid"], data[8:], await mon.wait()  # one stdcopy frame
+
+    async def go():
+        return await asyncio.gather(*(one(n) for n in range(6)))
+
+    results = asyncio.run(asyncio.wait_for(go(), 60))
+    assert [(data, res["exit_code"]) for _pid, data, res in results] == \
+        [(f"{n}\n".encode(), 0) for n in range(6)]
+    assert len({pid for pid, _data, _res in results}) == 6
