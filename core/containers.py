@@ -254,6 +254,7 @@ class ContainerService:
     async def create(self, name: str | None, body: dict, platform: str = "") -> tuple[str, list[str]]:
         if not isinstance(body, dict):
             raise InvalidArgument("container config must be a JSON object")
+        _check_config_types(body)
         image_ref = body.get("Image") or ""
         if not image_ref:
             raise InvalidArgument("No image specified (config.Image is empty)")
@@ -299,6 +300,15 @@ class ContainerService:
         restart = host_config.get("RestartPolicy") or {}
         if restart.get("Name") not in (None, "", "no", "always", "unless-stopped", "on-failure"):
             raise InvalidArgument(f"invalid restart policy '{restart.get('Name')}'")
+        retries = restart.get("MaximumRetryCount") or 0
+        if not isinstance(retries, int):
+            raise InvalidArgument("RestartPolicy.MaximumRetryCount must be an integer")
+        if retries and restart.get("Name") != "on-failure":
+            raise InvalidArgument("invalid restart policy: maximum retry count can only be used "
+                                  "with 'on-failure'")
+        if retries < 0:
+            raise InvalidArgument("invalid restart policy: maximum retry count cannot be "
+                                  "negative")
         if host_config.get("AutoRemove") and restart.get("Name") not in (None, "", "no"):
             raise InvalidArgument("can't create 'AutoRemove' container with restart policy")
 
@@ -1345,6 +1355,42 @@ def exec_process(pid: int, *, args: list[str], env: list[str], cwd: str, user: s
         "rlimits": spec_mod.rlimits(host_config),
         "noNewPrivileges": spec_mod.no_new_privileges(host_config.get("SecurityOpt") or ()),
     }
+
+
+# The types of the Config fields the daemon reads (null is always allowed).
+_STR, _BOOL, _INT, _DICT = (str,), (bool,), (int,), (dict,)
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "Image": _STR, "Hostname": _STR, "Domainname": _STR, "User": _STR, "WorkingDir": _STR,
+    "StopSignal": _STR, "MacAddress": _STR, "Tty": _BOOL, "OpenStdin": _BOOL,
+    "StdinOnce": _BOOL, "AttachStdin": _BOOL, "AttachStdout": _BOOL, "AttachStderr": _BOOL,
+    "NetworkDisabled": _BOOL, "StopTimeout": _INT, "Labels": _DICT, "ExposedPorts": _DICT,
+    "Volumes": _DICT, "HostConfig": _DICT, "NetworkingConfig": _DICT, "Healthcheck": _DICT,
+}
+
+
+def _check_config_types(body: dict) -> None:
+    """A 400 for a create body whose fields have the wrong JSON types, as Docker's
+    decoder gives, before anything is made from it."""
+    for key, types in _CONFIG_TYPES.items():
+        v = body.get(key)
+        if v is not None and (not isinstance(v, types) or
+                              (types is _INT and isinstance(v, bool))):
+            raise InvalidArgument(f"invalid JSON: Config.{key} must be of type "
+                                  f"{types[0].__name__}, not {type(v).__name__}")
+    for key in ("Env", "Shell", "OnBuild"):
+        v = body.get(key)
+        if v is not None and (not isinstance(v, list) or
+                              not all(isinstance(e, str) for e in v)):
+            raise InvalidArgument(f"invalid JSON: Config.{key} must be a list of strings")
+    for key in ("Cmd", "Entrypoint"):  # Docker's StrSlice: a string or a list of them
+        v = body.get(key)
+        if v is not None and not isinstance(v, str) and (
+                not isinstance(v, list) or not all(isinstance(e, str) for e in v)):
+            raise InvalidArgument(f"invalid JSON: Config.{key} must be a string or a list "
+                                  "of strings")
+    labels = body.get("Labels") or {}
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidArgument("invalid JSON: Config.Labels values must be strings")
 
 
 def _status_text(st: State) -> str:

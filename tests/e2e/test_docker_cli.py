@@ -531,6 +531,20 @@ def test_bad_input(docker, engine_daemon):
     assert status == 400 and json.loads(body)["message"]
     status, body = engine_daemon.request("POST", "/containers/create", b"[1, 2]")
     assert status == 400
+    for bad in ({"Image": 123}, {"Image": "busybox", "Env": "A=1"},
+                {"Image": "busybox", "Cmd": [1]}, {"Image": "busybox", "Tty": "yes"},
+                {"Image": "busybox", "Labels": {"a": 1}},
+                {"Image": "busybox", "HostConfig": {"Memory": "1g"}},
+                {"Image": "busybox", "HostConfig": []}):
+        status, body = engine_daemon.request("POST", "/containers/create", bad)
+        assert status == 400, (bad, body)
+        assert json.loads(body)["message"]
+    p = docker("run", "--restart", "always:3", "busybox", "true")
+    assert p.returncode == 125 and b"maximum retry count" in p.stderr
+    status, body = engine_daemon.request("POST", "/containers/create", {
+        "Image": "busybox", "HostConfig": {"RestartPolicy": {"Name": "on-failure",
+                                                             "MaximumRetryCount": -1}}})
+    assert status == 400 and b"cannot be negative" in body
     assert out(docker("ps", "-aq")) == before
 
 
