@@ -9,7 +9,7 @@ import time
 
 from aiohttp import web
 
-from engine.sdk.errors import Conflict, InvalidArgument, NotFound
+from engine.sdk.errors import Conflict, EngineError, InvalidArgument, NotFound
 
 from ..util import parse_since, rfc3339
 from . import archive
@@ -31,10 +31,18 @@ def _cs(request):
     return svc(request).containers
 
 
+_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+
+
 async def list_(request: web.Request) -> web.Response:
     cs = _cs(request)
+    filters = qfilters(request)
+    status = filters.get("status") or []
+    for v in status:  # a list, or Docker's older {"value": true} map
+        if v not in _STATUSES:
+            raise InvalidArgument(f"Invalid filter 'status={v}'")
     return json_response(cs.list(all_=qbool(request, "all"), limit=qint(request, "limit", -1),
-                                 filters=qfilters(request), size=qbool(request, "size")))
+                                 filters=filters, size=qbool(request, "size")))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -83,14 +91,19 @@ async def wait(request: web.Request) -> web.StreamResponse:
     cs = _cs(request)
     ref = request.match_info["id"]
     cs.get(ref)  # 404 before the 200 goes out
+    condition = request.query.get("condition") or "not-running"
+    if condition not in ("not-running", "next-exit", "removed"):
+        raise InvalidArgument(f'invalid condition: "{condition}"')  # and this 400
     # Docker sends the headers at once, then the body when the condition is met.
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     try:
-        res = await cs.wait(ref, request.query.get("condition") or "not-running")
+        res = await cs.wait(ref, condition)
     except NotFound:
         res = {"StatusCode": 0, "Error": None}
+    except EngineError as e:  # the status line is gone: the error goes in the body
+        res = {"StatusCode": -1, "Error": {"Message": e.message}}
     try:
         await resp.write(encode(res) + b"\n")
         await resp.write_eof()

@@ -215,4 +215,12 @@ def test_errors(client, engine_daemon):
     assert exc.value.status_code == 409 and "already in use" in str(exc.value)
     with pytest.raises(NotFound):
         client.containers.get("no-such-container-xyz")
+    with pytest.raises(APIError) as exc:
+        client.api.wait(name, condition="bogus")
+    assert exc.value.status_code == 400 and "invalid condition" in str(exc.value)
+    with pytest.raises(APIError) as exc:
+        client.containers.list(filters={"status": "bogus"})
+    assert exc.value.status_code == 400
+    assert name in [c.name for c in client.containers.list(all=True,
+                                                           filters={"status": "created"})]
     assert engine_daemon.request("POST", "/containers/create", b'{"Image": ')[0] == 400
