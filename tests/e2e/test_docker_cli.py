@@ -156,9 +156,17 @@ def test_run_it_tty_size_resize_and_exit_code(docker, engine_daemon, names):
         s.write(b"stty size\r")
         s.read_until(b"31 97")
         s.resize(40, 120)
-        time.sleep(0.3)  # the CLI forwards SIGWINCH as a resize call
-        s.write(b"stty size; exit 7\r")
-        s.read_until(b"40 120")
+        # the CLI forwards SIGWINCH as a resize call, which may land a moment later
+        for _ in range(20):
+            s.write(b"stty size\r")
+            try:
+                s.read_until(b"40 120", timeout=0.5)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError(f"the new size never reached the container: {s.buf!r}")
+        s.write(b"exit 7\r")
     finally:
         code = s.finish()
     assert code == 7, s.buf
