@@ -38,10 +38,6 @@ import struct
 import termios
 from collections.abc import Callable
 
-TYPE_CHECKING = False  # typing is not imported at run time
-if TYPE_CHECKING:
-    from typing import Any
-
 from engine.core.runtime import caps as _caps
 from engine.core.runtime import cgroups as _cgroups
 from engine.core.runtime import rootfs as _rootfs
@@ -114,8 +110,7 @@ class Spawned:
     the read end of the error pipe. Both fds belong to the caller.
     """
 
-    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error",
-                 "_joining")
+    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error")
 
     def __init__(self, pid: int, start_fd: int, error_fd: int) -> None:
         self.pid = pid
@@ -126,44 +121,16 @@ class Spawned:
         self.cgroups_path = ""
         self.joined_fd = -1
         self.join_error: SpawnError | None = None
-        self._joining: Any = None  # the lock a background join holds until it is done
 
     def __repr__(self) -> str:
         return f"Spawned(pid={self.pid}, start_fd={self.start_fd}, error_fd={self.error_fd})"
 
     def join_cgroup(self) -> None:
-        """Move the child into its cgroup in every controller and tell it so (once;
-        this waits for a background move). :meth:`start` does it if nobody did.
-        A failure is raised by :meth:`start`."""
-        if self._joining is not None:
-            with self._joining:
-                return
-        self._join()
+        """Move the child into its cgroup in every controller and tell it so (once).
 
-    def join_cgroup_in_background(self) -> None:
-        """Start the move in a thread, so that the caller goes on with other work
-        (serving requests) while the kernel waits; :meth:`join_cgroup` and
-        :meth:`start` wait for it."""
-        if self.joined_fd < 0 or self._joining is not None:
-            return
-        import _thread
-        lock = _thread.allocate_lock()
-        lock.acquire()
-        self._joining = lock
-
-        def run() -> None:
-            try:
-                self._join()
-            finally:
-                lock.release()
-        try:
-            _thread.start_new_thread(run, ())
-        except RuntimeError:  # no thread to be had: do it now
-            self._joining = None
-            lock.release()
-            self._join()
-
-    def _join(self) -> None:
+        Call it as early as convenient to overlap the move with other work;
+        :meth:`start` does it otherwise. A failure is raised by :meth:`start`.
+        """
         if self.joined_fd < 0:
             return
         try:

@@ -376,9 +376,10 @@ class _SpawnedBackend(Backend):
 
     def settle(self) -> None:
         # the cgroup move waits for the kernel (see linux.py): overlap it with the
-        # daemon's work until its start request, attach requests included
+        # child's set-up and the daemon's work until its next request. (Not in a
+        # thread: after unshare(CLONE_NEWPID) this process can make none.)
         if self.spawned is not None:
-            self.spawned.join_cgroup_in_background()
+            self.spawned.join_cgroup()
 
     def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         from engine.core.runtime import linux
