@@ -124,6 +124,7 @@ class ForkServer:
     control socket reaches EOF, which the kernel delivers when the daemon is gone
     however it ended. A server started under another environment (the monitors would
     inherit it) is replaced. Thread-safe: the daemon calls it from executor threads.
+    A forked copy of the owner starts a server of its own on first use.
     """
 
     def __init__(self, python: str = sys.executable) -> None:
@@ -132,6 +133,7 @@ class ForkServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._env: dict[str, str] = {}
+        self._owner = 0  # the pid that started the server
 
     @property
     def pid(self) -> int:
@@ -153,6 +155,7 @@ class ForkServer:
             theirs.close()
         self._sock = ours
         self._env = dict(os.environ)
+        self._owner = os.getpid()
 
     def request(self, args: list[str], sync_fd: int, log_fd: int,
                 timeout: float = SYNC_TIMEOUT) -> int:
@@ -166,6 +169,8 @@ class ForkServer:
         payload = b"\0".join(os.fsencode(a) for a in args)
         fds = array.array("i", (sync_fd, log_fd)).tobytes()
         with self._lock:
+            if self._owner and self._owner != os.getpid():
+                self._disown_locked()
             for attempt in (1, 2):
                 if self._sock is None or self._env != os.environ or \
                         (self._proc is not None and self._proc.poll() is not None):
@@ -198,7 +203,18 @@ class ForkServer:
         """Close the control socket and reap the server (the monitors it forked run
         on: they are not its children)."""
         with self._lock:
+            if self._owner and self._owner != os.getpid():
+                self._disown_locked()
             self._stop_locked()
+
+    def _disown_locked(self) -> None:
+        """In a forked copy of the owner: forget the owner's server (its socket is
+        the owner's to use, its process the owner's to reap)."""
+        if self._sock is not None:
+            self._sock.close()  # our copy only: the owner's end stays open
+        self._sock = None
+        self._proc = None
+        self._owner = 0
 
     def _stop_locked(self, kill: bool = False) -> None:
         if self._sock is not None:

@@ -144,3 +144,30 @@ def test_the_server_exits_when_its_owner_is_killed() -> None:
 def test_forkserver_usage() -> None:
     assert monitor.main(["forkserver"]) == 2
     assert monitor.main(["forkserver", "--control-fd", "x"]) == 2
+
+
+def test_a_forked_owner_starts_a_server_of_its_own(server: client.ForkServer,
+                                                    tmp_path: Path) -> None:
+    _request(server, ["bogus"], tmp_path / "log")
+    parent_server = server.pid
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - reports through the pipe
+        code = 1
+        try:
+            os.close(r)
+            _request(server, ["bogus"], tmp_path / "log")
+            os.write(w, str(server.pid).encode())
+            server.stop()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        child_server = int(f.read() or 0)
+    _pid, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_server not in (0, parent_server)
+    assert server.pid == parent_server and client._running(parent_server)
+    _request(server, ["bogus"], tmp_path / "log")  # ours still answers us
+    assert server.pid == parent_server
