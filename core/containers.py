@@ -967,6 +967,42 @@ class ContainerService:
         return {"StatusCode": st.exit_code,
                 "Error": {"Message": st.error} if st.error else None}
 
+    # HostConfig fields ``docker update`` may change; the resource ones reach the
+    # cgroup of a running container at once.
+    _UPDATABLE = ("Memory", "MemorySwap", "MemoryReservation", "CpuShares", "CpuQuota",
+                  "CpuPeriod", "NanoCpus", "PidsLimit", "CpusetCpus", "CpusetMems",
+                  "BlkioWeight")
+
+    async def update(self, ref: str, body: dict) -> list[str]:
+        """``POST /containers/{id}/update``: the restart policy and resource limits.
+        Returns Docker's warnings (none)."""
+        c = self.get(ref)
+        if not isinstance(body, dict):
+            raise InvalidArgument("update config must be a JSON object")
+        # the CLI sends every field: zero means "unchanged"
+        changes = {k: body[k] for k in self._UPDATABLE if body.get(k) not in (None, 0, "")}
+        merged = {**c.host_config, **changes}
+        self._validate_host_config(merged)
+        pol = body.get("RestartPolicy")
+        if pol and pol.get("Name"):
+            if c.host_config.get("AutoRemove") and pol.get("Name") != "no":
+                raise InvalidArgument("Restart policy cannot be updated because AutoRemove "
+                                      "is enabled for the container")
+            merged["RestartPolicy"] = pol
+        if changes and c.state.running:
+            from .runtime import cgroups
+
+            res = spec_mod.resources(merged)
+            res.pop("devices", None)
+            try:
+                await self.run(cgroups.update, cgroup_path(c.id), res)
+            except OSError as e:
+                raise InvalidArgument(f"Cannot update container {c.id}: {e}") from None
+        c.host_config = merged
+        self.save(c)
+        self.events.emit("container", "update", c.id, self._attrs(c))
+        return []
+
     async def rename(self, ref: str, new: str) -> None:
         c = self.get(ref)
         if not new or not NAME_RE.match(new):

@@ -136,16 +136,8 @@ async def prune(request: web.Request) -> web.Response:
 
 async def update(request: web.Request) -> web.Response:
     body = await body_json(request)
-    c = _cs(request).get(request.match_info["id"])
-    pol = body.get("RestartPolicy")
-    if pol:
-        c.host_config["RestartPolicy"] = pol
-    for key in ("Memory", "MemorySwap", "MemoryReservation", "CpuShares", "CpuQuota",
-                "CpuPeriod", "NanoCpus", "PidsLimit", "CpusetCpus"):
-        if key in body and body[key] not in (None, 0, ""):
-            c.host_config[key] = body[key]
-    _cs(request).save(c)
-    return json_response({"Warnings": []})
+    warnings = await _cs(request).update(request.match_info["id"], body)
+    return json_response({"Warnings": warnings})
 
 
 # ---------------------------------------------------------------- attach & logs

@@ -601,6 +601,20 @@ def test_memory_limit_oom(docker, names):
     assert inspect(docker, name, "{{.HostConfig.Memory}}") == str(32 << 20)
 
 
+def test_update_reaches_the_cgroup(docker, names):
+    name = names()
+    docker("run", "-d", "--name", name, "--memory", "32m", "busybox", "sleep", "60",
+           check=True)
+    docker("update", "--memory", "64m", "--pids-limit", "20", name, check=True)
+    mem = out(docker("stats", "--no-stream", "--format", "{{.MemUsage}}", name, check=True))
+    assert mem.endswith("/ 64MiB")  # the limit the cgroup reports
+    docker("update", "--restart", "on-failure:3", name, check=True)
+    assert inspect(docker, name, "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}} "
+                                 "{{.HostConfig.RestartPolicy.Name}}") == f"{64 << 20} 20 on-failure"
+    p = docker("update", "--memory", "1m", name)
+    assert p.returncode != 0 and b"Minimum memory limit" in p.stderr
+
+
 def test_stats(docker, names):
     name, stopped = names(), names()
     docker("run", "-d", "--name", name, "--memory", "64m", "busybox", "sleep", "60",
