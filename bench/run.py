@@ -31,14 +31,14 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import measure  # noqa: E402
-from bench.proc import unmount_under  # noqa: E402
+from bench.proc import load_average, unmount_under  # noqa: E402
 from bench.stats import TARGETS, Report  # noqa: E402
 from bench.targets import (  # noqa: E402
     REPO, BenchError, DockerTarget, EngineTarget, PodmanTarget, Target, dump_json, versions)
 
 #: measurement groups, in the order they run: name -> (function, measurement ids)
 GROUPS: dict[str, tuple[Callable[[Target, Report, int], None], list[str]]] = {
-    "daemon": (measure.daemon_start, ["ready", "idle_rss"]),
+    "daemon": (measure.daemon_start, ["ready", "ready_cpu", "idle_rss"]),
     "run_rm": (measure.run_rm, ["run_rm", "run_rm_docker_cli"]),
     "concurrent": (measure.concurrent, ["run50", "rm50", "ctr_pss"]),
     "logs": (measure.logs, ["log_write", "log_read"]),
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                   if not p.exists()]
     old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     interrupted = False
+    loads: list[float] = []
     try:
         tar = busybox_tar(base / "busybox.tar")
         ready = []
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     report.mark_missing(t, "skipped", ids)
                 continue
             for target in ready:
-                log(f"{target.name}: {group} x{args.repeat}")
+                log(f"{target.name}: {group} x{args.repeat} (load {load_average():.1f})")
+                loads.append(load_average())
                 try:
                     func(target, report, args.repeat)
                 except (BenchError, OSError) as e:
@@ -178,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, h)
 
     print(f"\n{report.format_table()}\n")
+    if loads:
+        print(f"1-minute load average while measuring: {min(loads):.1f} to {max(loads):.1f} "
+              f"on {os.cpu_count()} CPUs\n")
     if args.json:
         meta = {"command": " ".join(sys.argv), "repeat": args.repeat,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "versions": versions(targets), "interrupted": interrupted}
+                "versions": versions(targets), "interrupted": interrupted,
+                "load_average_1min": loads}
         dump_json(args.json, report.to_json(meta))
         print(f"samples written to {args.json}")
     return 130 if interrupted else 0
