@@ -1336,10 +1336,20 @@ class ContainerService:
         except Exception:
             return 0
 
+    def _image_name(self, c: Container) -> str:
+        """What ``docker ps`` shows: the reference the container was made from while it
+        still names the container's image, else the image id (as Docker)."""
+        try:
+            if self.images.get(c.image_ref).id == c.image:
+                return c.image_ref
+        except (NotFound, InvalidArgument):
+            pass
+        return c.image
+
     def summary(self, c: Container, size: bool = False) -> dict:
         st = c.state
         out = {
-            "Id": c.id, "Names": [c.name], "Image": c.image_ref, "ImageID": c.image,
+            "Id": c.id, "Names": [c.name], "Image": self._image_name(c), "ImageID": c.image,
             "Command": " ".join([c.path] + c.args), "Created": int(parse_time(c.created)),
             "Ports": ports_summary(c), "Labels": c.config.get("Labels") or {},
             "State": st.status,

@@ -437,9 +437,13 @@ def test_rmi_of_an_image_in_use(docker, names, images, busybox_tar):
     # a running container's image: -f only untags it, and its id cannot be forced
     r = names()
     docker("run", "-d", "--name", r, iid, "sleep", "60", check=True)
+    assert out(docker("ps", "--filter", f"name={c}", "-a", "--format", "{{.Image}}")) == ref
     p = docker("rmi", "-f", ref, check=True)
     assert out(p) == f"Untagged: {ref}"
     assert inspect(docker, iid, "{{.Id}}") == iid
+    # the name no longer leads to the image: ps shows its id
+    assert out(docker("ps", "--filter", f"name={c}", "-a", "--format", "{{.Image}}")) == \
+        iid.removeprefix("sha256:")[:12]
     p = docker("rmi", "-f", iid)
     assert p.returncode == 1 and b"being used by running container" in p.stderr
     # once nothing runs it, -f deletes it although a stopped container refers to it
