@@ -46,7 +46,8 @@ from engine.core.runtime.rootfs import mount, umount  # re-exported helpers
 
 __all__ = [
     "Spawned", "SpawnError", "spawn_container", "spawn_exec", "resolve_exec_user",
-    "resize_tty", "set_subreaper", "trim_heap", "pidfd_open", "mount", "umount", "unshare", "setns",
+    "resize_tty", "set_subreaper", "trim_heap", "pidfd_open", "mount", "umount", "unshare",
+    "setns",
 ]
 
 CLONE_NEWNS = 0x00020000

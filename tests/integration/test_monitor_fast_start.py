@@ -116,13 +116,13 @@ def test_the_daemons_fork_server(busybox_tar: Path) -> None:
     try:
         import_busybox(d, busybox_tar)
         status, body = d.request("POST", "/containers/create", {
-            "Image": "busybox", "Cmd": ["sleep", "30"], "HostConfig": {"NetworkMode": "none"}})
+            "Image": "busybox", "Cmd": ["sleep", "30"],
+            "HostConfig": {"NetworkMode": "none"}})
         assert status == 201, body
         cid = json.loads(body)["Id"]
         assert d.request("POST", f"/containers/{cid}/start")[0] == 204
         assert d.proc is not None
-        servers += [int(p) for p in os.listdir("/proc") if p.isdigit()
-                    and _is_fork_server(int(p)) and int(_stat(int(p))[1]) == d.proc.pid]
+        servers += _fork_servers_of(d.proc.pid)
         assert len(servers) == 1  # a child of the daemon
         status, body = d.request("GET", "/containers/json?all=1")
         assert [c["Id"] for c in json.loads(body)] == [cid]  # not a container
@@ -135,15 +135,24 @@ def test_the_daemons_fork_server(busybox_tar: Path) -> None:
         assert d.request("POST", f"/containers/{cid}/kill")[0] == 204
     finally:
         d.cleanup()
-    assert all(_wait_gone(pid) for pid in servers)  # the new daemon's too
+    assert all(_wait_gone(pid) for pid in servers)
 
 
-def _is_fork_server(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"\0forkserver\0--control-fd\0" in f.read()
-    except OSError:
-        return False
+def _fork_servers_of(parent: int) -> list[int]:
+    """The monitor fork servers whose parent is ``parent``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if b"\0forkserver\0--control-fd\0" not in f.read():
+                    continue
+            if int(_stat(int(name))[1]) == parent:
+                found.append(int(name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 def test_concurrent_creates_get_a_monitor_each(tmp_path: Path, busybox_rootfs: Path,
