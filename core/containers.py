@@ -1368,9 +1368,19 @@ class ContainerService:
     def list(self, all_: bool = False, limit: int = -1, filters: dict | None = None,
              size: bool = False) -> list[dict]:
         items = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
+        filters = dict(filters or {})
+        # since/before: created after (before) the named container, itself excluded
+        since = [self.get(v) for v in _filter_values(filters, "since")]
+        before = [self.get(v) for v in _filter_values(filters, "before")]
+        filters.pop("since", None)
+        filters.pop("before", None)
         out = []
         for c in items:
             if not all_ and not c.state.running and limit <= 0:
+                continue
+            if any(c.created <= ref.created or c.id == ref.id for ref in since):
+                continue
+            if any(c.created >= ref.created or c.id == ref.id for ref in before):
                 continue
             if filters and not _container_matches(c, filters):
                 continue
@@ -1507,6 +1517,13 @@ def _labels_match(labels: dict, filters: dict | None) -> bool:
     return True
 
 
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return re.search(pattern, text) is not None
+    except re.error as e:
+        raise InvalidArgument(f"invalid filter pattern {pattern!r}: {e}") from None
+
+
 def _container_matches(c: Container, filters: dict) -> bool:
     for key in filters:
         vals = _filter_values(filters, key)
@@ -1514,7 +1531,16 @@ def _container_matches(c: Container, filters: dict) -> bool:
             continue
         if key == "id" and not any(c.id.startswith(v) for v in vals):
             return False
-        if key == "name" and not any(re.search(v, c.name.lstrip("/")) for v in vals):
+        if key == "name" and not any(_search(v, c.name) or _search(v, c.name.lstrip("/"))
+                                     for v in vals):
+            return False
+        if key == "volume" and not any(v in (m.get("Name"), m.get("Source"),
+                                             m.get("Destination"))
+                                       for v in vals for m in c.mounts):
+            return False
+        if key == "network" and not any(
+                v in c.networks or any(ep.get("NetworkID") == v for ep in c.networks.values())
+                for v in vals):
             return False
         if key == "status" and c.state.status not in vals:
             return False

@@ -153,6 +153,31 @@ def test_stats(client):
     assert first["memory_stats"]["limit"] == 48 << 20
 
 
+def test_list_filters(client, tmp_path):
+    tag = uid("f")
+    first, second, third = (
+        track(client, client.containers.create(
+            "busybox", ["true"], name=f"{tag}-{i}", labels={"f": tag},
+            volumes={str(tmp_path): {"bind": f"/mnt/{i}", "mode": "rw"}} if i == 1 else None))
+        for i in range(3))
+
+    def names(**filters):
+        return sorted(c.name for c in client.containers.list(
+            all=True, filters={"label": f"f={tag}", **filters}))
+
+    assert names(since=first.id) == [second.name, third.name]
+    assert names(before=third.name) == [first.name, second.name]
+    assert names(since=first.id, before=third.id) == [second.name]
+    assert names(volume="/mnt/1") == [second.name]
+    assert names(volume=str(tmp_path)) == [second.name]
+    assert names(name=f"^/?{tag}-2$") == [third.name]
+    with pytest.raises(APIError) as exc:
+        client.containers.list(all=True, filters={"name": "("})
+    assert exc.value.status_code == 400
+    with pytest.raises(NotFound):
+        client.containers.list(all=True, filters={"since": "no-such-container-xyz"})
+
+
 def test_containers_prune(client):
     keep = track(client, client.containers.run("busybox", ["sleep", "60"], detach=True))
     gone = track(client, client.containers.create("busybox", ["true"], labels={"p": uid()}))
