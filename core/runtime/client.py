@@ -169,13 +169,8 @@ class ForkServer:
         payload = b"\0".join(os.fsencode(a) for a in args)
         fds = array.array("i", (sync_fd, log_fd)).tobytes()
         with self._lock:
-            if self._owner and self._owner != os.getpid():
-                self._disown_locked()
             for attempt in (1, 2):
-                if self._sock is None or self._env != os.environ or \
-                        (self._proc is not None and self._proc.poll() is not None):
-                    self._stop_locked()
-                    self._start()
+                self._ensure_started_locked()
                 sock = self._sock
                 assert sock is not None
                 try:
@@ -198,6 +193,22 @@ class ForkServer:
                 if attempt == 2:
                     raise OSError("the monitor fork server died")
         raise AssertionError("unreachable")
+
+    def ensure_started(self) -> int:
+        """Start the server now unless it runs (a daemon may call this at start-up,
+        from an executor, so that its first container does not wait for Python to
+        start); return its pid."""
+        with self._lock:
+            self._ensure_started_locked()
+            return self.pid
+
+    def _ensure_started_locked(self) -> None:
+        if self._owner and self._owner != os.getpid():
+            self._disown_locked()
+        if self._sock is None or self._env != os.environ or \
+                (self._proc is not None and self._proc.poll() is not None):
+            self._stop_locked()
+            self._start()
 
     def stop(self) -> None:
         """Close the control socket and reap the server (the monitors it forked run

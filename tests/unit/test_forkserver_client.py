@@ -171,3 +171,12 @@ def test_a_forked_owner_starts_a_server_of_its_own(server: client.ForkServer,
     assert server.pid == parent_server and client._running(parent_server)
     _request(server, ["bogus"], tmp_path / "log")  # ours still answers us
     assert server.pid == parent_server
+
+
+def test_ensure_started_starts_once(server: client.ForkServer, tmp_path: Path) -> None:
+    assert server.pid == 0  # nothing runs until asked
+    pid = server.ensure_started()
+    assert pid > 0 and client._running(pid)
+    assert server.ensure_started() == pid
+    _request(server, ["bogus"], tmp_path / "log")
+    assert server.pid == pid  # the request used the server already started
