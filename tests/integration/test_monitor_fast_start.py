@@ -37,6 +37,9 @@ def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
 
 @pytest.fixture
 def cgroup_parent():
+    # made first: cgroups.create races on a parent that concurrent creates all make
+    # (the loser may copy an empty cpuset from it)
+    cgroups.create(f"/{CGROUP_PARENT}")
     yield f"/{CGROUP_PARENT}"
     for ctrl in os.listdir("/sys/fs/cgroup"):
         try:
@@ -157,9 +160,12 @@ def _fork_servers_of(parent: int) -> list[int]:
 
 def test_concurrent_creates_get_a_monitor_each(tmp_path: Path, busybox_rootfs: Path,
                                                cgroup_parent: str) -> None:
+    states: list[Path] = []
+
     async def one(n: int) -> tuple[int, bytes, dict]:
         cid = uuid.uuid4().hex
         bundle, state = tmp_path / cid / "bundle", tmp_path / cid / "state"
+        states.append(state)
         write_bundle(str(bundle), build_spec(
             container_id=cid, args=["echo", str(n)], env=["PATH=/bin"],
             rootfs=str(busybox_rootfs), readonly_rootfs=True,
@@ -175,7 +181,14 @@ def test_concurrent_creates_get_a_monitor_each(tmp_path: Path, busybox_rootfs: P
     async def go():
         return await asyncio.gather(*(one(n) for n in range(6)))
 
-    results = asyncio.run(asyncio.wait_for(go(), 60))
+    try:
+        results = asyncio.run(asyncio.wait_for(go(), 60))
+    finally:  # whatever failed: no process is left behind
+        for state in states:
+            mon = client.Monitor(str(state))
+            for pid in (mon.pid(), mon.monitor_pid()):
+                if pid and mon.alive():
+                    os.kill(pid, signal.SIGKILL)
     assert [(data, res["exit_code"]) for _pid, data, res in results] == \
         [(f"{n}\n".encode(), 0) for n in range(6)]
     assert len({pid for pid, _data, _res in results}) == 6
