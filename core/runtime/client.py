@@ -184,9 +184,8 @@ class ForkServer:
                     reply = b""
                 if reply:
                     pgid = int(reply)
-                    if pgid < 0:
-                        raise MonitorError(f"fork server: cannot fork: "
-                                           f"{os.strerror(-pgid)}")
+                    if pgid < 0:  # it could not fork, or could not read us
+                        raise MonitorError(f"monitor fork server: {os.strerror(-pgid)}")
                     return pgid
                 # the server died: a fresh one, once
                 self._stop_locked(kill=True)

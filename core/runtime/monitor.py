@@ -56,6 +56,7 @@ when needed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -1265,6 +1266,8 @@ def main(argv: list[str] | None = None) -> int:
 #: Modules every monitor uses, imported by the fork server before it forks any.
 FORKSERVER_PRELOAD = ("engine.core.runtime.linux",)
 _FDS_PER_REQUEST = 2
+# Larger than any message the daemon's socket can send (its send buffer's size).
+_FORK_REQUEST_MAX = 1024 * 1024
 
 
 def forkserver_main(argv: list[str]) -> int:
@@ -1286,7 +1289,7 @@ def forkserver_main(argv: list[str]) -> int:
         gc.collect()
         gc.freeze()
         try:
-            data, ancillary, _flags, _addr = control.recvmsg(REQUEST_MAX, fds_space)
+            data, ancillary, flags, _addr = control.recvmsg(_FORK_REQUEST_MAX, fds_space)
         except InterruptedError:
             continue
         fds = _received_fds(ancillary)
@@ -1294,14 +1297,15 @@ def forkserver_main(argv: list[str]) -> int:
             for fd in fds:
                 os.close(fd)
             return 0
-        if len(fds) != _FDS_PER_REQUEST:
-            log(f"fork server: a request with {len(fds)} fds ignored")
+        if len(fds) != _FDS_PER_REQUEST or flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
+            log(f"fork server: a bad request ({len(fds)} fds, flags {flags:#x}) refused")
             for fd in fds:
                 os.close(fd)
-            continue
-        args = [a.decode("utf-8", "surrogateescape") for a in data.split(b"\0")]
-        _preload_for(args, preloaded)
-        pgid = _fork_monitor(control, args, *fds)
+            pgid = -errno.EMSGSIZE
+        else:
+            args = [a.decode("utf-8", "surrogateescape") for a in data.split(b"\0")]
+            _preload_for(args, preloaded)
+            pgid = _fork_monitor(control, args, *fds)
         try:
             control.sendall(str(pgid).encode())
         except OSError:

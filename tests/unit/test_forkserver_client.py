@@ -180,3 +180,12 @@ def test_ensure_started_starts_once(server: client.ForkServer, tmp_path: Path) -
     assert server.ensure_started() == pid
     _request(server, ["bogus"], tmp_path / "log")
     assert server.pid == pid  # the request used the server already started
+
+
+def test_a_request_without_its_fds_is_refused(server: client.ForkServer) -> None:
+    server.ensure_started()
+    sock = server._sock
+    assert sock is not None
+    sock.sendmsg([b"create\0--id\0x"])  # no SCM_RIGHTS
+    assert int(sock.recv(64)) < 0
+    assert client._running(server.pid)  # and it goes on serving
