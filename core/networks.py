@@ -159,11 +159,10 @@ class NetworkService:
                 log.error("network record %s unreadable: %s", f.name, e)
                 continue
             self.networks[n.id] = n
-        for n in list(self.networks.values()):
-            try:
-                await self._driver(n.driver).create_network(n.spec())
-            except Exception as e:
-                log.error("network %s (%s driver) not set up: %s", n.name, n.driver, e)
+        # Bringing existing networks back (bridges, iptables rules, proxies) takes a
+        # while; it runs in the background so the API answers at once. Everything that
+        # needs a network set up waits for it (``_setup_done``).
+        self._setup_task = asyncio.create_task(self._setup(list(self.networks.values())))
         names = {n.name for n in self.networks.values()}
         drivers = self.plugins.drivers["network"]
         if "bridge" not in names and "bridge" in drivers:
@@ -185,6 +184,18 @@ class NetworkService:
         for name, drv in (("host", "host"), ("none", "null")):
             if name not in names and drv in drivers:
                 await self._create(name, drv)
+
+    async def _setup(self, records: list[NetworkRecord]) -> None:
+        for n in records:
+            try:
+                await self._driver(n.driver).create_network(n.spec())
+            except Exception as e:
+                log.error("network %s (%s driver) not set up: %s", n.name, n.driver, e)
+
+    async def _setup_done(self) -> None:
+        task = getattr(self, "_setup_task", None)
+        if task is not None and not task.done():
+            await asyncio.shield(task)
 
     def _default_subnet(self) -> str:
         """172.30.0.0/16, or the subnet the default bridge device already has (another
@@ -223,6 +234,7 @@ class NetworkService:
 
     async def create(self, body: dict) -> dict:
         """POST /networks/create."""
+        await self._setup_done()
         name = body.get("Name") or ""
         if not name:
             raise InvalidArgument("network name must not be empty")
@@ -367,6 +379,7 @@ class NetworkService:
         return True
 
     async def remove(self, ref: str) -> None:
+        await self._setup_done()
         n = self.get(ref)
         if n.name in PREDEFINED:
             raise Forbidden(f"{n.name} is a pre-defined network and cannot be removed")
@@ -387,6 +400,7 @@ class NetworkService:
             ep.get("NetworkID") == n.id for ep in c.networks.values())]
 
     async def prune(self, filters: dict | None = None) -> list[str]:
+        await self._setup_done()
         deleted = []
         for n in list(self.networks.values()):
             if n.name in PREDEFINED or self.endpoints(n) or self._configured_users(n):
@@ -450,6 +464,7 @@ class NetworkService:
                              default_network: str = "") -> tuple[str | None, bool]:
         """Join every network of a starting container. Returns the namespace path
         (None for the host's) and whether the container uses the host's network."""
+        await self._setup_done()
         if not c.networks:
             c.networks = self.plan(c.host_config, None, default_network)
         primary = self.resolve_mode(c.host_config.get("NetworkMode") or "default", default_network)
@@ -554,6 +569,7 @@ class NetworkService:
 
     async def connect(self, ref: str, container_ref: str, cfg: dict | None) -> None:
         """POST /networks/{id}/connect: a running container gets one more interface."""
+        await self._setup_done()
         n = self.get(ref)
         svc = self.containers
         c = svc.get(container_ref)
@@ -577,6 +593,7 @@ class NetworkService:
         self._emit("connect", n, c)
 
     async def disconnect(self, ref: str, container_ref: str, force: bool = False) -> None:
+        await self._setup_done()
         n = self.get(ref)
         svc = self.containers
         try:

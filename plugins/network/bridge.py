@@ -27,10 +27,7 @@ import logging
 import os
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from engine.sdk import hookimpl
 from engine.sdk.drivers import DriverContext, EndpointInfo, NetworkDriver, NetworkSpec, Sandbox
@@ -38,6 +35,9 @@ from engine.sdk.errors import Conflict, DriverError, Forbidden, InvalidArgument
 
 from . import dns, iptables, portmap
 from .ipam import Leases, Pool, mac_for, write_json
+
+if TYPE_CHECKING:  # pyroute2 costs ~100 ms to import: it is loaded on first use, in a
+    from pyroute2 import IPRoute  # worker thread, never on the daemon's start-up path
 
 log = logging.getLogger("engine.driver.bridge")
 
@@ -89,6 +89,8 @@ def _ipr(netns: str | None = None) -> Iterator[IPRoute]:
     pyroute2's own ``netns=`` forks a helper, whose signals would reach the daemon's
     handlers through the shared wakeup fd. It gets an event loop of its own because
     the daemon installs uvloop, whose loops cannot drive netlink sockets."""
+    from pyroute2 import IPRoute
+
     loop = asyncio.SelectorEventLoop()
     try:
         if netns is None:
@@ -161,6 +163,8 @@ def delete_link(name: str) -> None:
     with _ipr() as ip:
         idx = _link_index(ip, name)
         if idx is not None:
+            from pyroute2.netlink.exceptions import NetlinkError
+
             try:
                 ip.link("del", index=idx)
             except NetlinkError as e:
