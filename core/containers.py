@@ -1239,7 +1239,7 @@ class ContainerService:
             self.events.emit("container", "exec_die", c.id,
                              self._attrs(c, execID=x.id, exitCode=x.exit_code))
 
-    async def exec_wait(self, eid: str, timeout: float = 5.0) -> None:
+    async def exec_wait(self, eid: str, timeout: float = 30.0) -> None:
         """Return once the exec's exit code is recorded (or after ``timeout``).
 
         The attach stream of an exec ends when the process closes its output, which

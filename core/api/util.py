@@ -106,7 +106,7 @@ async def splice(client: tuple, backend: tuple, *, stdin: bool,
                  before_close: Callable[[], Awaitable[None]] | None = None) -> None:
     """Copy backend -> client until the backend ends, and client -> backend (stdin)
     until the client half-closes, passing the half-close on. ``before_close`` is
-    awaited after the backend's end and before the client's connection is closed."""
+    awaited once the backend is closed and before the client's connection is."""
     cr, cw = client
     br, bw = backend
 
@@ -140,15 +140,18 @@ async def splice(client: tuple, backend: tuple, *, stdin: bool,
         pass
     finally:
         task.cancel()
+        try:
+            bw.close()
+        except (OSError, RuntimeError):
+            pass
         if before_close is not None:
             await before_close()
-        for w in (cw, bw):
-            try:
-                if w is cw and w.can_write_eof():
-                    w.write_eof()
-                w.close()
-            except (OSError, RuntimeError):
-                pass
+        try:
+            if cw.can_write_eof():
+                cw.write_eof()
+            cw.close()
+        except (OSError, RuntimeError):
+            pass
 
 
 async def json_stream(request: web.Request) -> web.StreamResponse:
