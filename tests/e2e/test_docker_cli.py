@@ -300,6 +300,17 @@ def test_cp_symlink_stays_inside_container(docker, names, tmp_path):
     docker("cp", str(tmp_path / "payload"), f"{name}:/escape/payload", check=True)
     assert not (victim / "payload").exists()
     assert docker("exec", name, "cat", f"{victim}/payload").stdout == b"owned"
+    # a link that climbs with ".." stops at the container's root
+    marker = f"climb-{secrets.token_hex(4)}"
+    docker("exec", name, "ln", "-s", "../../../../../../../tmp", "/climb", check=True)
+    docker("cp", str(tmp_path / "payload"), f"{name}:/climb/{marker}", check=True)
+    assert not Path("/tmp", marker).exists()
+    assert docker("exec", name, "cat", f"/tmp/{marker}").stdout == b"owned"
+    # reading through a symlinked parent directory stays inside too
+    docker("exec", name, "ln", "-s", "/", "/rootlink", check=True)
+    p = docker("cp", f"{name}:/rootlink/etc/passwd", "-", check=True)
+    with tarfile.open(fileobj=io.BytesIO(p.stdout)) as tf:
+        assert b"app:x:1000" in tf.extractfile("passwd").read()
     # reading through a symlink pointing at /etc/passwd gives the container's file
     dst = tmp_path / "pw"
     docker("cp", "-L", f"{name}:/pw", str(dst), check=True)
