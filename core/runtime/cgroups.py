@@ -113,12 +113,29 @@ def _mkdir_v1(ctrl: str, directory: str) -> None:
         try:
             os.mkdir(current, 0o755)
         except FileExistsError:
-            continue
+            pass  # maybe made a moment ago by a concurrent create: still check its cpuset
         if ctrl == "cpuset":
-            # A new cpuset is empty, and an empty cpuset cannot take tasks.
-            for name in ("cpuset.cpus", "cpuset.mems"):
-                if not _read(current, name):
-                    _write(current, name, _read(parent, name) or "")
+            _fill_cpuset(parent, current)
+
+
+def _fill_cpuset(parent: str, current: str, timeout: float = 2.0) -> None:
+    """A new cpuset is empty, and an empty cpuset cannot take tasks: copy the parent's
+    cpus and mems. The parent may itself have been made a moment ago by a concurrent
+    create that has not filled it yet: wait for it rather than copy an empty value."""
+    deadline = time.monotonic() + timeout
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        while not _read(current, name):
+            value = _read(parent, name)
+            if value:
+                try:
+                    _write(current, name, value)
+                except OSError:
+                    if not _read(current, name):
+                        raise
+                break
+            if time.monotonic() > deadline:
+                raise OSError(f"cgroup {parent} has an empty {name}")
+            time.sleep(0.002)
 
 
 def _create_v2(path: str) -> None:

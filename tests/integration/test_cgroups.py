@@ -224,3 +224,41 @@ def test_v2_lifecycle(v2) -> None:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+@needs_root
+def test_concurrent_creates_under_a_new_parent_all_get_a_cpuset():
+    """Losing the race to make the parent must not copy its still-empty cpuset."""
+    import threading
+
+    from engine.core.runtime import cgroups
+
+    if cgroups.version() != 1:
+        pytest.skip("cpuset inheritance is a cgroup v1 matter")
+    base = f"/engine-race-{os.getpid()}"
+    errors: list = []
+
+    def make(i: int) -> None:
+        try:
+            cgroups.create(f"{base}/c{i}", {})
+            with open(f"/sys/fs/cgroup/cpuset{base}/c{i}/cpuset.cpus") as f:
+                if not f.read().strip():
+                    errors.append(i)
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append((i, e))
+
+    try:
+        threads = [threading.Thread(target=make, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+    finally:
+        for i in range(40):
+            cgroups.destroy(f"{base}/c{i}")
+        for ctrl in os.listdir("/sys/fs/cgroup"):
+            try:
+                os.rmdir(f"/sys/fs/cgroup/{ctrl}{base}")
+            except OSError:
+                pass
