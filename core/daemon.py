@@ -121,11 +121,21 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> None:
     log.info("engined ready in %.0f ms on %s", (time.monotonic() - t0) * 1000, ", ".join(paths))
     if ready is not None:
         ready.set()
+    # the monitors' fork server: started now, off the start-up path, so that the first
+    # container does not pay for its Python start
+    from .runtime import client as monitor_client
+
+    warm = asyncio.get_running_loop().run_in_executor(
+        None, lambda: monitor_client.fork_server().ensure_started())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    try:
+        await warm
+    except Exception as e:  # monitors fall back to a plain spawn
+        log.warning("monitor fork server did not start: %s", e)
     log.info("shutting down (containers keep running)")
     for c in services.containers.rt.values():
         if c.watch_task:
