@@ -17,8 +17,13 @@ from .util import encode, json_response, qbool, qfilters, svc
 
 
 def summary(s, image) -> dict:
+    """An image in a list. An image without any name is shown, as API 1.41 does, with
+    the placeholders the docker CLI recognises as dangling (it skips an image whose
+    only tag is ``<none>:<none>`` unless its digest is ``<none>@<none>`` too)."""
     d = s.images.summary(image)
-    d["RepoTags"] = d.get("RepoTags") or (["<none>:<none>"] if not d.get("RepoDigests") else [])
+    if not d.get("RepoTags") and not d.get("RepoDigests"):
+        d["RepoTags"], d["RepoDigests"] = ["<none>:<none>"], ["<none>@<none>"]
+    d["RepoTags"] = d.get("RepoTags") or []
     d["RepoDigests"] = d.get("RepoDigests") or []
     return d
 

@@ -474,13 +474,15 @@ def test_save_load_import_commit(docker, names, images, tmp_path, busybox_tar):
     docker("rmi", ref, check=True)
     p = docker("load", "-i", str(tar), check=True)
     assert f"Loaded image: {ref}" in out(p)
-    assert out(docker("run", "--rm", ref, "echo", "loaded")) == "loaded"
+    p = docker("run", "--rm", ref, "echo", "loaded")
+    assert out(p) == "loaded", p.stderr
 
     imported = images("imported")
     p = docker("import", "-c", "CMD [\"echo\", \"from-import\"]", str(busybox_tar), imported,
                check=True)
     assert out(p).startswith("sha256:")
-    assert out(docker("run", "--rm", imported)) == "from-import"
+    p = docker("run", "--rm", imported)
+    assert out(p) == "from-import", p.stderr
 
     c = names()
     docker("run", "--name", c, "busybox", "sh", "-c", "echo committed > /marker", check=True)
@@ -489,6 +491,15 @@ def test_save_load_import_commit(docker, names, images, tmp_path, busybox_tar):
     assert out(p).startswith("sha256:")
     p = docker("run", "--rm", committed, "sh", "-c", "cat /marker; echo $COMMITTED")
     assert p.stdout == b"committed\n1\n"
+
+    # committed without a name: a dangling image, listed as <none> by the CLI
+    iid = out(docker("commit", c, check=True))
+    try:
+        dangling = out(docker("images", "--filter", "dangling=true", "--no-trunc",
+                              "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"))
+        assert f"{iid} <none>:<none>" in dangling.splitlines()
+    finally:
+        docker("rmi", iid)
 
 
 # ---------------------------------------------------------------- events
