@@ -1177,6 +1177,7 @@ class ContainerService:
                 user=user, tty=use_tty, privileged=bool(cfg.get("Privileged")),
                 host_config=c.host_config))
         except ValueError as e:
+            x.exit_code = 126  # as Docker: the exec could not be started
             raise InvalidArgument(str(e)) from None
         sdir = self.exec_state_dir(eid)
         sdir.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,8 @@ def test_exec_with_and_without_tty(docker, engine_daemon, names):
     assert code == 9
 
     assert docker("exec", name, "no-such-binary").returncode == 127
+    p = docker("exec", "-u", "nosuchuser", name, "true")
+    assert p.returncode == 126 and b"unable to find user nosuchuser" in p.stdout + p.stderr
 
 
 @pytest.mark.xfail(reason="runtime: the exec terminal comes from the host's devpts, so "
