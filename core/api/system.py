@@ -104,6 +104,14 @@ def _os_name() -> str:
     return "Linux"
 
 
+def _strip_tag(ref: str) -> str:
+    """``busybox:latest`` -> ``busybox`` (a registry port or a digest is kept)."""
+    if "@" in ref:
+        return ref
+    name, _, tag = ref.rpartition(":")
+    return name if name and "/" not in tag else ref
+
+
 def _event_matches(ev: dict, filters: dict) -> bool:
     def vals(key):
         v = filters.get(key) or []
@@ -118,7 +126,14 @@ def _event_matches(ev: dict, filters: dict) -> bool:
             return False
         if key == "event" and ev["Action"].split(":")[0] not in want:
             return False
-        if key in ("container", "image", "volume", "network", "plugin"):
+        if key == "image":
+            # as Docker: an image event by its id or name, any other event by the
+            # image attribute it carries (a container's); tags optional
+            name = attrs.get("name" if ev["Type"] == "image" else "image", "")
+            cands = {ev["Actor"]["ID"], name, _strip_tag(ev["Actor"]["ID"]), _strip_tag(name)}
+            if not any(w in cands for w in want):
+                return False
+        elif key in ("container", "volume", "network", "plugin"):
             if ev["Type"] != key:
                 return False
             ident = ev["Actor"]["ID"]

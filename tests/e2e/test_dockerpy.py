@@ -222,6 +222,10 @@ def test_events_window(client):
     actions = [e["Action"] for e in events if e["Type"] == "container"]
     assert [a for a in actions if a in ("create", "start", "die", "destroy")] == \
         ["create", "start", "die", "destroy"]
+    # the image filter takes container events by the image they were made from
+    by_image = list(client.events(since=since, until=until, decode=True,
+                                  filters={"image": "busybox", "event": "destroy"}))
+    assert ctr.id in [e["Actor"]["ID"] for e in by_image]
     die = next(e for e in events if e["Action"] == "die")
     assert die["Actor"]["ID"] == ctr.id and die["Actor"]["Attributes"]["exitCode"] == "0"
     assert since - 1 <= die["time"] <= until + 1
