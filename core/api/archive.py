@@ -18,6 +18,7 @@ from typing import Callable
 
 from engine.sdk.errors import InvalidArgument, NotFound
 
+from ..runtime import rootfs
 from ..runtime.rootfs import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 
 
@@ -38,15 +39,55 @@ def container_root(cs, c):
             os.close(fd)
         return
     path = cs.layers.mount(c.id)
+    mounted: list[str] = []
     try:
+        mounted = _mount_volumes(path, c.mounts)
         fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             yield fd
         finally:
             os.close(fd)
     finally:
+        for target in reversed(mounted):
+            try:
+                rootfs.umount(target, _MNT_DETACH)
+            except OSError:
+                pass
         if not c.state.running:
             cs.layers.unmount(c.id)
+
+
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC = 0x1, 0x20, 0x1000, 0x4000
+_MNT_DETACH = 0x2
+
+
+def _mount_volumes(root: str, mounts: list[dict]) -> list[str]:
+    """Bind a stopped container's volumes and bind mounts at their places in its
+    mounted rootfs, as Docker does for ``docker cp``; return the targets, innermost
+    last. Mount points are made inside ``root`` without following its symlinks."""
+    done: list[str] = []
+    try:
+        for mp in sorted(mounts, key=lambda m: len(m.get("Destination") or "")):
+            source = mp.get("Source") or ""
+            if mp.get("Type") not in ("volume", "bind") or not os.path.exists(source):
+                continue  # tmpfs has no content while the container is stopped
+            fd, target = rootfs.make_target(root, mp["Destination"],
+                                            is_dir=os.path.isdir(source))
+            try:
+                rootfs.mount(source, f"/proc/self/fd/{fd}", None, _MS_BIND | _MS_REC)
+                done.append(target)
+                if not mp.get("RW", True):
+                    rootfs.mount(None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
+            finally:
+                os.close(fd)
+    except BaseException:
+        for target in reversed(done):
+            try:
+                rootfs.umount(target, _MNT_DETACH)
+            except OSError:
+                pass
+        raise
+    return done
 
 
 def _split(path: str) -> tuple[str, str]:

@@ -290,6 +290,31 @@ def test_cp_both_ways(docker, names, tmp_path):
     assert docker("cp", f"{running}:/nope", str(tmp_path)).returncode != 0
 
 
+def test_cp_with_volumes_of_a_stopped_container(docker, names, tmp_path):
+    name, vol = names(), uid("vol")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (tmp_path / "f").write_text("into the volume")
+    try:
+        docker("create", "--name", name, "-v", f"{vol}:/data", "-v", f"{ro}:/ro:ro",
+               "busybox", "cat", "/data/f", check=True)
+        docker("cp", str(tmp_path / "f"), f"{name}:/data/f", check=True)
+        p = docker("cp", str(tmp_path / "f"), f"{name}:/ro/f")
+        assert p.returncode != 0 and b"Read-only" in p.stderr
+        assert not (ro / "f").exists()
+        assert docker("start", "-a", name).stdout == b"into the volume"
+        p = docker("run", "--rm", "-v", f"{vol}:/data", "busybox", "cat", "/data/f")
+        assert p.stdout == b"into the volume"
+        docker("cp", f"{name}:/data/f", str(tmp_path / "back"), check=True)
+        assert (tmp_path / "back").read_text() == "into the volume"
+        # nothing stays mounted on the host once the copy is done
+        with open("/proc/self/mounts") as f:
+            assert str(ro) not in f.read()
+    finally:
+        docker("rm", "-f", name)
+        docker("volume", "rm", "-f", vol)
+
+
 def test_cp_symlink_stays_inside_container(docker, names, tmp_path):
     name = names()
     victim = tmp_path / "victim"
