@@ -5,13 +5,12 @@ import asyncio
 import base64
 import json
 import os
-import time
 
 from aiohttp import web
 
 from engine.sdk.errors import Conflict, EngineError, InvalidArgument, NotFound
 
-from ..util import parse_since, rfc3339
+from ..util import ZERO_TIME, parse_since, rfc3339
 from . import archive
 from .util import (
     body_json,
@@ -324,9 +323,10 @@ def _stats_sample(cgroup: str) -> dict:
     }
 
 
-_EMPTY_CPU = {"cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0,
-                            "usage_in_usermode": 0}, "throttling_data": {
-    "periods": 0, "throttled_periods": 0, "throttled_time": 0}}
+_EMPTY_CPU = {
+    "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+    "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+}
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
@@ -342,14 +342,14 @@ async def stats(request: web.Request) -> web.StreamResponse:
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     pre_cpu: dict = _EMPTY_CPU
-    pre_read = "0001-01-01T00:00:00Z"
+    pre_read = ZERO_TIME
     first = True
     try:
         while True:
             if c.state.status == "running" and c.id in cs.containers:
                 sample = await cs.run(_stats_sample, f"engine/{c.id}")
             else:
-                sample = {"read": "0001-01-01T00:00:00Z", "cpu_stats": _EMPTY_CPU,
+                sample = {"read": ZERO_TIME, "cpu_stats": _EMPTY_CPU,
                           "memory_stats": {}, "pids_stats": {}, "blkio_stats": {}}
                 if not stream:
                     first = False  # nothing to prime

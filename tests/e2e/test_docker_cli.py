@@ -11,7 +11,6 @@ import fcntl
 import io
 import json
 import os
-import pty
 import secrets
 import select
 import shutil
