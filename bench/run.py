@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     # they were already there.
     host_files = [p for p in (Path("/dev/shm/libpod_lock"), Path("/etc/docker/key.json"))
                   if not p.exists()]
-    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a shell starts background jobs with it ignored, and Python keeps that
+    old_handlers = {s: signal.signal(s, _raise_interrupt)
+                    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     interrupted = False
     loads: list[float] = []
     try:
@@ -175,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
         for path in host_files:
             path.unlink(missing_ok=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
