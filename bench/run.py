@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     interrupted = False
     loads: list[float] = []
+    started = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "versions": versions(targets)}  # before: the tree may change during the run
     try:
         tar = busybox_tar(base / "busybox.tar")
         ready = []
@@ -185,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"1-minute load average while measuring: {min(loads):.1f} to {max(loads):.1f} "
               f"on {os.cpu_count()} CPUs\n")
     if args.json:
-        meta = {"command": " ".join(sys.argv), "repeat": args.repeat,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "versions": versions(targets), "interrupted": interrupted,
-                "load_average_1min": loads}
+        meta = {"command": " ".join(sys.argv), "repeat": args.repeat, **started,
+                "interrupted": interrupted, "load_average_1min": loads}
         dump_json(args.json, report.to_json(meta))
         print(f"samples written to {args.json}")
     return 130 if interrupted else 0
