@@ -30,11 +30,19 @@ from types import FrameType
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import measure  # noqa: E402
-from bench.proc import load_average, unmount_under  # noqa: E402
-from bench.stats import TARGETS, Report  # noqa: E402
-from bench.targets import (  # noqa: E402
-    REPO, BenchError, DockerTarget, EngineTarget, PodmanTarget, Target, dump_json, versions)
+from bench import measure
+from bench.proc import load_average, unmount_under
+from bench.stats import TARGETS, Report
+from bench.targets import (
+    REPO,
+    BenchError,
+    DockerTarget,
+    EngineTarget,
+    PodmanTarget,
+    Target,
+    dump_json,
+    versions,
+)
 
 #: measurement groups, in the order they run: name -> (function, measurement ids)
 GROUPS: dict[str, tuple[Callable[[Target, Report, int], None], list[str]]] = {
@@ -105,21 +113,14 @@ def prepare(target: Target, tar: Path, report: Report) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("bench/run.py needs root (it starts daemons and containers)", file=sys.stderr)
-        return 2
-
-    report = Report(measure.MEASUREMENTS)
-    wanted = [t for t in filter(None, args.only.split(",")) if t in TARGETS]
-    skip = set(filter(None, args.skip.split(",")))
-    base = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
-    classes = {"engine": lambda: EngineTarget(base, args.venv_bin),
+def make_targets(names: list[str], base: Path, venv_bin: Path,
+                 report: Report) -> list[Target]:
+    """The selected targets that are installed; the others are recorded as missing."""
+    classes = {"engine": lambda: EngineTarget(base, venv_bin),
                "docker": lambda: DockerTarget(base), "podman": lambda: PodmanTarget(base)}
     targets: list[Target] = []
     for name in TARGETS:
-        if name not in wanted:
+        if name not in names:
             report.mark_missing(name, "not selected")
             continue
         target = classes[name]()
@@ -129,56 +130,86 @@ def main(argv: list[str] | None = None) -> int:
             report.mark_missing(name, reason)
         else:
             targets.append(target)
+    return targets
 
+
+def measure_all(targets: list[Target], base: Path, report: Report, repeat: int,
+                skip: set[str]) -> list[float]:
+    """Set every target up, then run each group of measurements on each target in
+    turn; return the load averages seen at the start of each group."""
+    tar = busybox_tar(base / "busybox.tar")
+    ready = []
+    for target in targets:
+        log(f"{target.name}: starting and importing {tar.name}")
+        if prepare(target, tar, report):
+            ready.append(target)
+    loads: list[float] = []
+    for group, (func, ids) in GROUPS.items():
+        if group in skip:
+            for t in TARGETS:
+                report.mark_missing(t, "skipped", ids)
+            continue
+        for target in ready:
+            loads.append(load_average())
+            log(f"{target.name}: {group} x{repeat} (load {loads[-1]:.1f})")
+            try:
+                func(target, report, repeat)
+            except (BenchError, OSError) as e:
+                log(f"{target.name}: {group} failed: {e}")
+                report.mark_missing(target.name, "error", ids)
+                report.result(ids[0], target.name).note = (
+                    f"{target.name} {group}: {str(e).splitlines()[0][:200]}")
+    return loads
+
+
+def clean_up(targets: list[Target], base: Path, host_files: list[Path]) -> None:
+    """Undo everything the run created; one target's failure does not stop the rest."""
+    for target in targets:
+        try:
+            target.cleanup()
+        except Exception as e:  # noqa: BLE001 - clean up the others regardless
+            log(f"{target.name}: cleanup failed: {e}")
+    unmount_under(base)
+    shutil.rmtree(base, ignore_errors=True)
+    for path in host_files:
+        path.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py needs root (it starts daemons and containers)", file=sys.stderr)
+        return 2
+    report = Report(measure.MEASUREMENTS)
     # files outside the base directory that the engines create once per machine:
     # podman's lock segment and dockerd 20.10's trust key. Removed at the end unless
     # they were already there.
     host_files = [p for p in (Path("/dev/shm/libpod_lock"), Path("/etc/docker/key.json"))
                   if not p.exists()]
     # SIGINT too: a shell starts background jobs with it ignored, and Python keeps that
-    old_handlers = {s: signal.signal(s, _raise_interrupt)
-                    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in signals}
+    base = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
+    targets: list[Target] = []
     interrupted = False
     loads: list[float] = []
-    started = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "versions": versions(targets)}  # before: the tree may change during the run
+    started: dict[str, object] = {}
     try:
-        tar = busybox_tar(base / "busybox.tar")
-        ready = []
-        for target in targets:
-            log(f"{target.name}: starting and importing {tar.name}")
-            if prepare(target, tar, report):
-                ready.append(target)
-        for group, (func, ids) in GROUPS.items():
-            if group in skip:
-                for t in TARGETS:
-                    report.mark_missing(t, "skipped", ids)
-                continue
-            for target in ready:
-                log(f"{target.name}: {group} x{args.repeat} (load {load_average():.1f})")
-                loads.append(load_average())
-                try:
-                    func(target, report, args.repeat)
-                except (BenchError, OSError) as e:
-                    log(f"{target.name}: {group} failed: {e}")
-                    report.mark_missing(target.name, "error", ids)
-                    report.result(ids[0], target.name).note = (
-                        f"{target.name} {group}: {str(e).splitlines()[0][:200]}")
+        targets = make_targets([t for t in args.only.split(",") if t], base, args.venv_bin,
+                               report)
+        started = {"date": datetime.datetime.now(datetime.UTC).isoformat(
+                       timespec="seconds"),
+                   "versions": versions()}  # now: the tree may change during the run
+        loads = measure_all(targets, base, report, args.repeat,
+                            {g for g in args.skip.split(",") if g})
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")
     finally:
         # a second Ctrl-C must not leave daemons, mounts or directories behind
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for target in targets:
-            try:
-                target.cleanup()
-            except Exception as e:  # noqa: BLE001 - clean up the others regardless
-                log(f"{target.name}: cleanup failed: {e}")
-        unmount_under(base)
-        shutil.rmtree(base, ignore_errors=True)
-        for path in host_files:
-            path.unlink(missing_ok=True)
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        clean_up(targets, base, host_files)
         for s, h in old_handlers.items():
             signal.signal(s, h)
 

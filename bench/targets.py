@@ -20,6 +20,7 @@ import subprocess
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import BinaryIO
 
 from . import proc
 
@@ -52,7 +53,7 @@ def run_cmd(argv: list[str], env: dict[str, str], *, timeout: float = 120,
     """Run ``argv`` to completion; return its stdout, raise BenchError when it fails."""
     try:
         p = subprocess.run(argv, env=env, stdout=stdout, stderr=subprocess.PIPE,
-                           input=input, timeout=timeout)
+                           input=input, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"{' '.join(argv[:6])}...: timed out after {timeout:.0f} s") from e
     if p.returncode != 0:
@@ -83,7 +84,7 @@ class Target(ABC):
         self.dir = base / self.name
         self.token = secrets.token_hex(3)
         self.daemon: subprocess.Popen | None = None
-        self._log = None
+        self._log: BinaryIO | None = None
 
     # -- what is installed ------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Target(ABC):
         """Start the daemon; return the seconds from exec to the first good /_ping."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._log is None:
-            self._log = open(self.dir / "daemon.log", "ab")
+            self._log = open(self.dir / "daemon.log", "ab")  # noqa: SIM115 - closed in cleanup()
         argv = self.daemon_argv()
         started = time.perf_counter()
         self.daemon = subprocess.Popen(argv, env=base_env(), stdout=self._log,
@@ -402,21 +403,20 @@ class PodmanTarget(Target):
         proc.remove_cgroup_tree(self.cgroup_parent)
 
 
-def versions(targets: list[Target]) -> dict[str, str]:
+def versions() -> dict[str, str]:
     """Versions of what is measured, for the JSON file."""
     out: dict[str, str] = {}
     try:
         out["engine"] = subprocess.run(
             ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-            text=True, timeout=10).stdout.strip()
+            text=True, timeout=10, check=False).stdout.strip()
     except OSError:
         pass
-    for label, argv in (("dockerd", [DOCKERD, "--version"]), ("docker CLI", [DOCKER, "--version"]),
-                        ("podman", [PODMAN, "--version"])):
-        if argv[0]:
+    for label, program in (("dockerd", DOCKERD), ("docker CLI", DOCKER), ("podman", PODMAN)):
+        if program:
             try:
-                out[label] = subprocess.run(argv, capture_output=True, text=True,
-                                            timeout=10).stdout.strip()
+                out[label] = subprocess.run([program, "--version"], capture_output=True,
+                                            text=True, timeout=10, check=False).stdout.strip()
             except OSError:
                 pass
     out["kernel"] = os.uname().release

@@ -13,12 +13,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench import measure, proc  # noqa: E402
-from bench.run import parse_args  # noqa: E402
-from bench.stats import (  # noqa: E402
-    Measurement, Report, format_ratio, format_value, markdown_table, median, percentile,
-    ratio)
-from bench.targets import PodmanTarget, command_label  # noqa: E402
+from bench import measure, proc
+from bench.run import parse_args
+from bench.stats import (
+    Measurement,
+    Report,
+    format_ratio,
+    format_value,
+    markdown_table,
+    median,
+    percentile,
+    ratio,
+)
+from bench.targets import PodmanTarget, command_label
 
 
 def test_median_odd_even_and_unsorted():
