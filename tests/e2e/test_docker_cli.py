@@ -132,13 +132,17 @@ class PtySession:
         self.buf += chunk
         return bool(chunk)
 
-    def finish(self, timeout: float = 15.0) -> int:
+    def finish(self, timeout: float = 15.0) -> int | None:
+        """Read until the CLI closes the terminal; its exit code (None if it had to be
+        killed)."""
         deadline = time.monotonic() + timeout
         while self._read(max(0.0, deadline - time.monotonic())):
             if time.monotonic() > deadline:
                 break
         try:
             return self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -154,9 +158,12 @@ def test_run_it_tty_size_resize_and_exit_code(docker, engine_daemon, names):
         s.read_until(b"# ")
         s.write(b"stty size\r")
         s.read_until(b"31 97")
-        s.resize(40, 120)
-        # the CLI forwards SIGWINCH as a resize call, which may land a moment later
+        # The CLI forwards SIGWINCH as a resize call, but only once it has set up its
+        # handler, a moment after its first resize: until the size arrives, change it
+        # again (the kernel signals a change only) and look.
         for _ in range(20):
+            s.resize(39, 119)
+            s.resize(40, 120)
             s.write(b"stty size\r")
             try:
                 s.read_until(b"40 120", timeout=0.5)
