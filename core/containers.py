@@ -1328,8 +1328,16 @@ class ContainerService:
         }
         if size:
             out["SizeRw"] = self._size_rw(c)
-            out["SizeRootFs"] = out["SizeRw"]
+            out["SizeRootFs"] = out["SizeRw"] + self._image_size(c)
         return out
+
+    def _image_size(self, c: Container) -> int:
+        """The size of the container's image (0 once it is gone): with SizeRw, Docker's
+        SizeRootFs, the "virtual" size ps -s shows."""
+        try:
+            return int(self.images.summary(self.images.get(c.image)).get("Size") or 0)
+        except (NotFound, InvalidArgument):
+            return 0
 
     def _size_rw(self, c: Container) -> int:
         try:
@@ -1363,7 +1371,7 @@ class ContainerService:
         }
         if size:
             out["SizeRw"] = self._size_rw(c)
-            out["SizeRootFs"] = out["SizeRw"]
+            out["SizeRootFs"] = out["SizeRw"] + self._image_size(c)
         return out
 
     def list(self, all_: bool = False, limit: int = -1, filters: dict | None = None,

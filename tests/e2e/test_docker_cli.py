@@ -418,6 +418,10 @@ def test_wait_diff_export(docker, names, tmp_path):
     assert docker("wait", name).stdout == b"4\n"
     diff = set(out(docker("diff", name)).splitlines())
     assert {"A /tmp/new", "D /etc/os-release", "A /added", "C /tmp", "C /etc"} <= diff
+    rw, total = map(int, out(docker("inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}",
+                                    name, check=True)).split())
+    image_size = int(inspect(docker, "busybox", "{{.Size}}"))
+    assert rw > 0 and total == rw + image_size
     tar = tmp_path / "fs.tar"
     docker("export", "-o", str(tar), name, check=True)
     with tarfile.open(tar) as tf:
