@@ -5,6 +5,7 @@ from aiohttp import web
 
 from engine.sdk.errors import Conflict, NotFound
 
+from .keys import API_VERSION
 from .util import body_json, json_response, qbool, qfilters, svc
 
 
@@ -40,6 +41,16 @@ async def _find(s, name: str):
     raise NotFound(f"get {name}: no such volume")
 
 
+def _labels_match(labels: dict | None, wanted: list[str]) -> bool:
+    """Docker's label filter: every ``key`` present, every ``key=value`` equal."""
+    labels = labels or {}
+    for w in wanted:
+        k, eq, v = w.partition("=")
+        if k not in labels or (eq and labels[k] != v):
+            return False
+    return True
+
+
 async def list_(request: web.Request) -> web.Response:
     s = svc(request)
     filters = qfilters(request)
@@ -52,6 +63,8 @@ async def list_(request: web.Request) -> web.Response:
         if "name" in filters and not any(n in v.name for n in filters["name"]):
             continue
         if "driver" in filters and dname not in filters["driver"]:
+            continue
+        if "label" in filters and not _labels_match(v.labels, list(filters["label"])):
             continue
         vols.append(_api(v, dname))
     return json_response({"Volumes": vols, "Warnings": None})
@@ -96,15 +109,21 @@ async def remove(request: web.Request) -> web.Response:
 async def prune(request: web.Request) -> web.Response:
     s = svc(request)
     filters = qfilters(request)
-    all_ = "all" in filters and list(filters["all"])[0] in ("true", "1")
+    # Before API 1.42 a prune removed named volumes too; "all" asks for it since.
+    version = request.match_info.get("version") or API_VERSION
+    old_api = tuple(int(x) for x in version.split(".")) < (1, 42)
+    all_ = old_api or ("all" in filters and list(filters["all"])[0] in ("true", "1"))
     deleted = []
     for dname, v in await _all(s):
         if _in_use(s, v.name):
+            continue
+        if "label" in filters and not _labels_match(v.labels, list(filters["label"])):
             continue
         anonymous = len(v.name) == 64 and all(ch in "0123456789abcdef" for ch in v.name)
         if not all_ and not anonymous:
             continue
         await s.plugins.volume(dname).remove(v.name)
+        s.events.emit("volume", "destroy", v.name, {"driver": dname})
         deleted.append(v.name)
     return json_response({"VolumesDeleted": deleted or None, "SpaceReclaimed": 0})
 

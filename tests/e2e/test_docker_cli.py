@@ -738,6 +738,29 @@ def test_bind_and_named_volumes(docker, names, tmp_path):
         docker("volume", "rm", "-f", vol)
 
 
+def test_volume_filters_and_prune(docker, names):
+    tag = uid("suite")
+    used, unused, other = uid("vol"), uid("vol"), uid("vol")
+    try:
+        docker("volume", "create", "--label", f"suite={tag}", used, check=True)
+        docker("volume", "create", "--label", f"suite={tag}", unused, check=True)
+        docker("volume", "create", other, check=True)
+        docker("create", "--name", names(), "-v", f"{used}:/d", "busybox", "true", check=True)
+        listed = out(docker("volume", "ls", "-q", "--filter", f"label=suite={tag}")).split()
+        assert sorted(listed) == sorted([used, unused])
+        dangling = out(docker("volume", "ls", "-q", "--filter", "dangling=true")).split()
+        assert unused in dangling and other in dangling and used not in dangling
+        p = docker("volume", "rm", used)
+        assert p.returncode != 0 and b"volume is in use" in p.stderr
+        # API 1.41 prunes named volumes too; the label keeps this to our own
+        p = docker("volume", "prune", "-f", "--filter", f"label=suite={tag}", check=True)
+        assert unused in out(p) and used not in out(p)
+        left = out(docker("volume", "ls", "-q")).split()
+        assert used in left and other in left and unused not in left
+    finally:
+        docker("volume", "rm", "-f", unused, other)
+
+
 def test_tmpfs_readonly_hostname(docker):
     p = docker("run", "--rm", "--read-only", "--tmpfs", "/run", "--hostname", "box1",
                "busybox", "sh", "-c",
