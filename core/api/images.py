@@ -107,7 +107,8 @@ async def tag(request: web.Request) -> web.Response:
     ref = repo + (":" + request.query["tag"] if request.query.get("tag") else "")
     img = await _run(s, s.images.get, name)
     await _run(s, s.images.tag, img.id, ref)
-    s.events.emit("image", "tag", img.id, {"name": ref})
+    s.events.emit("image", "tag", img.id, {
+        "name": reference.familiar(str(reference.parse(ref).with_default_tag()))})
     return web.Response(status=201)
 
 
@@ -135,11 +136,14 @@ def _delete(s, name: str, force: bool) -> list[dict]:
 async def remove(request: web.Request) -> web.Response:
     s = svc(request)
     name = request.match_info["name"]
+    image_id = (await _run(s, s.images.get, name)).id
     res = await _run(s, _delete, s, name, qbool(request, "force"))
     for item in res:
         for action, ident in item.items():
-            s.events.emit("image", action.lower().replace("untagged", "untag").replace(
-                "deleted", "delete"), ident, {"name": ident})
+            if action == "Untagged":  # as Docker: the image's id, the name it lost
+                s.events.emit("image", "untag", image_id, {"name": ident})
+            elif action == "Deleted" and ident == image_id:  # (not its layers)
+                s.events.emit("image", "delete", ident, {"name": ident})
     return json_response(res)
 
 

@@ -229,8 +229,15 @@ async def _du(path: str) -> int:
     return await asyncio.get_running_loop().run_in_executor(None, walk)
 
 
+async def build_prune(request: web.Request) -> web.Response:
+    """There is no build cache (no builder yet): nothing to prune. ``docker system
+    prune`` calls this after the containers, images and networks."""
+    return json_response({"CachesDeleted": None, "SpaceReclaimed": 0})
+
+
 ROUTES = [
     ("GET", "/_ping", ping),
+    ("POST", "/build/prune", build_prune),
     ("HEAD", "/_ping", ping),
     ("GET", "/version", version),
     ("GET", "/info", info),

@@ -460,6 +460,7 @@ def test_logs_tail_since_timestamps(docker, names):
 
 def test_images_tag_rmi_refused_while_used(docker, names, images):
     ref = images("tagged")
+    since = time.time()
     docker("tag", "busybox", ref, check=True)
     repo = ref.split(":")[0]
     listed = out(docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"))
@@ -475,6 +476,10 @@ def test_images_tag_rmi_refused_while_used(docker, names, images):
     docker("create", "--name", c, solo, "true", check=True)
     docker("rmi", ref, check=True)  # just an untag: another reference stays
     assert docker("inspect", ref).returncode != 0
+    p = docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
+               "--filter", "type=image", "--filter", f"image={repo}",
+               "--format", "{{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}}")
+    assert out(p).splitlines() == [f"tag {bid} {ref}", f"untag {bid} {ref}"]
     p = docker("rmi", bid.split(":")[1][:12])
     assert p.returncode != 0
     assert b"conflict" in p.stderr.lower() or b"being used" in p.stderr
@@ -759,6 +764,18 @@ def test_volume_filters_and_prune(docker, names):
         assert used in left and other in left and unused not in left
     finally:
         docker("volume", "rm", "-f", unused, other)
+
+
+def test_system_prune(docker, names):
+    tag = uid("suite")
+    stopped, running = names(), names()
+    docker("create", "--name", stopped, "--label", f"suite={tag}", "busybox", "true",
+           check=True)
+    docker("run", "-d", "--name", running, "--label", f"suite={tag}", "busybox", "sleep",
+           "60", check=True)
+    p = docker("system", "prune", "-f", "--filter", f"label=suite={tag}", check=True)
+    assert "Total reclaimed space" in out(p)
+    assert container_gone(docker, stopped) and not container_gone(docker, running)
 
 
 def test_tmpfs_readonly_hostname(docker):
