@@ -231,6 +231,30 @@ class ContainerService:
             self.names[c.name.lstrip("/")] = c.id
         for c in list(self.containers.values()):
             await self._restore_one(c)
+        for c in list(self.containers.values()):
+            if not c.state.running and self._restart_at_boot(c):
+                asyncio.create_task(self._start_at_boot(c))
+
+    def _restart_at_boot(self, c: Container) -> bool:
+        """Docker's policies when the daemon starts: ``always`` comes back even after a
+        manual stop, ``unless-stopped`` unless stopped by hand, ``on-failure`` after a
+        failure (within its retry count)."""
+        if not c.has_been_started or c.state.status in ("removing", "dead"):
+            return False
+        name = (c.host_config.get("RestartPolicy") or {}).get("Name") or "no"
+        if name == "always":
+            return True
+        return name in ("unless-stopped", "on-failure") and \
+            self._should_restart(c, c.state.exit_code)
+
+    async def _start_at_boot(self, c: Container) -> None:
+        try:
+            await self.start(c.id)
+            log.info("container %s: started by its restart policy", c.id[:12])
+        except NotModified:
+            pass
+        except Exception as e:  # logged: the daemon goes on with the others
+            log.error("container %s: restart at daemon start failed: %s", c.id[:12], e)
 
     async def _restore_one(self, c: Container) -> None:
         rt = self.runtime(c)

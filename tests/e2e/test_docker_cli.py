@@ -832,3 +832,19 @@ def test_live_restore_after_daemon_sigkill(fresh_daemon):
     d("stop", "keeps", check=True)
     assert out(d("logs", "keeps")) == "before\nbye"
     assert out(d("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "keeps")) == "exited 0"
+
+
+def test_restart_policies_when_the_daemon_starts(fresh_daemon):
+    if not DOCKER:
+        pytest.skip("the docker CLI is not installed")
+    d = _cli(fresh_daemon)
+    for name, policy in (("al", "always"), ("us", "unless-stopped"), ("of", "on-failure")):
+        d("run", "-d", "--name", name, "--restart", policy, "busybox", "sleep", "60",
+          check=True)
+    d("stop", "-t", "0", "al", "us", "of", check=True)
+    fresh_daemon.stop()
+    fresh_daemon.start()
+    # "always" comes back although it was stopped by hand; the others stay down
+    wait_for(lambda: out(d("inspect", "-f", "{{.State.Status}}", "al")) == "running")
+    for name in ("us", "of"):
+        assert out(d("inspect", "-f", "{{.State.Status}}", name)) == "exited"
