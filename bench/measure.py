@@ -23,6 +23,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("ready", "daemon ready (exec to /_ping)", "s", 0.300),
     Measurement("ready_cpu", "CPU time used until ready", "s"),
     Measurement("idle_rss", "daemon idle RSS", "bytes", 40 * MB),
+    Measurement("idle_pss", "daemon idle PSS, all its processes", "bytes"),
     Measurement("ctr_pss", "per-container PSS", "bytes", 5 * MB),
     Measurement("log_write", "100 MB stdout, run until exit", "s", 2.0),
     Measurement("log_read", "logs of it to /dev/null", "s", 2.0),
@@ -102,10 +103,13 @@ def concurrent(target: Target, report: Report, n: int, count: int = 50) -> None:
 def daemon_start(target: Target, report: Report, n: int, settle: float = 1.0) -> None:
     """Restart the daemon ``n`` times (with the image already stored): the seconds from
     exec to the first good ``/_ping`` and the CPU time its processes used until then
-    (which a busy machine does not inflate), then, ``settle`` seconds later, the RSS of
-    its processes (docker: dockerd and containerd)."""
+    (which a busy machine does not inflate); ``settle`` seconds later, the RSS of the
+    daemon (engine: engined; docker: dockerd and containerd) and the PSS of all its
+    processes (engine: with the monitors' fork server; PSS so that the pages they share
+    count once)."""
+    ids = ["ready", "ready_cpu", "idle_rss", "idle_pss"]
     if not target.has_daemon:
-        report.mark_missing(target.name, "no daemon", ["ready", "ready_cpu", "idle_rss"])
+        report.mark_missing(target.name, "no daemon", ids)
         return
     for _ in range(n):
         target.stop_daemon()
@@ -113,11 +117,14 @@ def daemon_start(target: Target, report: Report, n: int, settle: float = 1.0) ->
         cpu = [proc.cpu_seconds(p) for p in target.daemon_pids()]
         report.add("ready_cpu", target.name, sum(c for c in cpu if c))
         time.sleep(settle)
-        pids = target.daemon_pids()
-        sizes = [proc.rss_bytes(p) for p in pids]
+        sizes = [proc.rss_bytes(p) for p in target.rss_pids()]
         report.add("idle_rss", target.name, sum(s for s in sizes if s))
+        sizes = [proc.pss_bytes(p) for p in target.daemon_pids()]
+        report.add("idle_pss", target.name, sum(s for s in sizes if s))
     if target.name == "docker":
         report.result("idle_rss", target.name).note = "docker: dockerd + containerd"
+    if target.name == "engine" and len(target.daemon_pids()) > 1:
+        report.result("idle_pss", target.name).note = "engine: engined + fork server"
 
 
 def logs(target: Target, report: Report, n: int) -> None:

@@ -46,7 +46,7 @@ from bench.targets import (
 
 #: measurement groups, in the order they run: name -> (function, measurement ids)
 GROUPS: dict[str, tuple[Callable[[Target, Report, int], None], list[str]]] = {
-    "daemon": (measure.daemon_start, ["ready", "ready_cpu", "idle_rss"]),
+    "daemon": (measure.daemon_start, ["ready", "ready_cpu", "idle_rss", "idle_pss"]),
     "run_rm": (measure.run_rm, ["run_rm", "run_rm_docker_cli"]),
     "concurrent": (measure.concurrent, ["run50", "rm50", "ctr_pss"]),
     "logs": (measure.logs, ["log_write", "log_read"]),

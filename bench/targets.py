@@ -127,8 +127,12 @@ class Target(ABC):
             self.daemon = None
 
     def daemon_pids(self) -> list[int]:
-        """The daemon's processes whose memory counts as its idle footprint."""
+        """All of the daemon's long-lived processes (its whole footprint)."""
         return [self.daemon.pid] if self.daemon and self.daemon.poll() is None else []
+
+    def rss_pids(self) -> list[int]:
+        """The processes the idle RSS goal is about (by default all of them)."""
+        return self.daemon_pids()
 
     # -- clients ------------------------------------------------------------------------
 
@@ -272,6 +276,11 @@ class EngineTarget(Target):
             monitors = set(self.overhead_pids())
             pids += [p for p in proc.children_of(pids[0]) if p not in monitors]
         return pids
+
+    def rss_pids(self) -> list[int]:
+        """engined alone: the goal is about the daemon's own RSS (its fork server, a
+        separate small interpreter, counts in ``idle_pss``)."""
+        return super().daemon_pids()
 
     @property
     def overhead_label(self) -> str:
