@@ -364,9 +364,10 @@ class BridgeNetworkDriver(NetworkDriver):
         self.proxies[eid] = proxies
 
     async def stop(self) -> None:
-        """Stop serving (DNS, proxies). A network whose bridge has no port left (no
-        container of any daemon on it) is taken down, bridge and rules, and set up
-        again at the next start; the others stay for their running containers."""
+        """Stop serving (DNS, proxies). A user network whose bridge has no port left
+        (no container of any daemon on it) is taken down, bridge and rules, and set up
+        again at the next start; the others stay for their running containers. The
+        default bridge always stays: other daemons on the host share it."""
         for proxies in self.proxies.values():
             for p in proxies:
                 await p.close()
@@ -375,6 +376,8 @@ class BridgeNetworkDriver(NetworkDriver):
             if net.resolver is not None:
                 net.resolver.close()
                 net.resolver = None
+            if net.default_bridge:
+                continue  # shared by every daemon on the host, like docker0: it stays
             try:
                 if not net.names and await self._run(bridge_ports, net.bridge) == 0:
                     await self._run(iptables.remove_network, net.bridge, net.pool.subnet,
