@@ -195,12 +195,14 @@ class LogDriver(Driver):
 
     async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                    tail: int = -1, follow: bool = False,
-                   stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
+                   stopped: Callable[[], bool] | None = None,
+                   with_time: bool = True) -> AsyncIterator[LogEntry]:
         """Yield entries in order. ``tail=-1`` means all.
 
         With ``follow``, keep waiting for new entries; once ``stopped()`` returns True
         (the container has exited and its output is all written), yield what is left
-        and return."""
+        and return. ``with_time=False`` says the caller shows no times (and asks no
+        since/until): a driver may then leave ``time_ns`` at 0 and save the parsing."""
         raise NotImplementedError
         yield  # pragma: no cover
 

@@ -208,9 +208,13 @@ async def logs(request: web.Request) -> web.StreamResponse:
     buf: list[bytes] = []
     size = 0
     try:
-        async for e in drv.read(cs.log_context(c), since_ns=int(since * 1e9),
-                                until_ns=int(until * 1e9), tail=tail, follow=follow,
-                                stopped=stopped):
+        args = dict(since_ns=int(since * 1e9), until_ns=int(until * 1e9), tail=tail,
+                    follow=follow, stopped=stopped)
+        try:
+            entries = drv.read(cs.log_context(c), **args, with_time=ts)
+        except TypeError:  # a driver written before ``with_time``
+            entries = drv.read(cs.log_context(c), **args)
+        async for e in entries:
             if e.stream == "stdout":
                 if not want_out:
                     continue

@@ -65,19 +65,31 @@ class JsonFileDriver(LogDriver):
 
     async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                    tail: int = -1, follow: bool = False,
-                   stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
+                   stopped: Callable[[], bool] | None = None,
+                   with_time: bool = True) -> AsyncIterator[LogEntry]:
         decoder = msgspec.json.Decoder(_Line)
         loop = asyncio.get_running_loop()
+        need_time = with_time or since_ns or until_ns
+
+        def decode_each(blob: bytes) -> list[_Line]:
+            recs = []
+            for raw in blob.split(b"\n"):
+                if raw:
+                    try:
+                        recs.append(decoder.decode(raw))
+                    except msgspec.DecodeError:
+                        continue  # a torn line of a crashed writer
+            return recs
 
         def decode(blob: bytes) -> list[LogEntry]:
+            try:  # the whole file in one call: the common, fast case
+                recs = decoder.decode_lines(blob)
+            except msgspec.DecodeError:
+                recs = decode_each(blob)
+            if not need_time:
+                return [LogEntry(r.stream, r.log.encode(), 0) for r in recs]
             out = []
-            for raw in blob.split(b"\n"):
-                if not raw:
-                    continue
-                try:
-                    rec = decoder.decode(raw)
-                except msgspec.DecodeError:
-                    continue  # a torn last line of a crashed writer
+            for rec in recs:
                 ts = parse_time_ns(rec.time)
                 if since_ns and ts < since_ns:
                     continue
