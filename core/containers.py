@@ -37,7 +37,7 @@ from .networks import clean_endpoint, ports_summary, ports_view
 from .plugins import PluginHost
 from .runtime import client as monitor_client
 from .runtime import spec as spec_mod
-from .util import ZERO_TIME, atomic_write, new_id, parse_time, rfc3339
+from .util import atomic_write, new_id, parse_time, rfc3339
 
 log = logging.getLogger("engine.containers")
 
@@ -1483,47 +1483,14 @@ def _check_config_types(body: dict) -> None:
 
 
 def _status_text(st: State) -> str:
-    now = time.time()
-    if st.status in ("running", "paused"):
-        s = f"Up {_human(now - parse_time(st.started_at))}"
-        return s + " (Paused)" if st.status == "paused" else s
-    if st.status == "restarting":
-        return f"Restarting ({st.exit_code}) {_human(now - parse_time(st.finished_at))} ago"
-    if st.status == "exited":
-        return f"Exited ({st.exit_code}) {_human(now - parse_time(st.finished_at))} ago"
-    if st.status == "removing":
-        return "Removal In Progress"
-    if st.status == "dead":
-        return "Dead"
-    return "Created"
+    """Docker's one-line status (``Up 3 seconds``, ``Exited (0) 5 seconds ago``)."""
+    from engine.sdk.format import container_status
 
-
-def _human(sec: float) -> str:
-    """Docker's units.HumanDuration."""
-    s = int(sec)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
+    view = {"Running": st.running, "Paused": st.status == "paused",
+            "Restarting": st.status == "restarting", "Dead": st.status == "dead",
+            "ExitCode": st.exit_code, "Status": st.status}
+    return container_status(view, time.time(), parse_time(st.started_at),
+                            parse_time(st.finished_at))
 
 
 def _filter_until(filters: dict | None) -> float:

@@ -1,36 +1,10 @@
 """Small helpers the whole kernel shares: atomic files, ids, time stamps."""
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from datetime import datetime, timezone
-from pathlib import Path
-
-
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never
-    a part: temp file in the same directory, fsync, rename, fsync of the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+from engine.sdk.files import atomic_write  # noqa: F401  (re-exported for the kernel)
 
 
 def new_id() -> str:

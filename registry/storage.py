@@ -34,6 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from engine.sdk.files import atomic_write as _atomic_write
+from engine.sdk.files import fsync_dir
+
 from . import spec
 
 _CHUNK = 1 << 20
@@ -59,28 +62,8 @@ class DistributionError(Exception):
         return {"errors": [err]}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    _atomic_write(path, data, make_parents=True)
 
 
 def _hex(digest: str) -> str:
@@ -176,7 +159,7 @@ class Storage:
             return
         os.chmod(src, 0o644)
         os.rename(src, final)
-        _fsync_dir(self._blobs)
+        fsync_dir(self._blobs)
 
     def _store_bytes(self, data: bytes) -> str:
         digest = spec.sha256(data)

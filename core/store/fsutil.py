@@ -8,14 +8,13 @@ directory is fsynced, so a crash leaves either the old or the new content, never
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from engine.sdk.errors import InvalidArgument
+from engine.sdk.files import atomic_write, fsync_dir  # noqa: F401  (used by the store)
 
 #: Read and hash in chunks of this size.
 CHUNK = 1 << 20
@@ -42,35 +41,6 @@ def is_hex_id(value: str) -> bool:
 def sha256_digest(data: bytes) -> str:
     """The ``sha256:``-prefixed digest of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory so a rename inside it is durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically (temp file, fsync, rename, fsync dir)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

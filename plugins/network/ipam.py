@@ -13,11 +13,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from engine.sdk.errors import Conflict, Forbidden, InvalidArgument
+from engine.sdk.files import atomic_write
 
 
 class PoolExhausted(Forbidden):
@@ -110,20 +110,7 @@ class Pool:
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomically replace ``path`` with ``obj`` as JSON (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, json.dumps(obj).encode(), make_parents=True)
 
 
 class Leases:
