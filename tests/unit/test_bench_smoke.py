@@ -165,3 +165,17 @@ def test_proc_helpers_on_this_process(tmp_path):
     (tmp_path / "pid").write_text(f"{me}\n")
     assert proc.read_pid_file(tmp_path / "pid") == me
     assert proc.mounts_under(tmp_path) == []
+
+
+def test_a_missing_engine_is_reported_and_skipped(tmp_path, monkeypatch, capsys):
+    from bench import run, targets
+    monkeypatch.setattr(targets, "DOCKERD", None)
+    monkeypatch.setattr(targets, "PODMAN", None)
+    report = Report(measure.MEASUREMENTS)
+    chosen = run.make_targets(["engine", "docker", "podman"], tmp_path,
+                              tmp_path / "no-venv", report)
+    out = capsys.readouterr().out
+    assert "docker: not installed" in out and "podman: not installed" in out
+    assert chosen == []  # engined is not in tmp_path/no-venv either
+    assert report.result("run_rm", "docker").missing == "not installed"
+    assert report.result("ready", "engine").missing.startswith("not installed")
