@@ -2,7 +2,7 @@
 # Install engine on this machine (Debian/Ubuntu, as root), start the daemon and give it
 # a first image built from busybox-static, so `engine run --rm busybox ...` works offline.
 #
-#   sudo ./install.sh && sudo engine run --rm busybox echo hello
+#   ./install.sh && engine run --rm busybox echo hello     (as root)
 set -euo pipefail
 cd "$(dirname "$0")"
 here=$(pwd)
