@@ -11,6 +11,7 @@ files to keep, 1 by default), ``compress`` (gzip the rotated files), ``mode``
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import os
 from typing import AsyncIterator, Callable
@@ -98,36 +99,35 @@ class JsonFileDriver(LogDriver):
                 out.append(LogEntry(rec.stream, rec.log.encode(), ts))
             return out
 
-        def read_all() -> tuple[list[LogEntry], int, int]:
-            entries: list[LogEntry] = []
-            files = self._files(log)
-            pos = ino = 0
-            for path in files:
-                try:
-                    if path.endswith(".gz"):
-                        with gzip.open(path, "rb") as f:
-                            blob = f.read()
-                    else:
-                        with open(path, "rb") as f:
-                            blob = f.read()
-                            if path == files[-1]:
-                                # stop at the last complete line; a follower resumes there
-                                cut = blob.rfind(b"\n") + 1
-                                blob = blob[:cut]
-                                pos = cut
-                                ino = os.fstat(f.fileno()).st_ino
-                except FileNotFoundError:
-                    continue
-                entries.extend(decode(blob))
-            if tail >= 0:
-                entries = entries[len(entries) - tail:] if tail else []
-            return entries, pos, ino
+        files = self._files(log)
+        pos = ino = 0
+        if tail >= 0:
+            # only the last ``tail`` entries are kept while reading: memory stays bounded
+            def last_entries() -> tuple[list[LogEntry], int, int]:
+                kept: collections.deque[LogEntry] = collections.deque(maxlen=tail)
+                end = inode = 0
+                for path in files:
+                    for batch, at, node in _chunks(path, path == files[-1], decode):
+                        kept.extend(batch)
+                        end, inode = at, node
+                return list(kept), end, inode
 
-        entries, pos, ino = await loop.run_in_executor(None, read_all)
-        for i in range(0, len(entries), 1000):
-            for e in entries[i:i + 1000]:
-                yield e
-            await asyncio.sleep(0)
+            entries, pos, ino = await loop.run_in_executor(None, last_entries)
+            for i in range(0, len(entries), 1000):
+                for e in entries[i:i + 1000]:
+                    yield e
+                await asyncio.sleep(0)
+        else:
+            # a file at a time, a chunk at a time: a 1 GB log never sits in memory
+            for path in files:
+                chunks = _chunks(path, path == files[-1], decode)
+                while True:
+                    item = await loop.run_in_executor(None, next, chunks, None)
+                    if item is None:
+                        break
+                    batch, pos, ino = item
+                    for e in batch:
+                        yield e
         if not follow:
             return
         path = log_file(log.log_dir, log.container_id)
@@ -157,6 +157,36 @@ class JsonFileDriver(LogDriver):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+READ_CHUNK = 4 << 20
+
+
+def _chunks(path: str, last: bool, decode: Callable[[bytes], list[LogEntry]]):
+    """Decoded entries of one log file, a few MB at a time, with the offset just past
+    the last complete line and the file's inode (where a follower goes on)."""
+    try:
+        f = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        ino = 0 if path.endswith(".gz") else os.fstat(f.fileno()).st_ino
+        carry = b""
+        offset = 0
+        while True:
+            data = f.read(READ_CHUNK)
+            if not data:
+                break
+            data = carry + data
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            offset += cut
+            if cut:
+                yield decode(data[:cut]), offset, ino
+        if carry and not last:  # a rotated file's last line always ends; be lenient
+            yield decode(carry), offset + len(carry), ino
+        elif last:
+            yield [], offset, ino
 
 
 class _Line(msgspec.Struct):
