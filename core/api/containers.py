@@ -195,26 +195,42 @@ async def logs(request: web.Request) -> web.StreamResponse:
     since = parse_since(request.query.get("since"))
     until = parse_since(request.query.get("until"))
     tty = bool(c.config.get("Tty"))
-    resp = web.StreamResponse(headers={
-        "Content-Type": "application/vnd.docker.raw-stream" if tty
-        else "application/vnd.docker.multiplexed-stream"})
-    await resp.prepare(request)
     rt = cs.runtime(c)
     follow = follow and c.state.running
 
     def stopped() -> bool:
         return rt.exited.is_set() or c.id not in cs.containers
 
+    args = dict(since_ns=int(since * 1e9), until_ns=int(until * 1e9), tail=tail,
+                follow=follow, stopped=stopped)
+    try:
+        entries = drv.read(cs.log_context(c), **args, with_time=ts)
+    except TypeError:  # a driver written before ``with_time``
+        entries = drv.read(cs.log_context(c), **args)
+    # A driver that refuses (no such log, reading disabled) does so on its first entry:
+    # wait a moment for it so the refusal is a plain HTTP error, not a broken stream.
+    first = asyncio.ensure_future(entries.__anext__())
+    done, _ = await asyncio.wait({first}, timeout=0.2)
+    if done and first.exception() is not None and \
+            not isinstance(first.exception(), StopAsyncIteration):
+        raise first.exception()
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/vnd.docker.raw-stream" if tty
+        else "application/vnd.docker.multiplexed-stream"})
+    await resp.prepare(request)
+
+    async def all_entries():
+        try:
+            yield await first
+        except StopAsyncIteration:
+            return
+        async for e in entries:
+            yield e
+
     buf: list[bytes] = []
     size = 0
     try:
-        args = dict(since_ns=int(since * 1e9), until_ns=int(until * 1e9), tail=tail,
-                    follow=follow, stopped=stopped)
-        try:
-            entries = drv.read(cs.log_context(c), **args, with_time=ts)
-        except TypeError:  # a driver written before ``with_time``
-            entries = drv.read(cs.log_context(c), **args)
-        async for e in entries:
+        async for e in all_entries():
             if e.stream == "stdout":
                 if not want_out:
                     continue

@@ -180,8 +180,6 @@ def test_non_blocking_mode_does_not_stall_on_a_stuck_destination(docker):
     assert elapsed < 30
 
 
-@pytest.mark.xfail(strict=True, reason="the logs route starts its response before the "
-                   "driver can refuse; it should fetch the first entry before prepare()")
 def test_logs_refused_when_the_cache_is_disabled(docker):
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     srv.bind(("127.0.0.1", 0))
