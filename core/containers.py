@@ -144,6 +144,7 @@ class ContainerService:
         self.rt: dict[str, Runtime] = {}
         self.names: dict[str, str] = {}
         self.execs: dict[str, ExecRecord] = {}
+        self._tasks: set[asyncio.Task] = set()
         # set when an exec's exit code is recorded (see exec_wait)
         self._exec_exited: dict[str, asyncio.Event] = {}
         # terminal sizes asked for before an exec's process was made
@@ -151,6 +152,14 @@ class ContainerService:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.exec_root / "c").mkdir(parents=True, exist_ok=True)
         (self.exec_root / "x").mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, coro) -> asyncio.Task:
+        """A background task the service keeps a reference to until it ends (the event
+        loop keeps only weak ones: an unreferenced pending task can be collected)."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------------ paths
 
@@ -233,7 +242,7 @@ class ContainerService:
             await self._restore_one(c)
         for c in list(self.containers.values()):
             if not c.state.running and self._restart_at_boot(c):
-                asyncio.create_task(self._start_at_boot(c))
+                self._spawn(self._start_at_boot(c))
 
     def _restart_at_boot(self, c: Container) -> bool:
         """Docker's policies when the daemon starts: ``always`` comes back even after a
@@ -1244,7 +1253,7 @@ class ContainerService:
         self._exec_exited[eid] = asyncio.Event()
         self.events.emit("container", "exec_start", c.id,
                          self._attrs(c, execID=eid, **{"exec": " ".join(cfg["Cmd"])}))
-        asyncio.create_task(self._watch_exec(x, m, sdir))
+        self._spawn(self._watch_exec(x, m, sdir))
         return stream
 
     async def _watch_exec(self, x: ExecRecord, m, sdir: Path) -> None:

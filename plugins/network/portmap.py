@@ -99,12 +99,15 @@ class _UDPFront(asyncio.DatagramProtocol):
         self.target = target
         self.transport: asyncio.DatagramTransport | None = None
         self.flows: dict[tuple, _UDPRelay] = {}
+        self.tasks: set[asyncio.Task] = set()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        asyncio.ensure_future(self._relay(data, addr))
+        task = asyncio.ensure_future(self._relay(data, addr))
+        self.tasks.add(task)  # the loop holds tasks weakly: keep this one alive
+        task.add_done_callback(self.tasks.discard)
 
     async def _relay(self, data: bytes, addr) -> None:
         loop = asyncio.get_running_loop()
