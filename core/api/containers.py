@@ -5,6 +5,7 @@ import asyncio
 import base64
 import json
 import os
+import struct
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from .util import (
     splice,
     svc,
 )
+
+
+_FRAME = struct.Struct(">BxxxI")  # Docker's stdcopy header
 
 
 def _cs(request):
@@ -219,39 +223,44 @@ async def logs(request: web.Request) -> web.StreamResponse:
         else "application/vnd.docker.multiplexed-stream"})
     await resp.prepare(request)
 
-    async def all_entries():
-        try:
-            yield await first
-        except StopAsyncIteration:
-            return
-        async for e in entries:
-            yield e
-
     buf: list[bytes] = []
     size = 0
+    pack = _FRAME.pack
+
+    def add(e) -> None:
+        nonlocal size
+        if e.stream == "stdout":
+            if not want_out:
+                return
+            n = 1
+        else:
+            if not want_err:
+                return
+            n = 2
+        data = e.data
+        if ts:
+            data = rfc3339(ns=e.time_ns).encode() + b" " + data
+        if tty:
+            buf.append(data)
+        else:
+            buf.append(pack(n, len(data)))
+            buf.append(data)
+            size += 8
+        size += len(data)
+
     try:
-        async for e in all_entries():
-            if e.stream == "stdout":
-                if not want_out:
-                    continue
-                n = 1
-            else:
-                if not want_err:
-                    continue
-                n = 2
-            data = e.data
-            if ts:
-                data = rfc3339(ns=e.time_ns).encode() + b" " + data
-            chunk = data if tty else frame(n, data)
-            buf.append(chunk)
-            size += len(chunk)
-            if size >= 65536:
-                await resp.write(b"".join(buf))
-                buf, size = [], 0
-            elif follow and size:
-                # a follower wants lines as they come; flush when the reader idles
-                await resp.write(b"".join(buf))
-                buf, size = [], 0
+        try:
+            add(await first)
+        except StopAsyncIteration:
+            pass
+        else:
+            async for e in entries:
+                add(e)
+                if size >= 65536 or (follow and size):
+                    # a follower wants lines as they come: flush whenever the reader idles
+                    await resp.write(b"".join(buf))
+                    buf.clear()
+                    size = 0
         if buf:
             await resp.write(b"".join(buf))
     except (ConnectionResetError, asyncio.CancelledError):
