@@ -148,6 +148,9 @@ def test_detach_keys_end_the_session_without_waiting(daemon):
                             stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=env)
     try:
         wait_for(lambda: daemon.find("POST", r"/containers/.*/start"))
+        # the keys only reach the CLI once it has put the terminal in raw mode (a
+        # cooked terminal holds them until a newline)
+        wait_for(lambda: not termios.tcgetattr(slave)[3] & termios.ICANON)
         os.write(master, b"\x18y")
         assert proc.wait(timeout=10) == 0
     finally:
