@@ -17,7 +17,7 @@ import signal
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import msgspec
 
@@ -100,10 +100,6 @@ def cgroup_path(cid: str) -> str:
 
 def random_name() -> str:
     return f"{random.choice(_LEFT)}_{random.choice(_RIGHT)}"
-
-
-def _parse_bytes(value: Any) -> int:
-    return int(value or 0)
 
 
 class Runtime:
@@ -582,7 +578,7 @@ class ContainerService:
         rt = self.runtime(c)
         async with rt.lock:
             if c.state.status == "paused":
-                raise Conflict(f"cannot start a paused container, try unpause instead")
+                raise Conflict("cannot start a paused container, try unpause instead")
             if c.state.running:
                 raise NotModified("container already started")
             if c.state.status in ("removing", "dead"):
@@ -1145,7 +1141,7 @@ class ContainerService:
         c = self.get(ref)
         rt = self.runtime(c)
         if c.state.status == "paused":
-            raise Conflict(f"You cannot attach to a paused container, unpause it first")
+            raise Conflict("You cannot attach to a paused container, unpause it first")
         if c.state.status in ("running",) and rt.monitor is not None:
             return await rt.monitor.attach(stdin, stdout, stderr)
         fut = asyncio.get_running_loop().create_future()

@@ -188,7 +188,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         raise InvalidArgument("Bad parameters: you must choose at least one stream")
     drv = s.plugins.log(c.log_driver)
     if not drv.can_read:
-        raise InvalidArgument(f'configured logging driver does not support reading')
+        raise InvalidArgument('configured logging driver does not support reading')
     follow = qbool(request, "follow")
     ts = qbool(request, "timestamps")
     tail_q = request.query.get("tail", "all")
@@ -296,7 +296,7 @@ async def top(request: web.Request) -> web.Response:
     try:
         pid_col = titles.index("PID")
     except ValueError:
-        raise InvalidArgument(f"Couldn't find PID field in ps output") from None
+        raise InvalidArgument("Couldn't find PID field in ps output") from None
     procs = []
     want = set(pids)
     for line in lines[1:]:

@@ -59,7 +59,6 @@ async def list_(request: web.Request) -> web.Response:
 def _matching_tags(tags: list[str], patterns: list[str]) -> list[str]:
     """The tags that a ``reference`` filter pattern matches, as ``repo:tag`` or as the
     repository alone (Docker's FamiliarMatch)."""
-    import fnmatch
 
     return [t for t in tags
             if any(fnmatch.fnmatch(t, p) or fnmatch.fnmatch(t.rsplit(":", 1)[0], p)

@@ -14,7 +14,6 @@ replaced atomically. The config bytes live in the content store under the image 
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import re
 import threading
@@ -29,7 +28,7 @@ from engine.sdk.errors import Conflict, InvalidArgument, NotFound
 
 from . import reference
 from .content import ContentStore
-from .fsutil import atomic_write_json, is_hex_id, parse_digest
+from .fsutil import atomic_write_json, is_hex_id, parse_digest, sha256_digest
 from .layers import LayerStore, chain_id
 
 InUse = Callable[[str], bool]
@@ -70,10 +69,6 @@ class Image(msgspec.Struct):
     def top_layer(self) -> str | None:
         """Chain id of the top layer, None for an image without layers."""
         return self.layers[-1].chain_id if self.layers else None
-
-    @property
-    def short_id(self) -> str:
-        return self.id.removeprefix("sha256:")[:12]
 
 
 class _Refs(msgspec.Struct):
@@ -174,7 +169,7 @@ class ImageStore:
             )
         for diff_id in diff_ids:
             parse_digest(diff_id)
-        had_config = self.content.has("sha256:" + hashlib.sha256(config).hexdigest())
+        had_config = self.content.has(sha256_digest(config))
         image_id = self.content.write(config)
         with self._lock:
             if image_id in self._images:

@@ -201,11 +201,6 @@ def overlay_options(scratch: str | Path) -> str | None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def overlay_supported(scratch: str | Path) -> bool:
-    """Try an overlay mount in a scratch directory; True when it works."""
-    return overlay_options(scratch) is not None
-
-
 def _copy_tree(src: Path, dst: Path) -> None:
     """Copy a root filesystem preserving owners, modes, links, devices and xattrs."""
     proc = subprocess.run(

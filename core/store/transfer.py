@@ -33,7 +33,7 @@ from engine.sdk.errors import EngineError, InvalidArgument, NotFound
 from . import reference
 from .archive import _Unsafe, split_path
 from .compression import decompressed, detect
-from .fsutil import CHUNK, parse_digest
+from .fsutil import CHUNK, parse_digest, sha256_digest
 from .images import Image, ImageLayer, ImageStore
 
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -418,7 +418,7 @@ def save(images: ImageStore, refs: list[str], fileobj: BinaryIO) -> None:
                 "layers": layer_descs,
             }
         )
-        manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        manifest_digest = sha256_digest(manifest)
         out.add_bytes(_blob_name(manifest_digest), manifest)
         desc = {"mediaType": MT_OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest)}
         for tag in tags:
