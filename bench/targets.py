@@ -325,10 +325,14 @@ class DockerTarget(Target):
         return [DOCKERD or "dockerd", "-H", f"unix://{self.sock}",
                 "--config-file", str(config),
                 "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
-                "--pidfile", str(self.dir / "dockerd.pid"),
-                "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
-                "--ip-forward=false", "--userland-proxy=false",
+                "--pidfile", str(self.dir / "dockerd.pid"), *self.network_args(),
                 f"--cgroup-parent=/{self.cgroup_parent}"]
+
+    def network_args(self) -> list[str]:
+        """dockerd's networking flags: no bridge and no firewall rule of the host (the
+        network benchmark overrides this to give Docker its bridge and iptables)."""
+        return ["--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
+                "--ip-forward=false", "--userland-proxy=false"]
 
     def daemon_pids(self) -> list[int]:
         """dockerd and the containerd it manages (its child)."""
