@@ -12,6 +12,16 @@ capabilities, the executable's path), then waits for the caller to release it be
   child exits with that code (127: command not found, 126: not executable, 125:
   any other setup failure).
 
+With ``process.terminal`` the child allocates its terminal itself, inside the
+container: it opens the ``ptmx`` of the container's own devpts instance (mounted
+``newinstance``), so the container sees ``/dev/pts/N`` of its own and the host's devpts
+gets no entry. A container's init binds the slave on ``/dev/console`` before
+pivot_root; an exec opens it after entering the container's mount namespace. The slave
+becomes the controlling terminal and stdio; the master goes back to the caller over a
+unix socket with ``SCM_RIGHTS``, the shape of runc's ``--console-socket``
+(:meth:`Spawned.receive_console`). The child is never released without its master
+having been received: if it dies before sending, the socket's EOF says so.
+
 A container's init is moved into its cgroup by the caller, not by itself: moving a
 process between cgroup v1 hierarchies first waits for an RCU grace period (up to tens
 of ms on a busy host), and this way that wait overlaps the child's own set-up and
@@ -33,6 +43,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import stat
 import struct
 import termios
@@ -72,6 +83,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXIT_SETUP = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+#: How long the caller waits for a child to send its terminal's master.
+CONSOLE_TIMEOUT = 30.0
 
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_CHILD_SUBREAPER = 36
@@ -108,15 +121,21 @@ class Spawned:
     """A forked container process waiting for its release.
 
     ``pid`` is the host pid, ``start_fd`` the write end that releases it, ``error_fd``
-    the read end of the error pipe. Both fds belong to the caller.
+    the read end of the error pipe. Both fds belong to the caller. With a terminal,
+    ``console_fd`` is our end of the socket the child sends its pty master on, and
+    ``master`` that master once received (-1 before): the caller owns it.
     """
 
-    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error")
+    __slots__ = ("pid", "start_fd", "error_fd", "cgroups_path", "joined_fd", "join_error",
+                 "terminal", "console_fd", "master")
 
-    def __init__(self, pid: int, start_fd: int, error_fd: int) -> None:
+    def __init__(self, pid: int, start_fd: int, error_fd: int, console_fd: int = -1) -> None:
         self.pid = pid
         self.start_fd = start_fd
         self.error_fd = error_fd
+        self.terminal = console_fd >= 0
+        self.console_fd = console_fd
+        self.master = -1
         #: the cgroup the caller still has to move the child into, and the pipe that
         #: tells the child it is done (-1: nothing to do)
         self.cgroups_path = ""
@@ -144,12 +163,49 @@ class Spawned:
             os.close(self.joined_fd)
             self.joined_fd = -1
 
+    def receive_console(self, timeout: float = CONSOLE_TIMEOUT) -> int:
+        """Wait for the child's terminal master (once) and return it, or -1 when the
+        child died (or stayed silent for ``timeout`` seconds) without sending one.
+
+        Call it after :meth:`join_cgroup` (a child making a cgroup namespace waits for
+        the move first); :meth:`start` does it otherwise. The master is the caller's.
+        """
+        if self.console_fd < 0:
+            return self.master
+        sock = socket.socket(fileno=self.console_fd)
+        self.console_fd = -1
+        fds: list[int] = []
+        try:
+            sock.settimeout(timeout)
+            _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError:  # TimeoutError included
+            pass
+        finally:
+            sock.close()
+        for extra in fds[1:]:
+            os.close(extra)
+        if fds:
+            self.master = fds[0]
+        return self.master
+
     def start(self) -> None:
         """Release the child and wait for its exec; raises :class:`SpawnError` if it
-        failed (the child has then exited with ``exit_code``: reap it)."""
+        failed (the child has then exited with ``exit_code``: reap it).
+
+        A child that owes a terminal master and has not sent it is killed instead of
+        released: it must not run with a terminal nobody holds."""
         self.join_cgroup()
+        self.receive_console()
+        release = self.join_error is None  # else the child is giving up already
+        no_console = release and self.terminal and self.master < 0
+        if no_console:
+            release = False
+            try:
+                os.kill(self.pid, signal.SIGKILL)  # not reaped yet: the pid is still ours
+            except ProcessLookupError:
+                pass
         try:
-            if self.join_error is None:  # else the child is giving up already
+            if release:
                 os.write(self.start_fd, b"\0")
         except BrokenPipeError:
             pass  # the child already failed: the error pipe says why
@@ -162,10 +218,12 @@ class Spawned:
             raise self.join_error
         if error is not None:  # the child's own failure (the move fails when it is
             raise error        # gone already)
+        if no_console:
+            raise SpawnError("the container process did not set up its terminal in time")
 
     def close(self) -> None:
         """Close whichever of the fds are still open."""
-        for name in ("start_fd", "error_fd", "joined_fd"):
+        for name in ("start_fd", "error_fd", "joined_fd", "console_fd"):
             fd = getattr(self, name)
             if fd >= 0:
                 setattr(self, name, -1)
@@ -243,15 +301,15 @@ def resolve_exec_user(target_pid: int, user_spec: str,
 # --- the parent side ------------------------------------------------------------------
 
 
-def spawn_container(spec: dict, *, stdin: int, stdout: int, stderr: int,
-                    tty_slave: int | None = None) -> Spawned:
+def spawn_container(spec: dict, *, stdin: int, stdout: int, stderr: int) -> Spawned:
     """Fork the container's init process from an OCI spec, ready to be released.
 
     Creates the cgroup from ``linux.cgroupsPath`` and ``linux.resources`` first (the
     caller destroys it); the child is moved into it by :meth:`Spawned.join_cgroup`.
     With a pid namespace in the spec, the *calling* process unshares it (or joins the
-    given path) for its children. ``tty_slave``, when given, becomes the controlling
-    terminal and stdio instead of the three fds.
+    given path) for its children. With ``process.terminal`` the child makes its own
+    terminal (see the module's doc) and the three fds are not used: take the master
+    with :meth:`Spawned.receive_console`.
     """
     linux = spec.get("linux") or {}
     cgroups_path = linux.get("cgroupsPath") or None
@@ -266,20 +324,34 @@ def spawn_container(spec: dict, *, stdin: int, stdout: int, stderr: int,
                     unshare(CLONE_NEWPID)
     except OSError as exc:
         raise SpawnError(_describe(exc)) from exc
-    if not cgroups_path:
-        return _fork(lambda: _container_child(spec, tty_slave, stdin, stdout, stderr, -1))
-    joined_r, joined_w = os.pipe()
+    terminal = bool((spec.get("process") or {}).get("terminal"))
+    joined_r, joined_w = os.pipe() if cgroups_path else (-1, -1)
+    ours, theirs = _console_pair() if terminal else (-1, -1)
     try:
-        spawned = _fork(lambda: _container_child(spec, tty_slave, stdin, stdout, stderr,
-                                                 joined_r), child_closes=(joined_w,))
+        spawned = _fork(lambda: _container_child(spec, stdin, stdout, stderr, joined_r,
+                                                 theirs),
+                        child_closes=(joined_w, ours), console_fd=ours)
     except BaseException:
-        os.close(joined_w)
+        _close_fds(joined_w, ours)
         raise
     finally:
-        os.close(joined_r)
-    spawned.cgroups_path = cgroups_path
-    spawned.joined_fd = joined_w
+        _close_fds(joined_r, theirs)
+    if cgroups_path:
+        spawned.cgroups_path = cgroups_path
+        spawned.joined_fd = joined_w
     return spawned
+
+
+def _console_pair() -> tuple[int, int]:
+    """A connected unix socket pair for the terminal's master: (ours, the child's)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours.detach(), theirs.detach()
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _setns_path(path: str, nstype: int) -> None:
@@ -291,13 +363,14 @@ def _setns_path(path: str, nstype: int) -> None:
 
 
 def spawn_exec(process: dict, *, target_pid: int, cgroups_path: str | None,
-               stdin: int, stdout: int, stderr: int,
-               tty_slave: int | None = None) -> Spawned:
+               stdin: int, stdout: int, stderr: int) -> Spawned:
     """Fork a process inside the namespaces and cgroup of the running ``target_pid``.
 
     ``process`` is an OCI ``process`` object. The caller joins the target's pid
     namespace for its children; the child opens every other namespace of the target
-    before entering any, joins the cgroup, then enters them (mount last).
+    before entering any, joins the cgroup, then enters them (mount last). With
+    ``terminal`` the child allocates its terminal in the container's devpts once in its
+    mount namespace; take the master with :meth:`Spawned.receive_console`.
     """
     ns_fds: list[tuple[str, int]] = []
     try:
@@ -314,18 +387,27 @@ def spawn_exec(process: dict, *, target_pid: int, cgroups_path: str | None,
             if isinstance(exc, (FileNotFoundError, ProcessLookupError)):
                 raise SpawnError(f"container process {target_pid} is not running") from exc
             raise SpawnError(_describe(exc)) from exc
-        return _fork(lambda: _exec_child(process, ns_fds, cgroups_path, tty_slave,
-                                         stdin, stdout, stderr))
+        ours, theirs = _console_pair() if process.get("terminal") else (-1, -1)
+        try:
+            return _fork(lambda: _exec_child(process, ns_fds, cgroups_path, stdin, stdout,
+                                             stderr, theirs),
+                         child_closes=(ours,), console_fd=ours)
+        except BaseException:
+            _close_fds(ours)
+            raise
+        finally:
+            _close_fds(theirs)
     finally:
         for _kind, fd in ns_fds:
             os.close(fd)
 
 
 def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]],
-          child_closes: tuple[int, ...] = ()) -> Spawned:
-    """Fork; the child closes ``child_closes`` (the caller's ends of its own pipes),
-    runs ``child`` (everything up to the exec), waits for the release, then execs what
-    ``child`` returned. Failures go to the error pipe."""
+          child_closes: tuple[int, ...] = (), console_fd: int = -1) -> Spawned:
+    """Fork; the child closes ``child_closes`` (the caller's ends of its own pipes, -1
+    ignored), runs ``child`` (everything up to the exec), waits for the release, then
+    execs what ``child`` returned. Failures go to the error pipe. ``console_fd`` is
+    our end of the terminal's socket, if any."""
     start_r, start_w = os.pipe()
     error_r, error_w = os.pipe()
     try:
@@ -342,8 +424,7 @@ def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]],
         try:
             os.close(start_w)
             os.close(error_r)
-            for fd in child_closes:
-                os.close(fd)
+            _close_fds(*child_closes)
             exec_args = child()
             _wait_release(start_r)
             _exec(*exec_args)
@@ -356,7 +437,7 @@ def _fork(child: Callable[[], tuple[str, list[str], dict[str, str]]],
             os._exit(code)
     os.close(start_r)
     os.close(error_w)
-    return Spawned(pid, start_w, error_r)
+    return Spawned(pid, start_w, error_r, console_fd)
 
 
 def _describe(exc: BaseException) -> str:
@@ -377,10 +458,11 @@ def _report(error_fd: int, message: str, exit_code: int) -> None:
 # --- the child side -------------------------------------------------------------------
 
 
-def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
-                     stderr: int, joined_fd: int) -> tuple[str, list[str], dict[str, str]]:
+def _container_child(spec: dict, stdin: int, stdout: int, stderr: int, joined_fd: int,
+                     console_fd: int) -> tuple[str, list[str], dict[str, str]]:
     """Everything between fork and exec for a container's init process (``joined_fd``:
-    where the parent says it moved us into our cgroup, or -1)."""
+    where the parent says it moved us into our cgroup, or -1; ``console_fd``: where to
+    send the terminal's master, or -1 without a terminal)."""
     _reset_signals()
     linux = spec.get("linux") or {}
     process = spec["process"]
@@ -405,7 +487,11 @@ def _container_child(spec: dict, tty_slave: int | None, stdin: int, stdout: int,
         joined_fd = _wait_joined(joined_fd)  # the namespace is rooted where we are
         unshare(CLONE_NEWCGROUP)
 
-    _rootfs.prepare(spec, tty_slave=tty_slave)
+    pty = _rootfs.prepare(spec, terminal=console_fd >= 0)
+    tty_slave = None
+    if pty is not None:
+        _send_console(console_fd, pty[0])
+        tty_slave = pty[1]
     if spec.get("hostname"):
         name = spec["hostname"].encode()
         _check(_libc.sethostname(name, len(name)), "sethostname")
@@ -436,16 +522,30 @@ def _wait_joined(joined_fd: int) -> int:
 
 
 def _exec_child(process: dict, ns_fds: list[tuple[str, int]], cgroups_path: str | None,
-                tty_slave: int | None, stdin: int, stdout: int,
-                stderr: int) -> tuple[str, list[str], dict[str, str]]:
+                stdin: int, stdout: int, stderr: int,
+                console_fd: int) -> tuple[str, list[str], dict[str, str]]:
     """Everything between fork and exec for ``docker exec``."""
     _reset_signals()
     if cgroups_path:
         _cgroups.join(cgroups_path, 0)
     for _kind, fd in ns_fds:
         setns(fd, 0)
-    os.chdir("/")
+    os.chdir("/")  # the container's root: setns(CLONE_NEWNS) moved us there
+    tty_slave = None
+    if console_fd >= 0:
+        master, tty_slave = _rootfs.open_pty("/")
+        _send_console(console_fd, master)
     return _prepare_process(process, tty_slave, stdin, stdout, stderr, create_cwd=False)
+
+
+def _send_console(console_fd: int, master: int) -> None:
+    """Hand the terminal's master to the caller (``SCM_RIGHTS``) and drop our copies."""
+    sock = socket.socket(fileno=console_fd)
+    try:
+        socket.send_fds(sock, [b"\0"], [master])
+    finally:
+        sock.close()
+        os.close(master)
 
 
 def _reset_signals() -> None:
@@ -481,6 +581,8 @@ def _prepare_process(process: dict, tty_slave: int | None, stdin: int, stdout: i
             pass  # e.g. a read-only rootfs: chdir below reports it
 
     _setup_stdio(tty_slave, stdin, stdout, stderr)
+    if tty_slave is not None:
+        _own_terminal(tty_slave, int((process.get("user") or {}).get("uid", 0)))
     _set_identity(process)
     try:
         os.chdir(cwd)
@@ -525,6 +627,14 @@ def _setup_stdio(tty_slave: int | None, stdin: int, stdout: int, stderr: int) ->
         os.dup2(fd, target, inheritable=True)
     for fd in copies:
         os.close(fd)
+
+
+def _own_terminal(tty_slave: int, uid: int) -> None:
+    """Give the terminal to the process's user, as runc does: devpts makes it the
+    opener's (root's), and a user must be able to reopen its own terminal. The group
+    stays the mount's (``tty``)."""
+    if os.fstat(tty_slave).st_uid != uid:
+        os.fchown(tty_slave, uid, -1)
 
 
 def _set_identity(process: dict) -> None:

@@ -255,10 +255,12 @@ def parse_args(argv: list[str]) -> Options:
 class Stdio:
     """The container's standard streams: the ends the container gets and ours.
 
-    With a terminal the container gets the pty slave for all three streams and we keep
-    the master (``open_pty=False`` when the runtime makes the pty itself, as runc does:
-    the master is then handed to :meth:`set_master`). Without one, stdout and stderr
-    are pipes and stdin is a pipe only when it is kept open, else ``/dev/null``.
+    With a terminal we keep the pty master. Both runtimes make the pty themselves,
+    inside the container's own devpts (``open_pty=False``): the master is handed to
+    :meth:`set_master` once the runtime sends it. ``open_pty=True`` makes one on the
+    host instead and gives the container the slave for all three streams (for backends
+    that cannot). Without a terminal, stdout and stderr are pipes and stdin is a pipe
+    only when it is kept open, else ``/dev/null``.
     """
 
     def __init__(self, *, terminal: bool, stdin_open: bool, open_pty: bool = True) -> None:
@@ -362,15 +364,25 @@ class Backend:
 
 class _SpawnedBackend(Backend):
     """The builtin runtime: :mod:`engine.core.runtime.linux` forks the process, which
-    waits for its release (``Spawned.start``) before it execs."""
+    waits for its release (``Spawned.start``) before it execs.
+
+    With a terminal the process allocates it in the container and sends the master
+    back; ``settle`` takes it (so before any request is served: attach, resize and the
+    log see it), sized from the spec's ``consoleSize`` when there is one.
+    """
 
     def __init__(self) -> None:
         self.spawned: Any = None
+        self.stdio: Stdio | None = None
+        self.console_size: tuple[int, int] | None = None
 
-    def _spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    def _spawn(self, stdio: Stdio, fn: Callable[..., Any], *args: Any,
+               **kwargs: Any) -> int:
         from engine.core.runtime import linux
+        self.stdio = stdio
         try:
-            self.spawned = fn(*args, **kwargs)
+            self.spawned = fn(*args, stdin=stdio.child[0], stdout=stdio.child[1],
+                              stderr=stdio.child[2], **kwargs)
         except linux.SpawnError as exc:
             raise StartError(exc.message, exc.exit_code) from None
         return int(self.spawned.pid)
@@ -379,16 +391,41 @@ class _SpawnedBackend(Backend):
         # the cgroup move waits for the kernel (see linux.py): overlap it with the
         # child's set-up and the daemon's work until its next request. (Not in a
         # thread: after unshare(CLONE_NEWPID) this process can make none.)
-        if self.spawned is not None:
-            self.spawned.join_cgroup()
+        if self.spawned is None:
+            return
+        self.spawned.join_cgroup()
+        self._take_console()
+
+    def _take_console(self) -> None:
+        """Adopt the terminal's master once the child sends it (a child that dies
+        first sends none: ``start`` then reports its error)."""
+        if not self.spawned.terminal or self.stdio is None or self.stdio.master >= 0:
+            return
+        master = self.spawned.receive_console()
+        if master < 0:
+            return
+        self.stdio.set_master(master)
+        if self.console_size:
+            _resize(master, *self.console_size)
 
     def start(self, stdio: Stdio, winsize: tuple[int, int] | None = None) -> int:
         from engine.core.runtime import linux
+        self._take_console()  # settle did, unless it was skipped
         try:
             self.spawned.start()
         except linux.SpawnError as exc:
             raise StartError(exc.message, exc.exit_code) from None
         return int(self.spawned.pid)
+
+
+def _console_size(process: dict[str, Any]) -> tuple[int, int] | None:
+    """An OCI process's ``consoleSize`` as ``(rows, columns)``, when it has a usable one."""
+    size = process.get("consoleSize") or {}
+    try:
+        rows, cols = int(size.get("height", 0)), int(size.get("width", 0))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return (rows, cols) if rows > 0 and cols > 0 else None
 
 
 class BuiltinContainer(_SpawnedBackend):
@@ -401,15 +438,15 @@ class BuiltinContainer(_SpawnedBackend):
         root = self.spec.setdefault("root", {})
         if not os.path.isabs(root.get("path", "rootfs")):
             root["path"] = os.path.join(bundle, root.get("path", "rootfs"))
-        self.terminal = bool(self.spec.get("process", {}).get("terminal"))
+        process = self.spec.get("process") or {}
+        self.terminal = bool(process.get("terminal"))
+        self.console_size = _console_size(process)
         self.cgroups_path = self.spec.get("linux", {}).get("cgroupsPath", "")
 
     def prepare(self, stdio: Stdio) -> int:
         from engine.core.runtime import linux
         spec, self.spec = self.spec, {}  # the child has its copy: ours is garbage
-        return self._spawn(linux.spawn_container, spec, stdin=stdio.child[0],
-                           stdout=stdio.child[1], stderr=stdio.child[2],
-                           tty_slave=stdio.tty_slave)
+        return self._spawn(stdio, linux.spawn_container, spec)
 
     def cleanup(self) -> None:
         if not self.cgroups_path:
@@ -430,13 +467,13 @@ class BuiltinExec(_SpawnedBackend):
         self.target_pid = target_pid
         self.exec_cgroups_path = cgroups_path
         self.terminal = bool(process.get("terminal"))
+        self.console_size = _console_size(process)
 
     def prepare(self, stdio: Stdio) -> int:
         from engine.core.runtime import linux
-        return self._spawn(linux.spawn_exec, self.process, target_pid=self.target_pid,
-                           cgroups_path=self.exec_cgroups_path or None,
-                           stdin=stdio.child[0], stdout=stdio.child[1],
-                           stderr=stdio.child[2], tty_slave=stdio.tty_slave)
+        return self._spawn(stdio, linux.spawn_exec, self.process,
+                           target_pid=self.target_pid,
+                           cgroups_path=self.exec_cgroups_path or None)
 
 
 class RuncContainer(Backend):
@@ -1202,8 +1239,9 @@ def run(opts: Options) -> int:
         from engine.core.runtime import linux
         linux.set_subreaper()
         backend = make_backend(opts)
+        # every runtime makes the terminal inside the container and sends its master
         stdio = Stdio(terminal=backend.terminal, stdin_open=opts.stdin_open,
-                      open_pty=not isinstance(backend, (RuncContainer, RuncExec)))
+                      open_pty=False)
         mon = Monitor(state_dir=state, backend=backend, stdio=stdio,
                       stdin_once=opts.stdin_once,
                       log_writer=opts.log_writer if opts.command == "create" else "",

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
+import struct
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -50,6 +52,12 @@ RESOLVE_IN_ROOT = 0x10
 _SYS_OPENAT2 = 437
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _AT_FDCWD = -100
+
+# pty ioctls (the generic encoding: x86_64 and aarch64 share it)
+_TIOCGPTN = 0x80045430     # _IOR('T', 0x30, unsigned int): the pty's number
+_TIOCSPTLCK = 0x40045431   # _IOW('T', 0x31, int): (un)lock the slave
+_TIOCGPTPEER = 0x5441      # _IO('T', 0x41): open the slave from the master (4.13+)
+_PTMX_DEV = (5, 2)
 
 # Mount options that are flags: name -> (clear?, flag)
 _FLAG_OPTIONS: dict[str, tuple[bool, int]] = {
@@ -369,9 +377,13 @@ def _mount_cgroup(target: str, path: str, flags: int, cgroups_path: str | None) 
                   "mode=755")
 
 
-def setup_dev(root: str, *, tty_slave: int | None = None, devices: list[dict] = ()) -> None:
+def setup_dev(root: str, *, console: int | None = None, devices: list[dict] = ()) -> None:
     """Populate ``root``/dev: the default device nodes, the usual symlinks, the
-    spec's extra ``linux.devices`` and, with a terminal, ``/dev/console``."""
+    spec's extra ``linux.devices`` and, with a terminal, ``/dev/console``.
+
+    ``console`` is a pty slave opened in this mount namespace (see :func:`open_pty`):
+    it is bound on ``/dev/console``, as runc does.
+    """
     dev = secure_join(root, "/dev")
     os.makedirs(dev, 0o755, exist_ok=True)
     for name, (major, minor) in DEFAULT_DEVICES.items():
@@ -393,14 +405,55 @@ def setup_dev(root: str, *, tty_slave: int | None = None, devices: list[dict] = 
             os.symlink("/proc/kcore", os.path.join(dev, "core"))
         except FileExistsError:
             pass
-    if tty_slave is not None:
+    if console is not None:
         fd, _path = make_target(root, "/dev/console", is_dir=False)
         try:
-            # The slave's own mount belongs to the parent mount namespace, which a bind
-            # cannot take from: use its path, which names our namespace's copy.
-            mount(os.ttyname(tty_slave), f"/proc/self/fd/{fd}", None, MS_BIND)
+            mount(f"/proc/self/fd/{console}", f"/proc/self/fd/{fd}", None, MS_BIND)
         finally:
             os.close(fd)
+
+
+def open_pty(root: str) -> tuple[int, int]:
+    """Allocate a terminal in the devpts instance mounted on ``root``/dev/pts.
+
+    Opens that instance's ``ptmx`` (resolved inside ``root``, and checked to be the
+    pty multiplexer: a container may have put anything there), unlocks the new pty
+    and opens its slave through the master (``TIOCGPTPEER``, else by its number in
+    the same ``/dev/pts``). Returns ``(master, slave)``, both close-on-exec, the slave
+    without becoming anyone's controlling terminal. The slave is ``/dev/pts/N`` of that
+    instance: a container whose devpts is its own (``newinstance``) sees its own name.
+    """
+    try:
+        master = open_in_root(root, "/dev/pts/ptmx",
+                              os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise OSError(exc.errno, "cannot allocate a terminal: /dev/pts/ptmx: "
+                      f"{os.strerror(exc.errno) if exc.errno else exc}") from exc
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev),
+                                            os.minor(st.st_rdev)) != _PTMX_DEV:
+            raise OSError(errno.ENOTTY, "cannot allocate a terminal: /dev/pts/ptmx is "
+                          "not a pty multiplexer")
+        os.set_blocking(master, True)
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        try:
+            slave = fcntl.ioctl(master, _TIOCGPTPEER,
+                                os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTTY):
+                raise
+            slave = open_in_root(root, f"/dev/pts/{pty_number(master)}",
+                                 os.O_RDWR | os.O_NOCTTY)
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave
+
+
+def pty_number(master: int) -> int:
+    """The ``N`` of ``/dev/pts/N`` for a pty master (``TIOCGPTN``)."""
+    return struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, bytes(4)))[0]
 
 
 def _mknod(path: str, mode: int, major: int, minor: int, uid: int, gid: int) -> None:
@@ -457,13 +510,16 @@ def readonly_path(path: str) -> None:
           | MS_NOEXEC | MS_REC)
 
 
-def prepare(spec: dict, *, tty_slave: int | None = None) -> None:
+def prepare(spec: dict, *, terminal: bool = False) -> tuple[int, int] | None:
     """Build the container's root from ``spec`` and pivot into it.
 
     The caller must already be in a new mount namespace. Order: make ``/`` rprivate,
-    bind the rootfs onto itself, mount every spec mount, populate /dev, pivot_root,
-    write sysctls, mask and read-only paths, and finally remount ``/`` read-only when
-    ``root.readonly``.
+    bind the rootfs onto itself, mount every spec mount, allocate the terminal (with
+    ``terminal``: in the container's own devpts, see :func:`open_pty`), populate /dev,
+    pivot_root, write sysctls, mask and read-only paths, and finally remount ``/``
+    read-only when ``root.readonly``.
+
+    Returns the terminal's ``(master, slave)`` fds, or ``None`` without one.
     """
     linux = spec.get("linux") or {}
     root = os.path.abspath(spec["root"]["path"])
@@ -474,7 +530,8 @@ def prepare(spec: dict, *, tty_slave: int | None = None) -> None:
     cgroups_path = linux.get("cgroupsPath")
     for entry in spec.get("mounts") or ():
         mount_entry(root, entry, cgroups_path=cgroups_path)
-    setup_dev(root, tty_slave=tty_slave, devices=linux.get("devices") or [])
+    pty = open_pty(root) if terminal else None  # a failure ends the child: no cleanup
+    setup_dev(root, console=pty[1] if pty else None, devices=linux.get("devices") or [])
     enter_root(root)
     for key, value in (linux.get("sysctl") or {}).items():
         with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
@@ -485,3 +542,4 @@ def prepare(spec: dict, *, tty_slave: int | None = None) -> None:
         readonly_path(path)
     if spec["root"].get("readonly"):
         mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    return pty

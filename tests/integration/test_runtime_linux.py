@@ -12,6 +12,7 @@ import resource
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -40,27 +41,34 @@ class Helper:
     """A forked stand-in for the monitor: spawns one process and reports on it.
 
     Messages on the report pipe, one JSON line each: ``{"pid": N}`` once started (or
-    ``{"error": {...}}``), then ``{"status": code}`` when the process is reaped.
+    ``{"error": {...}}``), then ``{"status": code}`` when the process is reaped. With
+    ``tty`` (the spec asks for a terminal) the helper passes the master the process
+    sent on to us (``master``), sized ``winsize`` before the release.
     """
 
-    def __init__(self, spawn, *, stdin: int | None = None, tty: bool = False) -> None:
+    def __init__(self, spawn, *, stdin: int | None = None, tty: bool = False,
+                 winsize: tuple[int, int] | None = None) -> None:
         self.out_r, out_w = os.pipe()
         self.err_r, err_w = os.pipe()
         self.report_r, report_w = os.pipe()
         self.master: int | None = None
-        slave = None
-        if tty:
-            self.master, slave = os.openpty()
+        ours, theirs = socket.socketpair() if tty else (None, None)
         null = os.open("/dev/null", os.O_RDONLY)
         self.pid = os.fork()
         if self.pid == 0:  # the helper
             try:
                 os.close(self.out_r), os.close(self.err_r), os.close(self.report_r)
                 spawned = spawn(stdin=null if stdin is None else stdin, stdout=out_w,
-                                stderr=err_w, tty_slave=slave)
+                                stderr=err_w)
                 os.close(out_w), os.close(err_w)
-                if slave is not None:
-                    os.close(slave)
+                if theirs is not None:
+                    master = spawned.receive_console()
+                    if master >= 0:
+                        if winsize:
+                            linux.resize_tty(master, *winsize)
+                        socket.send_fds(theirs, [b"m"], [master])
+                        os.close(master)
+                    theirs.close()
                 try:
                     spawned.start()
                     os.write(report_w, json.dumps({"pid": spawned.pid}).encode() + b"\n")
@@ -77,8 +85,17 @@ class Helper:
             finally:
                 os._exit(0)
         os.close(out_w), os.close(err_w), os.close(report_w), os.close(null)
-        if slave is not None:
-            os.close(slave)
+        if ours is not None:
+            theirs.close()
+            ours.settimeout(10)
+            try:
+                _msg, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
+            except TimeoutError:
+                fds = []
+            ours.close()
+            self.master = fds[0] if fds else None
+        #: the process's output: the terminal's master, else the stdout pipe
+        self.output = self.out_r if self.master is None else self.master
         self._report = b""
         self._early = bytearray()
         self.info = self._next_report(10)
@@ -101,14 +118,14 @@ class Helper:
         return json.loads(line)
 
     def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
-        """Read stdout until ``marker`` shows up (kept for :meth:`wait` too)."""
+        """Read the output until ``marker`` shows up (kept for :meth:`wait` too)."""
         deadline = time.monotonic() + timeout
         while marker not in self._early:
             sel = selectors.DefaultSelector()
-            sel.register(self.out_r, selectors.EVENT_READ)
+            sel.register(self.output, selectors.EVENT_READ)
             if not sel.select(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"no {marker!r} on stdout")
-            chunk = os.read(self.out_r, 65536)
+                raise TimeoutError(f"no {marker!r} in {bytes(self._early)!r}")
+            chunk = os.read(self.output, 65536)
             if not chunk:
                 break
             self._early += chunk
@@ -116,9 +133,8 @@ class Helper:
 
     def wait(self, timeout: float = 20) -> Result:
         """Collect output until the process exits; kill it on timeout."""
-        chunks: dict[int, bytearray] = {self.out_r: self._early, self.err_r: bytearray()}
-        if self.master is not None:
-            chunks[self.master] = bytearray()
+        chunks: dict[int, bytearray] = {self.out_r: bytearray(), self.err_r: bytearray()}
+        chunks[self.output] = self._early
         sel = selectors.DefaultSelector()
         for fd in chunks:
             sel.register(fd, selectors.EVENT_READ)
@@ -143,8 +159,7 @@ class Helper:
         if "error" in self.info:
             self._next_report(timeout)
         os.waitpid(self.pid, 0)
-        out = chunks[self.master] if self.master is not None else chunks[self.out_r]
-        result = Result(status, out.decode(errors="replace"),
+        result = Result(status, chunks[self.output].decode(errors="replace"),
                         chunks[self.err_r].decode(errors="replace"), self.info.get("error"))
         self.close()
         return result
@@ -298,11 +313,49 @@ def test_dev_and_mounts(make_spec) -> None:
     assert "memory" in lines[-1].split() and "pids" in lines[-1].split()
 
 
-def test_tty(make_spec) -> None:
-    r = run(make_spec(["sh", "-c", "test -t 0 && test -t 1 && echo is-a-tty; ls /dev/console"],
-                      tty=True), tty=True)
-    assert r.status == 0
-    assert "is-a-tty" in r.stdout and "/dev/console" in r.stdout
+# --- terminals ------------------------------------------------------------------------
+
+
+def _host_devpts() -> int:
+    """The device of the host's devpts instance."""
+    return os.stat("/dev/pts/ptmx").st_dev
+
+
+def test_tty_is_the_containers_own_pts(make_spec) -> None:
+    script = ("tty; stty size; ls -l /proc/self/fd/0; ls /dev/pts | tr '\\n' ' '; echo; "
+              "stat -c %t,%T /dev/console; test -t 1 && test -t 2 && echo all-tty; "
+              "read line; echo got $line")
+    helper = start(make_spec(["sh", "-c", script], tty=True), tty=True, winsize=(33, 77))
+    try:
+        assert helper.master is not None
+        helper.read_until(b"all-tty")
+        # the pty lives in the container's devpts instance, not in the host's
+        slave = os.stat(f"/proc/{helper.container_pid}/fd/0")
+        assert os.major(slave.st_rdev) == 136 and slave.st_dev != _host_devpts()
+        os.write(helper.master, b"hello\n")
+    finally:
+        r = helper.wait()
+    lines = r.stdout.split("\r\n")
+    assert r.status == 0 and lines[0] == "/dev/pts/0"
+    assert lines[1] == "33 77"
+    assert lines[2].endswith("/proc/self/fd/0 -> /dev/pts/0")
+    assert lines[3].split() == ["0", "ptmx"]  # only its own pty
+    assert lines[4] == "88,0"  # /dev/console is that same pty (136, 0)
+    assert lines[5] == "all-tty" and "got hello" in lines
+
+
+def test_tty_of_a_non_root_user_is_its_own(make_spec) -> None:
+    r = run(make_spec(["sh", "-c", "stat -c '%U %g %a' $(tty)"], tty=True, user="app"),
+            tty=True)
+    assert (r.status, r.stdout.strip()) == (0, "app 5 620")  # the group stays tty (gid 5)
+
+
+def test_tty_without_devpts_fails_cleanly(make_spec) -> None:
+    s = make_spec(["true"], tty=True)
+    s["mounts"] = [m for m in s["mounts"] if m["destination"] != "/dev/pts"]
+    r = run(s, tty=True)
+    assert r.error is not None and r.error["exit_code"] == 125
+    assert "cannot allocate a terminal" in r.error["message"]
 
 
 def test_stdin_is_passed(make_spec, tmp_path) -> None:
@@ -470,6 +523,34 @@ def test_exec_into_running_container(make_spec) -> None:
         assert cg.endswith(path)
         missing = exec_(["nothere"])
         assert missing.error["exit_code"] == 127
+    finally:
+        init.kill()
+        init.wait()
+
+
+def test_exec_tty_is_a_pts_of_the_container(make_spec) -> None:
+    s = make_spec(["sh", "-c", "tty; read line"], tty=True)
+    init = start(s, tty=True)
+    try:
+        assert init.read_until(b"\r\n").strip() == b"/dev/pts/0"
+        process = {"args": ["sh", "-c", "tty; stty size; ls /dev/pts | tr '\\n' ' '; echo; "
+                                        "read line; stty size"],
+                   "env": ["PATH=/bin"], "cwd": "/", "terminal": True,
+                   "user": {"uid": 0, "gid": 0}}
+        ex = Helper(lambda **fds: linux.spawn_exec(
+            process, target_pid=init.container_pid, cgroups_path=s["linux"]["cgroupsPath"],
+            **fds), tty=True, winsize=(20, 30))
+        try:
+            ex.read_until(b"ptmx")
+            assert os.stat(f"/proc/{ex.container_pid}/fd/0").st_dev != _host_devpts()
+            linux.resize_tty(ex.master, 44, 55)
+            os.write(ex.master, b"\n")
+        finally:
+            r = ex.wait()
+        lines = r.stdout.split("\r\n")
+        assert r.status == 0 and lines[0] == "/dev/pts/1"
+        assert lines[1] == "20 30" and lines[2].split() == ["0", "1", "ptmx"]
+        assert lines[4] == "44 55"  # resized through the master while it ran
     finally:
         init.kill()
         init.wait()
