@@ -251,17 +251,12 @@ def test_exec_with_and_without_tty(docker, engine_daemon, names):
     assert p.returncode == 126 and b"unable to find user nosuchuser" in p.stdout + p.stderr
 
 
-@pytest.mark.xfail(reason="runtime: the container's terminal is bound on /dev/console from "
-                          "the host's devpts; Docker's is /dev/pts/0 of the container's own",
-                   strict=True)
 def test_run_tty_is_the_containers_pts(engine_daemon):
     s = PtySession(engine_daemon.env, ["run", "-t", "--rm", "busybox", "tty"])
     code = s.finish()
     assert code == 0 and s.buf.strip() == b"/dev/pts/0", s.buf
 
 
-@pytest.mark.xfail(reason="runtime: the exec terminal comes from the host's devpts, so "
-                          "ttyname() inside the container fails", strict=True)
 def test_exec_tty_is_named_inside_the_container(docker, engine_daemon, names):
     name = names()
     docker("run", "-d", "--name", name, "busybox", "sleep", "60", check=True)

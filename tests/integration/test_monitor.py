@@ -89,10 +89,14 @@ class Containers:
         return cid, client.Monitor(str(state)), report
 
     async def exec(self, cid: str, target_pid: int, args: list[str], *,
-                   tty: bool = False, **kwargs: Any) -> client.Monitor:
+                   tty: bool = False, console_size: tuple[int, int] | None = None,
+                   **kwargs: Any) -> client.Monitor:
         state = self.state_dir(cid) / "exec" / uuid.uuid4().hex[:12]
-        process = {"terminal": tty, "user": {"uid": 0, "gid": 0}, "args": args,
-                   "env": ["PATH=/bin", "TERM=xterm"], "cwd": "/"}
+        process: dict[str, Any] = {"terminal": tty, "user": {"uid": 0, "gid": 0},
+                                   "args": args, "env": ["PATH=/bin", "TERM=xterm"],
+                                   "cwd": "/"}
+        if console_size:
+            process["consoleSize"] = {"height": console_size[0], "width": console_size[1]}
         await client.create_exec(
             exec_id=state.name, state_dir=str(state), target_pid=target_pid,
             process=process, cgroups_path=f"/{CGROUP_PARENT}/{cid}",
@@ -177,7 +181,7 @@ def test_tty_and_resize(containers: Containers) -> None:
     data, result = run(go())
     size, tty_name, bye = data.decode().split("\r\n")[:3]
     assert (size, bye) == ("40 100", "bye")  # stderr too goes to the terminal
-    assert tty_name in ("/dev/console", "/dev/pts/0")  # builtin binds it to console
+    assert tty_name == "/dev/pts/0"  # the container's own devpts, as with Docker
     assert result["exit_code"] == 0
 
 
@@ -254,12 +258,19 @@ def test_exec_tty_stdin_and_failure(containers: Containers) -> None:
     async def go():
         cid, mon, report = await containers.create(["sleep", "30"])
         await mon.start()
-        tty_exec = await containers.exec(cid, report["pid"], ["stty", "size"], tty=True)
+        tty_exec = await containers.exec(cid, report["pid"], ["sh", "-c", "stty size; tty"],
+                                         tty=True)
         reader, _w, tty = await tty_exec.attach(False, True, True)
         assert tty
         await tty_exec.resize(20, 30)  # before start: runc makes the pty only then
         await tty_exec.start()
         tty_out = await reader.read()
+        sized = await containers.exec(cid, report["pid"], ["stty", "size"], tty=True,
+                                      console_size=(12, 34))
+        reader, _w, _tty = await sized.attach(False, True, True)
+        await sized.start()
+        tty_out += await reader.read()
+        await sized.wait()
         stdin_exec = await containers.exec(cid, report["pid"],
                                            ["sh", "-c", "read x; echo got $x"],
                                            stdin_open=True, stdin_once=True)
@@ -277,7 +288,8 @@ def test_exec_tty_stdin_and_failure(containers: Containers) -> None:
         return tty_out, stdin_out, info.value, results
 
     tty_out, stdin_out, error, results = run(go())
-    assert tty_out == b"20 30\r\n" and stdin_out == b"got abc\n"
+    # the exec's terminal is a pty of the container's devpts (which has no other)
+    assert tty_out == b"20 30\r\n/dev/pts/0\r\n12 34\r\n" and stdin_out == b"got abc\n"
     assert error.exit_code == 127 and "no-such-command" in error.message
     assert [r["exit_code"] for r in results] == [0, 0, 127]
 
