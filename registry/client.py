@@ -12,8 +12,10 @@ compressing, creating the image) runs in the default executor.
   against its digest. Tags are set only once the image exists.
 * Push: upload each layer unless the registry has it (``HEAD``), mounting it from another
   repository of the same registry when we know one holds it; layers stored uncompressed
-  are gzip-compressed once and the compressed blob is kept, so every push of a layer
-  sends the same bytes. Then the config and a Docker schema 2 manifest.
+  are gzip-compressed once (in parallel pieces, see
+  :class:`~engine.core.store.compression.GzipEncoder`) and the compressed blob is kept,
+  so every push of a layer sends the same bytes. Then the config and a Docker schema 2
+  manifest.
 * Auth: anonymous, basic, or Docker's bearer token flow, with credentials from
   ``X-Registry-Auth`` or Docker's ``config.json``.
 * TLS: the system CAs plus ``<certs_dir>/<host:port>/*.crt`` (client certificates as
@@ -26,11 +28,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gzip
+import functools
 import ipaddress
 import json
 import logging
-import os
 import platform as _platform
 import ssl
 import threading
@@ -42,7 +43,7 @@ from typing import Any
 import aiohttp
 import yarl
 from engine.core.store import reference
-from engine.core.store.compression import detect
+from engine.core.store.compression import GZIP_LEVEL, GzipEncoder, detect
 from engine.core.store.content import ContentStore
 from engine.core.store.images import Image, ImageStore
 from engine.sdk.errors import EngineError, Forbidden, InvalidArgument, NotFound
@@ -447,7 +448,7 @@ class RegistryClient:
 
     def __init__(self, content: ContentStore, images: ImageStore, state_dir: str | Path,
                  hosts: RegistryHosts | None = None, *, concurrency: int = CONCURRENCY,
-                 config_dir: str | Path | None = None) -> None:
+                 config_dir: str | Path | None = None, gzip_level: int = GZIP_LEVEL) -> None:
         self.content = content
         self.images = images
         self.hosts = hosts or RegistryHosts()
@@ -462,6 +463,8 @@ class RegistryClient:
                 partial.unlink(missing_ok=True)
         self.config_dir = config_dir
         self._concurrency = concurrency
+        #: zlib level for layers stored uncompressed and compressed on their first push
+        self.gzip_level = gzip_level
         self._inflight: dict[str, asyncio.Future[None]] = {}
 
     # -- plumbing ------------------------------------------------------------------------
@@ -611,21 +614,52 @@ class RegistryClient:
             async with sem:
                 await self._download(conn, resolved.ref.path, desc, progress)
 
-        tasks = [asyncio.ensure_future(one(d)) for d in missing]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        downloads = {d["digest"]: asyncio.ensure_future(one(d)) for d in missing}
+        unpacked: list[str] = []
         blobs = [(d["digest"], str(d.get("mediaType") or spec.MT_OCI_LAYER_GZIP))
                  for d in layers]
-        img = await self._run(self.images.create, config_bytes, blobs)
-        for d in missing:
-            await progress({"status": "Pull complete", "progressDetail": {},
-                            "id": _short(d["digest"])})
+        try:
+            await self._unpack(layers, _diff_ids(config_bytes), downloads, progress, unpacked)
+            await asyncio.gather(*downloads.values())
+            img = await self._run(self.images.create, config_bytes, blobs)
+        except BaseException:
+            for t in downloads.values():
+                t.cancel()
+            await asyncio.gather(*downloads.values(), return_exceptions=True)
+            if unpacked:
+                await self._run(self.images.release_unused_layers, unpacked[-1])
+            raise
         return img, True
+
+    async def _unpack(self, layers: list[dict[str, Any]], diff_ids: list[str] | None,
+                      downloads: dict[str, asyncio.Future[None]], progress: Progress,
+                      unpacked: list[str]) -> None:
+        """Unpack each layer as soon as it and the layers below it are in the content
+        store, while the others download; ``unpacked`` collects the chain ids.
+
+        The layer store checks every layer against its diff id (the config, verified
+        by digest, lists them) before it becomes visible, and the blob it reads was
+        verified by the content store. :meth:`ImageStore.create` then finds the layers
+        ready. Without usable diff ids nothing is unpacked here: ``create`` reports it.
+        """
+        if diff_ids is None or len(diff_ids) != len(layers):
+            return
+        parent: str | None = None
+        for desc, diff_id in zip(layers, diff_ids, strict=True):
+            digest = desc["digest"]
+            fetched = digest in downloads
+            if fetched:
+                await downloads[digest]
+                await progress({"status": "Extracting", "progressDetail": {},
+                                "id": _short(digest)})
+            layer = await self._run(functools.partial(
+                self.images.layers.register, self.content.path(digest), parent,
+                diff_id=diff_id))
+            parent = layer.chain_id
+            unpacked.append(parent)
+            if fetched:
+                await progress({"status": "Pull complete", "progressDetail": {},
+                                "id": _short(digest)})
 
     async def _blob_bytes(self, conn: _Conn, path: str, digest: str) -> bytes:
         """A small blob (a config), verified; kept in memory."""
@@ -827,16 +861,8 @@ class RegistryClient:
         gz = self.state.compressed(digest)
         if gz is not None and self.content.has(gz):
             return gz, self.content.size(gz), spec.MT_DOCKER_LAYER_GZIP
-        tmp = self.content.tmp_dir / f"gzip-{os.getpid()}-{threading.get_ident()}"
-        try:
-            with self.content.open(digest) as src, open(tmp, "wb") as raw:
-                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as out:
-                    while chunk := src.read(_READ):
-                        out.write(chunk)
-            with open(tmp, "rb") as f:
-                gz, size = self.content.ingest(f)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self.content.open(digest) as src, GzipEncoder(src, level=self.gzip_level) as out:
+            gz, size = self.content.ingest(out)
         self.state.set_compressed(digest, gz)
         return gz, size, spec.MT_DOCKER_LAYER_GZIP
 
@@ -936,6 +962,18 @@ class RegistryClient:
                                   if cfg.get(k)})
         return {"Descriptor": {"mediaType": media_type, "digest": digest, "size": len(data)},
                 "Platforms": platforms}
+
+
+def _diff_ids(config: bytes) -> list[str] | None:
+    """The config's ``rootfs.diff_ids`` when they are a list of digests, else None."""
+    try:
+        ids = json.loads(config)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(ids, list) or not all(isinstance(d, str) and spec.valid_digest(d)
+                                            for d in ids):
+        return None
+    return ids
 
 
 def _bar(current: int, total: int) -> str:

@@ -1,20 +1,32 @@
-"""Transparent decompression of layer streams, detected by magic bytes.
+"""Layer stream compression: transparent decompression, and a parallel gzip encoder.
 
 :func:`decompressed` turns a path or a binary stream holding a plain, gzip, bzip2, xz or
 zstd compressed tar into a stream of the uncompressed bytes. zstd is decoded with the
 ``zstandard`` module when it is importable, else with the ``zstd`` binary.
+
+:class:`GzipEncoder` is the other direction, for pushes: a readable stream of the gzip
+encoding of a source, made of 1 MiB pieces deflated independently in worker threads
+(zlib releases the GIL), as pigz does. A piece whose samples do not compress (already
+compressed or random data) is written as stored deflate blocks instead of spending the
+CPU on a search that would not shrink it. The output is one ordinary gzip member; it
+depends only on the input and the level, so a layer always encodes to the same digest.
 """
 
 from __future__ import annotations
 
 import bz2
+import collections
+import concurrent.futures
 import contextlib
 import gzip
 import io
 import lzma
+import os
 import shutil
+import struct
 import subprocess
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -185,3 +197,130 @@ def decompressed(src: Source) -> Iterator[BinaryIO]:
             raise
         if proc is not None:
             proc.finish()
+
+
+# -- gzip encoding -----------------------------------------------------------------------
+
+#: Size of the independently deflated pieces of :class:`GzipEncoder`.
+GZIP_PIECE = 1 << 20
+#: Default level for pushed layers: zlib's fastest, as go-containerregistry (crane) uses
+#: by default. On text it costs a few percent of size against level 6 for half the CPU.
+GZIP_LEVEL = 1
+#: A piece is stored, not deflated, when its samples shrink by less than this ratio.
+_INCOMPRESSIBLE = 0.97
+_SAMPLE = 8 << 10
+_SAMPLES = 4
+#: gzip member header: magic, deflate, no flags, mtime 0, no extra flags, OS unknown
+#: (what Go's and Python's writers emit for mtime 0).
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+#: an empty final deflate block (fixed Huffman codes, end of block)
+_FINAL_BLOCK = b"\x03\x00"
+
+
+def incompressible(data: bytes | memoryview, level: int = 1) -> bool:
+    """Whether ``data`` looks incompressible: a few spread samples deflated at ``level``
+    barely shrink. Samples cost ~3% of deflating the whole piece."""
+    n = len(data)
+    if n <= _SAMPLE * _SAMPLES:
+        samples = [data]
+    else:
+        step = (n - _SAMPLE) // (_SAMPLES - 1)
+        samples = [data[i * step:i * step + _SAMPLE] for i in range(_SAMPLES)]
+    raw = sum(len(s) for s in samples)
+    packed = sum(len(zlib.compress(s, max(level, 1))) for s in samples)
+    return packed >= raw * _INCOMPRESSIBLE
+
+
+def deflate_piece(data: bytes, level: int) -> bytes:
+    """Raw deflate blocks for ``data``, byte-aligned and not final, so that pieces
+    concatenate into one deflate stream (stored blocks when the data does not compress)."""
+    if level and incompressible(data, level):
+        level = 0
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+class GzipEncoder(io.RawIOBase):
+    """A readable stream of the gzip encoding of ``source``'s bytes.
+
+    Pieces of :data:`GZIP_PIECE` bytes are deflated by ``threads`` workers (by default
+    one per CPU), at most ``2 * threads`` of them in flight, and emitted in order; the
+    CRC and length for the trailer are computed on the reading thread. ``close()``
+    stops the workers; the source is left open for its owner.
+    """
+
+    def __init__(self, source: BinaryIO, *, level: int = GZIP_LEVEL,
+                 threads: int | None = None) -> None:
+        if not 0 <= level <= 9:
+            raise ValueError(f"gzip level {level} is not in 0..9")
+        self._source = source
+        self._level = level
+        self._threads = max(1, threads or os.cpu_count() or 1)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._out = bytearray(_GZIP_HEADER)
+        self._crc = 0
+        self._size = 0
+        self._eof = False  # source exhausted
+        self._done = False  # trailer queued
+
+    def readable(self) -> bool:
+        return True
+
+    def _submit(self) -> bool:
+        """Queue the next piece of the source; False at its end."""
+        data = self._source.read(GZIP_PIECE)
+        if not data:
+            self._eof = True
+            return False
+        self._crc = zlib.crc32(data, self._crc)
+        self._size += len(data)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self._threads, thread_name_prefix="gzip")
+        self._pending.append(self._pool.submit(deflate_piece, data, self._level))
+        return True
+
+    def _fill(self) -> None:
+        """Move at least one finished piece (or the trailer) into the output buffer."""
+        while not self._eof and len(self._pending) < 2 * self._threads:
+            if not self._submit():
+                break
+        if self._pending:
+            self._out += self._pending.popleft().result()
+        elif not self._done:
+            self._out += _FINAL_BLOCK
+            self._out += struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
+            self._done = True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        while not self._out and not self._done:
+            self._fill()
+        n = min(len(buf), len(self._out))
+        buf[:n] = self._out[:n]
+        del self._out[:n]
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (everything left when negative): at least one piece is
+        waited for, never more than needed to return something."""
+        if size is None or size < 0:
+            chunks = []
+            while chunk := self.read(GZIP_PIECE):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        while not self._out and not self._done:
+            self._fill()
+        data = bytes(self._out[:size])
+        del self._out[:size]
+        return data
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for fut in self._pending:
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending.clear()
+        super().close()
+
