@@ -32,7 +32,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .drivers import Registrar
+    from .drivers import Driver, Registrar
 
 
 @hookspec
@@ -42,4 +42,23 @@ def engine_register_drivers(registrar: "Registrar") -> None:
     Add driver classes with ``registrar.add_network_driver(cls)``,
     ``registrar.add_volume_driver(cls)`` or ``registrar.add_log_driver(cls)``. Return
     nothing. Raising marks the plugin as failed; the daemon goes on without it.
+    """
+
+
+@hookspec(firstresult=True)
+def engine_find_driver(kind: str, name: str) -> "type[Driver] | None":
+    """Called when the daemon is asked for a ``kind`` driver (``"network"``,
+    ``"volume"`` or ``"log"``) called ``name`` that no plugin has registered, before it
+    answers "not found": a plugin that can make such a driver on demand returns its
+    class (a subclass of the kind's base class whose ``name`` is ``name``); any other
+    returns None. The first class returned wins.
+
+    This is how a Docker v1 plugin whose socket appears in ``/run/docker/plugins``
+    after the daemon started becomes usable (``docker volume create -d late-plugin``),
+    as Docker looks such plugins up by name when they are first used. The daemon
+    instantiates the class with its :class:`~engine.sdk.drivers.DriverContext`,
+    counts it among the answering plugin's drivers from then on, and uses it at once:
+    the driver must be ready after ``__init__``. Called on the daemon's event loop, so
+    it must not block: look at files, never call the plugin. Raising is logged and
+    treated as None.
     """

@@ -17,6 +17,13 @@ answers ``{"Implements": ["VolumeDriver", ...]}``. A failed call answers
 ``{"Err": "message"}``. Each call opens its own connection and runs under a timeout, so
 a plugin that hangs or dies costs the callers that use it that timeout and nothing
 else: it never blocks the event loop or the daemon's other work.
+
+The drivers that speak this protocol (``engine.plugins.volume.remote``,
+``engine.plugins.network.remote``) are made here, one class per plugin:
+:func:`register_remote_drivers` registers one for every plugin on the search path when
+the daemon starts, and :func:`find_remote_driver` makes one for a plugin whose socket
+appeared later, when the daemon is first asked for it by name (the
+``engine_find_driver`` hook), as Docker looks v1 plugins up lazily.
 """
 from __future__ import annotations
 
@@ -25,10 +32,13 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Collection, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import DriverError, EngineError, NotFound, Unavailable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .drivers import Registrar
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
 DEFAULT_PATH = ("/run/docker/plugins", "/etc/docker/plugins", "/usr/lib/docker/plugins")
@@ -41,7 +51,10 @@ MAX_RESPONSE = 16 << 20   # a plugin answering more than this is broken
 __all__ = [
     "PluginSpec", "PluginClient", "PluginUnavailable", "PluginCallError",
     "search_path", "discover", "find_plugin", "CONTENT_TYPE",
+    "plugin_client", "remote_driver_class", "register_remote_drivers", "find_remote_driver",
 ]
+
+D = TypeVar("D", bound=type)
 
 
 class PluginUnavailable(Unavailable):
@@ -128,6 +141,55 @@ def discover(paths: list[str] | None = None) -> dict[str, PluginSpec]:
 def find_plugin(name: str, paths: list[str] | None = None) -> PluginSpec | None:
     """The plugin called ``name``, or None."""
     return discover(paths).get(name)
+
+
+# ---------------------------------------------------------------- one driver class per plugin
+
+
+def remote_driver_class(spec: PluginSpec, base: D) -> D:
+    """A subclass of ``base`` (a remote driver class with a ``plugin`` class attribute)
+    named like the plugin ``spec``: ``RemoteVolume_myplug`` for ``RemoteVolumeDriver``."""
+    label = base.__name__.removesuffix("Driver")
+    safe = "".join(ch if ch.isalnum() else "_" for ch in spec.name)
+    return type(f"{label}_{safe}", (base,), {
+        "name": spec.name, "plugin": spec, "__module__": base.__module__,
+        "__doc__": f"{label} plugin {spec.name} ({spec.address})"})
+
+
+def plugin_client(spec: PluginSpec | None, role: str, options: Mapping[str, str]) -> PluginClient:
+    """The client a remote driver of ``role`` ("volume", "network") uses to reach its
+    plugin; the driver option ``timeout`` (seconds) replaces :data:`CALL_TIMEOUT`."""
+    if spec is None:
+        raise TypeError(f"a remote {role} driver needs a plugin: make its class with "
+                        "remote_driver_class(spec, base)")
+    return PluginClient(spec, role=role, timeout=float(options.get("timeout", CALL_TIMEOUT)))
+
+
+def register_remote_drivers(registrar: "Registrar", kind: str, base: type, *,
+                            reserved: Collection[str] = (),
+                            paths: list[str] | None = None) -> list[str]:
+    """Add to ``registrar`` one ``kind`` driver (a subclass of ``base``) per plugin on
+    the search path, except those named like a built-in driver (``reserved``); return
+    their names. Plugins are not contacted: each activates on its first call."""
+    add = getattr(registrar, f"add_{kind}_driver")
+    names = []
+    for name, spec in sorted(discover(paths).items()):
+        if name not in reserved:
+            add(remote_driver_class(spec, base))
+            names.append(name)
+    return names
+
+
+def find_remote_driver(name: str, base: D, *, reserved: Collection[str] = (),
+                       paths: list[str] | None = None) -> D | None:
+    """A driver class (a subclass of ``base``) for the plugin called ``name`` if one is
+    on the search path now, else None: what a remote plugin answers to
+    ``engine_find_driver`` for a plugin that appeared after the daemon started. Only
+    the file system is read; the plugin itself is contacted on the driver's first call."""
+    if name in reserved:
+        return None
+    spec = find_plugin(name, paths)
+    return None if spec is None else remote_driver_class(spec, base)
 
 
 # ---------------------------------------------------------------- the client

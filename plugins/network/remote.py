@@ -1,8 +1,10 @@
 """Network drivers served by out-of-process plugins (Docker's ``NetworkDriver`` protocol).
 
-Each plugin found by :func:`engine.sdk.remote.discover` becomes a network driver named
-like the plugin (``docker network create -d myplugin net``). The daemon's side of the
-protocol, as libnetwork's remote driver does it:
+Each plugin found by :func:`engine.sdk.remote.discover` when the daemon starts becomes
+a network driver named like the plugin (``docker network create -d myplugin net``); so
+does a plugin whose socket appears later, when the daemon is first asked for it by name
+(the ``engine_find_driver`` hook). The daemon's side of the protocol, as libnetwork's
+remote driver does it:
 
 - ``create_network``: ``NetworkDriver.CreateNetwork`` with the network's IPv4 pools
   (``IPv4Data``) and options (under ``com.docker.network.generic`` as well). A network
@@ -32,7 +34,13 @@ from typing import Any, Callable, ClassVar
 from engine.sdk import hookimpl
 from engine.sdk.drivers import DriverContext, EndpointInfo, NetworkDriver, NetworkSpec, Sandbox
 from engine.sdk.errors import DriverError, InvalidArgument
-from engine.sdk.remote import CALL_TIMEOUT, PluginClient, PluginSpec, discover, search_path
+from engine.sdk.remote import (
+    PluginSpec,
+    find_remote_driver,
+    plugin_client,
+    register_remote_drivers,
+    remote_driver_class,
+)
 
 from .bridge import _ipr, _link_index
 from .ipam import Pool, mac_for
@@ -114,10 +122,7 @@ class RemoteNetworkDriver(NetworkDriver):
 
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
-        if self.plugin is None:
-            raise TypeError("RemoteNetworkDriver needs a plugin: use driver_for(spec)")
-        timeout = float(ctx.options.get("timeout", CALL_TIMEOUT))
-        self.client = PluginClient(self.plugin, role="network", timeout=timeout)
+        self.client = plugin_client(self.plugin, "network", ctx.options)
         self._state = Path(ctx.state_dir, "state.json")
         self.pools: dict[str, dict[str, Any]] = {}       # network id -> its address pool
         self.endpoints: dict[str, dict[str, Any]] = {}   # endpoint id -> what leave needs
@@ -359,14 +364,18 @@ class RemoteNetworkDriver(NetworkDriver):
 
 def driver_for(spec: PluginSpec) -> type[RemoteNetworkDriver]:
     """A network driver class named like the plugin ``spec``."""
-    cls_name = "RemoteNetwork_" + "".join(ch if ch.isalnum() else "_" for ch in spec.name)
-    return type(cls_name, (RemoteNetworkDriver,), {"name": spec.name, "plugin": spec,
-                                                   "__doc__": f"Remote network plugin {spec.name}"})
+    return remote_driver_class(spec, RemoteNetworkDriver)
 
 
 @hookimpl
 def engine_register_drivers(registrar) -> None:
     """One network driver per plugin found on the search path at load time."""
-    for name, spec in sorted(discover(search_path()).items()):
-        if name not in RESERVED:
-            registrar.add_network_driver(driver_for(spec))
+    register_remote_drivers(registrar, "network", RemoteNetworkDriver, reserved=RESERVED)
+
+
+@hookimpl
+def engine_find_driver(kind: str, name: str) -> type[RemoteNetworkDriver] | None:
+    """A network driver for a plugin whose socket appeared after the daemon started."""
+    if kind != "network":
+        return None
+    return find_remote_driver(name, RemoteNetworkDriver, reserved=RESERVED)

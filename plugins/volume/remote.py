@@ -1,8 +1,10 @@
 """Volume drivers served by out-of-process plugins (Docker's ``VolumeDriver`` protocol).
 
-Each plugin found by :func:`engine.sdk.remote.discover` becomes a volume driver named
-like the plugin, so ``docker volume create -d myplugin v1`` and
-``--mount type=volume,volume-driver=myplugin,...`` reach it. The protocol methods are
+Each plugin found by :func:`engine.sdk.remote.discover` when the daemon starts becomes
+a volume driver named like the plugin, so ``docker volume create -d myplugin v1`` and
+``--mount type=volume,volume-driver=myplugin,...`` reach it; so does a plugin whose
+socket appears later, when the daemon is first asked for it by name (the
+``engine_find_driver`` hook). The protocol methods are
 ``VolumeDriver.Create/Remove/Mount/Unmount/Path/Get/List/Capabilities``.
 
 The driver keeps, in its state directory, the volumes created through it (their labels
@@ -26,12 +28,12 @@ from engine.sdk import hookimpl
 from engine.sdk.drivers import DriverContext, VolumeDriver, VolumeInfo
 from engine.sdk.errors import Conflict, InvalidArgument, NotFound
 from engine.sdk.remote import (
-    CALL_TIMEOUT,
-    PluginClient,
     PluginSpec,
     PluginUnavailable,
-    discover,
-    search_path,
+    find_remote_driver,
+    plugin_client,
+    register_remote_drivers,
+    remote_driver_class,
 )
 
 # names the built-in drivers own; a plugin cannot shadow them
@@ -49,10 +51,7 @@ class RemoteVolumeDriver(VolumeDriver):
 
     def __init__(self, ctx: DriverContext) -> None:
         super().__init__(ctx)
-        if self.plugin is None:
-            raise TypeError("RemoteVolumeDriver needs a plugin: use driver_for(spec)")
-        timeout = float(ctx.options.get("timeout", CALL_TIMEOUT))
-        self.client = PluginClient(self.plugin, role="volume", timeout=timeout)
+        self.client = plugin_client(self.plugin, "volume", ctx.options)
         self._state = Path(ctx.state_dir, "state.json")
         self._volumes: dict[str, dict[str, Any]] = {}
         self._mounts: dict[str, list[str]] = {}
@@ -206,14 +205,18 @@ class RemoteVolumeDriver(VolumeDriver):
 
 def driver_for(spec: PluginSpec) -> type[RemoteVolumeDriver]:
     """A volume driver class named like the plugin ``spec``."""
-    cls_name = "RemoteVolume_" + "".join(ch if ch.isalnum() else "_" for ch in spec.name)
-    return type(cls_name, (RemoteVolumeDriver,), {"name": spec.name, "plugin": spec,
-                                                  "__doc__": f"Remote volume plugin {spec.name}"})
+    return remote_driver_class(spec, RemoteVolumeDriver)
 
 
 @hookimpl
 def engine_register_drivers(registrar) -> None:
     """One volume driver per plugin found on the search path at load time."""
-    for name, spec in sorted(discover(search_path()).items()):
-        if name not in RESERVED:
-            registrar.add_volume_driver(driver_for(spec))
+    register_remote_drivers(registrar, "volume", RemoteVolumeDriver, reserved=RESERVED)
+
+
+@hookimpl
+def engine_find_driver(kind: str, name: str) -> type[RemoteVolumeDriver] | None:
+    """A volume driver for a plugin whose socket appeared after the daemon started."""
+    if kind != "volume":
+        return None
+    return find_remote_driver(name, RemoteVolumeDriver, reserved=RESERVED)

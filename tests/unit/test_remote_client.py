@@ -267,6 +267,55 @@ def test_registration_names_drivers_after_plugins(tmp_path, monkeypatch):
     assert sorted(reg.volume) == ["myplug"]
     assert sorted(reg.network) == ["local", "myplug"]
     assert os.path.basename(reg.volume["myplug"].plugin.address) == "myplug.sock"
+    vol_cls, net_cls = reg.volume["myplug"], reg.network["myplug"]
+    assert issubclass(vol_cls, vol_remote.RemoteVolumeDriver)
+    assert issubclass(net_cls, net_remote.RemoteNetworkDriver)
+    assert (vol_cls.__name__, net_cls.__name__) == ("RemoteVolume_myplug", "RemoteNetwork_myplug")
+    assert vol_cls.__module__ == vol_remote.__name__
+
+
+def test_shared_registration_helpers(tmp_path):
+    from engine.sdk.drivers import Registrar, VolumeDriver
+    from engine.sdk.remote import find_remote_driver, plugin_client, register_remote_drivers
+
+    (tmp_path / "a-b.sock").touch()
+    (tmp_path / "bind.sock").touch()
+    reg = Registrar()
+    names = register_remote_drivers(reg, "volume", vol_remote.RemoteVolumeDriver,
+                                    reserved={"bind"}, paths=[str(tmp_path)])
+    assert names == ["a-b"] and reg.volume["a-b"].__name__ == "RemoteVolume_a_b"
+    assert find_remote_driver("bind", vol_remote.RemoteVolumeDriver, reserved={"bind"},
+                              paths=[str(tmp_path)]) is None
+    assert find_remote_driver("nope", VolumeDriver, paths=[str(tmp_path)]) is None
+    client = plugin_client(PluginSpec("p", "unix:///x"), "volume", {"timeout": "2.5"})
+    assert client.timeout == 2.5 and client.label == "volume plugin p"
+    with pytest.raises(TypeError, match="needs a plugin"):
+        vol_remote.RemoteVolumeDriver(DriverContext(name="x", state_dir=str(tmp_path / "s")))
+
+
+def test_a_plugin_that_appears_later_is_found_by_name(tmp_path, monkeypatch):
+    """The ``engine_find_driver`` hook through a real pluggy manager, as the host calls
+    it when a driver name is unknown."""
+    import pluggy
+
+    from engine.plugins.network import remote as net_remote
+    from engine.sdk import hookspecs
+
+    monkeypatch.setenv("ENGINE_PLUGIN_PATH", str(tmp_path))
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(vol_remote, name="vol-remote")
+    pm.register(net_remote, name="net-remote")
+    pm.check_pending()
+    assert pm.hook.engine_find_driver(kind="volume", name="late") is None
+    (tmp_path / "late.sock").touch()  # the plugin starts after the daemon
+    vol = pm.hook.engine_find_driver(kind="volume", name="late")
+    net = pm.hook.engine_find_driver(kind="network", name="late")
+    assert issubclass(vol, vol_remote.RemoteVolumeDriver) and vol.name == "late"
+    assert issubclass(net, net_remote.RemoteNetworkDriver) and net.name == "late"
+    assert pm.hook.engine_find_driver(kind="log", name="late") is None
+    (tmp_path / "local.sock").touch()  # never shadows a built-in driver
+    assert pm.hook.engine_find_driver(kind="volume", name="local") is None
 
 
 def test_network_driver_join_leave_and_rollback(tmp_path, monkeypatch):
