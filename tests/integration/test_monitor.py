@@ -58,13 +58,17 @@ class Containers:
         self.runtime = runtime
         self.made: list[tuple[str, Path, str]] = []  # (id, state dir, cgroups path)
 
-    def bundle(self, cid: str, args: list[str], *, tty: bool = False) -> Path:
+    def bundle(self, cid: str, args: list[str], *, tty: bool = False,
+               console_size: tuple[int, int] | None = None) -> Path:
         bundle = self.base / "bundles" / cid
         rootfs = bundle / "rootfs"
         shutil.copytree(self.rootfs_src, rootfs, symlinks=True)
         spec = build_spec(container_id=cid, args=args, env=["PATH=/bin"], tty=tty,
                           hostname=cid[:12], rootfs=str(rootfs),
                           cgroups_path=f"/{CGROUP_PARENT}/{cid}")
+        if console_size:
+            spec["process"]["consoleSize"] = {"height": console_size[0],
+                                              "width": console_size[1]}
         # runc must not raise a hard limit above ours (no CAP_SYS_RESOURCE here)
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         for limit in spec["process"].get("rlimits", []):
@@ -78,9 +82,10 @@ class Containers:
         return self.base / "state" / cid
 
     async def create(self, args: list[str], *, tty: bool = False,
+                     console_size: tuple[int, int] | None = None,
                      **kwargs: Any) -> tuple[str, client.Monitor, dict[str, Any]]:
         cid = uuid.uuid4().hex
-        bundle = self.bundle(cid, args, tty=tty)
+        bundle = self.bundle(cid, args, tty=tty, console_size=console_size)
         state = self.state_dir(cid)
         self.made.append((cid, state, f"/{CGROUP_PARENT}/{cid}"))
         report = await client.create(container_id=cid, bundle=str(bundle),
@@ -183,6 +188,18 @@ def test_tty_and_resize(containers: Containers) -> None:
     assert (size, bye) == ("40 100", "bye")  # stderr too goes to the terminal
     assert tty_name == "/dev/pts/0"  # the container's own devpts, as with Docker
     assert result["exit_code"] == 0
+
+
+def test_tty_sized_from_the_spec(containers: Containers) -> None:
+    async def go():
+        _cid, mon, _ = await containers.create(["stty", "size"], tty=True,
+                                               console_size=(25, 81))
+        reader, _writer, _tty = await mon.attach(False, True, True)
+        await mon.start()  # no resize request: process.consoleSize is enough
+        return await reader.read(), await mon.wait()
+
+    data, result = run(go())
+    assert (data, result["exit_code"]) == (b"25 81\r\n", 0)
 
 
 def test_stdin_once(containers: Containers) -> None:
