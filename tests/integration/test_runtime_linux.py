@@ -23,6 +23,7 @@ import pytest
 
 from conftest import needs_root
 from engine.core.runtime import caps, cgroups, linux, spec
+from engine.core.runtime import rootfs as rootfs_mod
 
 pytestmark = [pytest.mark.root, needs_root]
 
@@ -348,6 +349,32 @@ def test_tty_of_a_non_root_user_is_its_own(make_spec) -> None:
     r = run(make_spec(["sh", "-c", "stat -c '%U %g %a' $(tty)"], tty=True, user="app"),
             tty=True)
     assert (r.status, r.stdout.strip()) == (0, "app 5 620")  # the group stays tty (gid 5)
+
+
+def test_open_pty_pairs_a_master_with_its_slave() -> None:
+    master, slave = rootfs_mod.open_pty("/")  # the host's own devpts
+    try:
+        st = os.fstat(slave)
+        assert os.major(st.st_rdev) == 136
+        assert os.minor(st.st_rdev) == rootfs_mod.pty_number(master)
+        os.write(master, b"ping\n")
+        assert os.read(slave, 100) == b"ping\n"
+    finally:
+        os.close(master), os.close(slave)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "file", "symlink"])
+def test_open_pty_refuses_what_is_not_a_ptmx(tmp_path, kind: str) -> None:
+    pts = tmp_path / "dev" / "pts"
+    pts.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(pts / "ptmx")
+    elif kind == "file":
+        (pts / "ptmx").write_text("")
+    else:  # a symlink out of the root is resolved inside it, or refused
+        (pts / "ptmx").symlink_to("/dev/ptmx")
+    with pytest.raises(OSError, match="cannot allocate a terminal"):
+        rootfs_mod.open_pty(str(tmp_path))
 
 
 def test_tty_without_devpts_fails_cleanly(make_spec) -> None:
