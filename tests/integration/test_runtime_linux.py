@@ -377,6 +377,25 @@ def test_open_pty_refuses_what_is_not_a_ptmx(tmp_path, kind: str) -> None:
         rootfs_mod.open_pty(str(tmp_path))
 
 
+def test_a_silent_child_is_killed_not_released_without_its_terminal() -> None:
+    start_r, start_w = os.pipe()
+    error_r, error_w = os.pipe()
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # a child stuck before it sends its master
+        os.close(start_w), os.close(error_r), ours.close()
+        time.sleep(30)
+        os._exit(0)
+    os.close(start_r), os.close(error_w), theirs.close()
+    spawned = linux.Spawned(pid, start_w, error_r, ours.detach())
+    began = time.monotonic()
+    assert spawned.receive_console(timeout=0.2) == -1
+    with pytest.raises(linux.SpawnError, match="did not set up its terminal"):
+        spawned.start()
+    _, status = os.waitpid(pid, 0)
+    assert os.WTERMSIG(status) == signal.SIGKILL and time.monotonic() - began < 5
+
+
 def test_tty_without_devpts_fails_cleanly(make_spec) -> None:
     s = make_spec(["true"], tty=True)
     s["mounts"] = [m for m in s["mounts"] if m["destination"] != "/dev/pts"]
