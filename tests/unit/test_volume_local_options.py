@@ -193,6 +193,13 @@ class Recorder:
         self.mounted.discard(target)
 
 
+@pytest.fixture
+def recorder(monkeypatch) -> Recorder:
+    rec = Recorder()
+    rec.install(monkeypatch)
+    return rec
+
+
 def _driver(tmp_path: Path) -> LocalDriver:
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
@@ -218,9 +225,7 @@ def test_create_validates_and_keeps_the_options(tmp_path):
     asyncio.run(body())
 
 
-def test_mount_is_counted_per_mount_id(tmp_path, monkeypatch):
-    rec = Recorder()
-    rec.install(monkeypatch)
+def test_mount_is_counted_per_mount_id(tmp_path, recorder):
 
     async def body() -> None:
         d = _driver(tmp_path)
@@ -229,41 +234,37 @@ def test_mount_is_counted_per_mount_id(tmp_path, monkeypatch):
         assert await d.mount("vol", "c1") == data
         assert await d.mount("vol", "c1") == data      # the same holder again: no change
         assert await d.mount("vol", "c2") == data
-        assert rec.calls == [("mount", data)]
+        assert recorder.calls == [("mount", data)]
         await d.unmount("vol", "c1")
         await d.unmount("vol", "unknown")
-        assert data in rec.mounted
+        assert data in recorder.mounted
         with pytest.raises(Conflict, match="in use"):
             await d.remove("vol")
         # the holders survive a daemon restart while the filesystem stays mounted
         d2 = _driver(tmp_path)
         await d2.start()
         await d2.unmount("vol", "c2")
-        assert rec.calls == [("mount", data), ("unmount", data)]
+        assert recorder.calls == [("mount", data), ("unmount", data)]
         await d2.remove("vol")
         assert not Path(data).exists()
     asyncio.run(body())
 
 
-def test_holders_are_forgotten_when_nothing_is_mounted_at_start(tmp_path, monkeypatch):
-    rec = Recorder()
-    rec.install(monkeypatch)
+def test_holders_are_forgotten_when_nothing_is_mounted_at_start(tmp_path, recorder):
 
     async def body() -> None:
         d = _driver(tmp_path)
         await d.create("vol", dict(TMPFS), {})
         await d.mount("vol", "c1")
-        rec.mounted.clear()          # the host rebooted
+        recorder.mounted.clear()          # the host rebooted
         d2 = _driver(tmp_path)
         await d2.start()
         await d2.mount("vol", "c9")
-        assert rec.calls.count(("mount", (await d2.get("vol")).mountpoint)) == 2
+        assert recorder.calls.count(("mount", (await d2.get("vol")).mountpoint)) == 2
     asyncio.run(body())
 
 
-def test_a_failed_mount_records_no_holder(tmp_path, monkeypatch):
-    rec = Recorder()
-    rec.install(monkeypatch)
+def test_a_failed_mount_records_no_holder(tmp_path, recorder, monkeypatch):
 
     def refuse(spec, target):
         raise DriverError("failed to mount local volume: mount tmpfs:x: no such device")
@@ -279,9 +280,7 @@ def test_a_failed_mount_records_no_holder(tmp_path, monkeypatch):
     asyncio.run(body())
 
 
-def test_plain_volumes_mount_nothing(tmp_path, monkeypatch):
-    rec = Recorder()
-    rec.install(monkeypatch)
+def test_plain_volumes_mount_nothing(tmp_path, recorder):
 
     async def body() -> None:
         d = _driver(tmp_path)
@@ -290,4 +289,4 @@ def test_plain_volumes_mount_nothing(tmp_path, monkeypatch):
         await d.unmount("plain", "c1")
         await d.remove("plain")
     asyncio.run(body())
-    assert rec.calls == []
+    assert recorder.calls == []
