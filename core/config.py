@@ -25,6 +25,8 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab"):
     live_restore: bool = True
     pidfile: str = ""
     default_network: str = ""
+    #: where short plugin names resolve (``127.0.0.1:5000/plugins``); Docker Hub if empty
+    plugin_registry: str = ""
 
     @property
     def socket_paths(self) -> list[str]:
@@ -56,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("-G", "--group", help="group that owns the socket")
     p.add_argument("-p", "--pidfile")
     p.add_argument("--default-network", help=argparse.SUPPRESS)
+    p.add_argument("--plugin-registry", help="registry (and path) short plugin names "
+                   "resolve against, e.g. 127.0.0.1:5000/plugins (default: Docker Hub)")
     a = p.parse_args(argv)
     cfg = Config()
     path = a.config_file or ("/etc/engine/daemon.json" if os.path.exists("/etc/engine/daemon.json") else None)
@@ -68,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if a.host:
         cfg.hosts = a.host
     for key in ("data_root", "exec_root", "log_driver", "storage_driver", "default_runtime",
-                "group", "pidfile", "default_network"):
+                "group", "pidfile", "default_network", "plugin_registry"):
         val = getattr(a, key)
         if val:
             setattr(cfg, key, val)

@@ -18,6 +18,7 @@ manifest in its wheel or directory, without importing any of its code
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib
 import io
@@ -47,7 +48,14 @@ from engine.sdk.drivers import (
     Registrar,
     VolumeDriver,
 )
-from engine.sdk.errors import Conflict, DriverError, Forbidden, InvalidArgument, NotFound
+from engine.sdk.errors import (
+    Conflict,
+    DriverError,
+    EngineError,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+)
 from engine.sdk.packaging import (
     Manifest,
     WheelInfo,
@@ -59,6 +67,8 @@ from engine.sdk.packaging import (
     validate_plugin_dir,
 )
 
+from . import managed as managed_mod
+from .managed import ManagedPlugin, ManagedRunner, ManagedStore, NotSupported
 from .util import atomic_write
 
 log = logging.getLogger("engine.plugins")
@@ -202,7 +212,8 @@ class PluginHost:
     """Loads plugins and keeps the live driver instances, by kind and name."""
 
     def __init__(self, data_root: str, exec_root: str, *, autoload: bool = True,
-                 driver_options: dict[str, dict[str, str]] | None = None) -> None:
+                 driver_options: dict[str, dict[str, str]] | None = None,
+                 plugin_registry: str = "") -> None:
         self.data_root = data_root
         self.exec_root = exec_root
         self.state_file = Path(data_root, "plugins", "state.json")
@@ -216,6 +227,14 @@ class PluginHost:
         self.env = PluginEnv(Path(data_root, "plugins"))
         self.installed_file = Path(data_root, "plugins", "installed.json")
         self._changing = asyncio.Lock()  # one install, upgrade or removal at a time
+        self.wheels_dir = Path(data_root, "plugins", "wheels")  # kept for push
+        #: where short plugin names resolve (``127.0.0.1:5000/plugins``; Docker Hub if empty)
+        self.plugin_registry = plugin_registry
+        #: Docker managed plugins, by name (see :mod:`engine.core.managed`)
+        self.managed: dict[str, ManagedPlugin] = {}
+        self.managed_store = ManagedStore(data_root)
+        self.runner = ManagedRunner(exec_root, self.managed_store, self._plugin_log_writer)
+        self._dist: Any = None
 
     # -------------------------------------------------------------- discovery
 
@@ -247,6 +266,8 @@ class PluginHost:
         it again after an install picks up only what is new."""
         if eps is None:
             self.env.activate()
+            for p in self.managed_store.load():
+                self.managed.setdefault(p.name, p)
         disabled = self._disabled()
         installed = self._installed()
         for ep in entry_points(group=GROUP) if eps is None else eps:
@@ -313,6 +334,8 @@ class PluginHost:
                 self._owner[(kind, name)] = rec.name
 
     async def start_drivers(self, names: list[tuple[str, str]] | None = None) -> None:
+        """Start the drivers (all of them at daemon start, then the enabled managed
+        plugins too; or only ``names``)."""
         for kind in KINDS:
             for name, drv in list(self.drivers[kind].items()):
                 if names is not None and (kind, name) not in names:
@@ -325,6 +348,8 @@ class PluginHost:
                         self.plugins[owner].error = f"{kind} driver {name} failed to start: {e}"
                     log.error("%s driver %s failed to start: %s", kind, name, e)
                     self.drivers[kind].pop(name, None)
+        if names is None:
+            await self.start_managed()
 
     async def stop_drivers(self) -> None:
         for kind in KINDS:
@@ -354,13 +379,20 @@ class PluginHost:
 
     # -------------------------------------------------------------- enable / disable
 
-    def get(self, name: str) -> PluginRecord:
-        """A plugin by name, by id, or by an unambiguous prefix of its id."""
-        rec = self.plugins.get(name)
+    def all(self) -> list[PluginRecord | ManagedPlugin]:
+        """Every plugin, engine and managed, as ``plugin ls`` shows them."""
+        return [*self.plugins.values(), *self.managed.values()]
+
+    def get(self, name: str) -> PluginRecord | ManagedPlugin:
+        """A plugin by name (a managed one also without its ``:latest``), by id, or
+        by an unambiguous prefix of its id."""
+        rec = self.plugins.get(name) or self.managed.get(name)
+        if rec is None and not managed_mod.has_tag(name):
+            rec = self.managed.get(f"{name}:latest")
         if rec is not None:
             return rec
         if len(name) >= 4 and all(c in "0123456789abcdef" for c in name):
-            found = [r for r in self.plugins.values() if r.id.startswith(name)]
+            found = [r for r in self.all() if r.id.startswith(name)]
             if len(found) == 1:
                 return found[0]
             if len(found) > 1:
@@ -373,6 +405,10 @@ class PluginHost:
         name = rec.name
         if rec.enabled and not rec.error:
             raise InvalidArgument(f"plugin {name} is already enabled")
+        if isinstance(rec, ManagedPlugin):
+            async with self._changing:
+                await self._enable_managed(rec)
+            return
         rec.enabled = True
         self._load(rec)
         self._save_disabled()
@@ -386,6 +422,9 @@ class PluginHost:
         name = rec.name
         if not rec.enabled:
             raise InvalidArgument(f"plugin {name} is already disabled")
+        if isinstance(rec, ManagedPlugin):
+            await self._disable_managed(rec, in_use)
+            return
         for kind, names in rec.drivers.items():
             for drv in names:
                 user = in_use(kind, drv)
@@ -409,9 +448,8 @@ class PluginHost:
         """A wheel for ``remote``: a wheel file as it is, a directory built into
         ``workdir``. Blocks (the build runs pip)."""
         if not os.path.isabs(remote):
-            raise InvalidArgument(
-                f"installing {remote!r} from a registry is not supported yet: give the "
-                "absolute path of a wheel file or of a plugin directory")
+            raise InvalidArgument(f"{remote!r} is not the absolute path of a wheel file or "
+                                  "of a plugin directory")
         path = Path(remote)
         if path.is_dir():
             return read_wheel(build_wheel(path, workdir))
@@ -428,9 +466,11 @@ class PluginHost:
         raise NotFound(f"plugin source {remote} not found")
 
     def privileges(self, remote: str) -> list[dict]:
-        """What the plugin at ``remote`` asks for, read without importing it. Blocks
-        briefly for a wheel; a directory is only read, not built."""
+        """What the plugin at ``remote`` (a local path) asks for, read without
+        importing it. Blocks briefly for a wheel; a directory is only read, not built."""
         if os.path.isabs(remote) and os.path.isdir(remote):
+            if managed_mod.is_managed_dir(remote):
+                return managed_mod.privileges(managed_mod.read_plugin_dir(remote))
             return validate_plugin_dir(remote)[2].privileges
         with tempfile.TemporaryDirectory(prefix="engine-plugin-") as tmp:
             info = self._source(remote, Path(tmp))
@@ -463,9 +503,10 @@ class PluginHost:
                 raise Conflict(f"plugin {info.name} is already installed: upgrade it instead")
             names = self._names(info, alias)
             for name in names.values():
-                if name in self.plugins:
+                if name in self.plugins or name in self.managed:
                     raise Conflict(f"plugin {name} already exists")
             self.env.install(info.path)
+            self._keep_wheel(key, info.path)
         installed[key] = {"name": info.name, "version": info.version, "source": label,
                           "aliases": {ep: n for ep, n in names.items() if ep != n}}
         self._save_installed(installed)
@@ -473,11 +514,16 @@ class PluginHost:
         return sorted(names.values())
 
     async def install(self, remote: str, alias: str = "", granted: list[dict] | None = None,
-                      *, label: str = "") -> list[str]:
-        """Install the plugin at ``remote`` (an absolute path to a wheel or a plugin
-        directory), disabled; return the names of its plugins. ``granted`` must match
-        the privileges it asks for; ``label`` is the reference shown for it
-        (``remote`` by default)."""
+                      *, label: str = "", creds: Any = None) -> list[str]:
+        """Install the plugin at ``remote``, disabled; return the names of its plugins.
+
+        ``remote`` is the absolute path of a wheel or a plugin directory, or a
+        registry reference (an engine plugin artifact or a Docker managed plugin;
+        short names resolve against the plugin registry). ``granted`` must match the
+        privileges it asks for; ``label`` is the reference shown for it (``remote`` by
+        default); ``creds`` are the registry credentials of the request."""
+        if not os.path.isabs(remote):
+            return await self._install_remote(remote, alias, granted, creds)
         loop = asyncio.get_running_loop()
         async with self._changing:
             names = await loop.run_in_executor(None, self._install_files, remote, alias,
@@ -515,6 +561,9 @@ class PluginHost:
         plugin is refused unless ``force``; a driver in use is refused always."""
         async with self._changing:
             rec = self.get(name)
+            if isinstance(rec, ManagedPlugin):
+                await self._remove_managed(rec, in_use, force)
+                return
             siblings = self._siblings(rec)
             for r in siblings:
                 if r.enabled and not r.error:
@@ -524,6 +573,8 @@ class PluginHost:
                     await self.disable(r.name, in_use)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, self.env.uninstall, rec.dist)
+            await loop.run_in_executor(None, shutil.rmtree,
+                                       self.wheels_dir / normalize_name(rec.dist), True)
             self._forget(siblings)
             installed = self._installed()
             installed.pop(normalize_name(rec.dist), None)
@@ -540,6 +591,7 @@ class PluginHost:
                 raise Forbidden(f"the privileges granted do not match what plugin {info.name} "
                                 "asks for: read them again with /plugins/privileges")
             self.env.install(info.path, reinstall=True)
+            self._keep_wheel(normalize_name(rec.dist), info.path)
         installed = self._installed()
         entry = installed.setdefault(normalize_name(rec.dist), {"name": info.name, "aliases": {}})
         entry.update(version=info.version, source=remote)
@@ -554,6 +606,9 @@ class PluginHost:
         As in Docker, the plugin must be disabled first and stays disabled."""
         async with self._changing:
             rec = self.get(name)
+            if isinstance(rec, ManagedPlugin):
+                raise NotSupported(f"upgrading managed plugin {rec.name} is not supported: "
+                                   "remove it and install the new version")
             siblings = self._siblings(rec)
             if any(r.enabled and not r.error for r in siblings):
                 raise Conflict(f"plugin {rec.name} must be disabled before upgrading")
@@ -563,26 +618,418 @@ class PluginHost:
             self.discover()
 
     async def create(self, name: str, context: bytes) -> list[str]:
-        """Docker's ``plugin create``: ``context`` is a tar of a plugin directory.
-        The plugin is built, installed under ``name`` and left disabled."""
-        name = name.removesuffix(":latest")
-        if not name:
+        """Docker's ``plugin create``: ``context`` is a tar of a plugin directory,
+        either a Python plugin (built and installed under ``name``) or a Docker
+        managed plugin (``config.json`` and ``rootfs/``, stored as ``name:latest``
+        unless tagged). Either is left disabled."""
+        if not name.strip():
             raise InvalidArgument("a plugin name is required")
         loop = asyncio.get_running_loop()
         tmp = Path(await loop.run_in_executor(None, tempfile.mkdtemp, "", "engine-plugin-"))
         try:
             src = await loop.run_in_executor(None, _unpack_context, context, tmp)
+            if managed_mod.is_managed_dir(src):
+                return [await self._create_managed(name, src)]
+            name = name.removesuffix(":latest")
             manifest = (await loop.run_in_executor(None, validate_plugin_dir, src))[2]
             return await self.install(str(src), name, manifest.privileges,
                                       label=f"created:{name}")
         finally:
             await loop.run_in_executor(None, shutil.rmtree, tmp, True)
 
+    # -------------------------------------------------------------- registries
+
+    @property
+    def distribution(self) -> Any:
+        """The registry transport for plugin artifacts (made on first use: it
+        imports aiohttp's client side, which start-up does not need)."""
+        if self._dist is None:
+            from .plugin_dist import PluginDistribution
+
+            self._dist = PluginDistribution()
+        return self._dist
+
+    def _keep_wheel(self, key: str, wheel: Path) -> None:
+        """Keep the installed wheel, so that ``push`` can share the plugin later."""
+        target = self.wheels_dir / key
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        shutil.copy2(wheel, target / wheel.name)
+
+    def _kept_wheel(self, rec: PluginRecord) -> Path:
+        found = sorted((self.wheels_dir / normalize_name(rec.dist)).glob("*.whl"))
+        if not found:
+            raise NotFound(f"plugin {rec.name}: its wheel was not kept at install time; "
+                           "install it again to push it")
+        return found[0]
+
+    async def privileges_of(self, remote: str, creds: Any = None) -> list[dict]:
+        """What the plugin at ``remote`` asks for: a local path (read in an executor)
+        or a registry reference, of which only the manifest and the config are
+        fetched; none of the plugin's code is downloaded."""
+        loop = asyncio.get_running_loop()
+        if os.path.isabs(remote):
+            return await loop.run_in_executor(None, self.privileges, remote)
+        from .plugin_dist import resolve
+
+        full, _ = resolve(remote, self.plugin_registry)
+        art = await self.distribution.fetch(full, creds)
+        if art.kind == "managed":
+            return managed_mod.privileges(managed_mod.parse_config(art.config, full))
+        return Manifest.parse(json.dumps(art.config.get("manifest") or {}), full).privileges
+
+    async def _install_remote(self, remote: str, alias: str, granted: list[dict] | None,
+                              creds: Any) -> list[str]:
+        """Install from a registry: manifest and config first (the privileges are
+        checked before anything else is downloaded), then the one layer, verified
+        against its digest, then as from a local wheel or a created plugin. A failure
+        leaves nothing behind."""
+        from .plugin_dist import resolve
+
+        full, local = resolve(remote, self.plugin_registry)
+        art = await self.distribution.fetch(full, creds)
+        loop = asyncio.get_running_loop()
+        tmp = Path(await loop.run_in_executor(None, tempfile.mkdtemp, "", "engine-plugin-"))
+        try:
+            if art.kind == "managed":
+                return [await self._pull_managed(art, alias or local, granted, creds, tmp)]
+            manifest = Manifest.parse(json.dumps(art.config.get("manifest") or {}), full)
+            if not privileges_match(manifest.privileges, granted):
+                raise Forbidden(f"the privileges granted do not match what plugin "
+                                f"{reference_name(full)} asks for: read them again with "
+                                "/plugins/privileges")
+            wheel_name = str(art.config.get("wheel") or "")
+            if not wheel_name.endswith(".whl") or "/" in wheel_name or wheel_name[0] == ".":
+                raise InvalidArgument(f"{full}: the plugin config names no valid wheel file")
+            wheel = tmp / wheel_name
+            await self.distribution.download_layer(art, wheel, creds)
+            return await self.install(str(wheel), alias, granted, label=full)
+        finally:
+            await loop.run_in_executor(None, shutil.rmtree, tmp, True)
+
+    async def push(self, name: str, creds: Any = None,
+                   progress: Callable[[dict], Any] | None = None) -> str:
+        """Docker's ``plugin push NAME[:TAG]``: upload plugin ``NAME`` (or the plugin
+        named without the tag) to the registry its name resolves to; return the
+        manifest digest. An engine plugin goes as an OCI artifact holding its wheel,
+        a managed plugin with Docker's media types."""
+        from . import plugin_dist as dist
+
+        try:
+            rec = self.get(name)
+        except NotFound:
+            base = name.rsplit(":", 1)[0] if managed_mod.has_tag(name) else ""
+            if not base or "@" in name:
+                raise
+            rec = self.get(base)
+        full, _ = dist.resolve(name, self.plugin_registry)
+        loop = asyncio.get_running_loop()
+        quiet = progress or _quiet
+        if isinstance(rec, ManagedPlugin):
+            tmp = Path(await loop.run_in_executor(None, tempfile.mkdtemp, "", "engine-push-"))
+            try:
+                layer = tmp / "rootfs.tar.gz"
+                digest, diff_id, size = await loop.run_in_executor(
+                    None, _pack_to, self.managed_store.rootfs(rec.id), layer)
+                cfg = dict(rec.config)
+                cfg["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
+                return await self.distribution.push(
+                    full, config=json.dumps(cfg, sort_keys=True).encode(),
+                    config_media_type=dist.MANAGED_CONFIG_MEDIA_TYPE, layer_path=layer,
+                    layer_digest=digest, layer_size=size,
+                    layer_media_type=dist.MANAGED_LAYER_MEDIA_TYPE,
+                    manifest_media_type=dist.DOCKER_MANIFEST, creds=creds, progress=quiet)
+            finally:
+                await loop.run_in_executor(None, shutil.rmtree, tmp, True)
+        if rec.builtin or not rec.dist:
+            raise Forbidden(f"plugin {rec.name} was not installed by the engine: only "
+                            "installed plugins can be pushed")
+        wheel = self._kept_wheel(rec)
+        info = await loop.run_in_executor(None, read_wheel, wheel)
+        digest, size = await loop.run_in_executor(None, dist.file_digest, wheel)
+        manifest = info.manifest or Manifest()
+        config = dist.python_config(info.name, info.version, info.entry_points,
+                                    {"description": manifest.description,
+                                     "privileges": manifest.privileges}, wheel.name)
+        return await self.distribution.push(
+            full, config=config, config_media_type=dist.PY_CONFIG_MEDIA_TYPE,
+            layer_path=wheel, layer_digest=digest, layer_size=size,
+            layer_media_type=dist.WHEEL_MEDIA_TYPE, manifest_media_type=dist.OCI_MANIFEST,
+            layer_annotations={"org.opencontainers.image.title": wheel.name},
+            creds=creds, progress=quiet)
+
+    # -------------------------------------------------------------- managed plugins
+
+    def _check_new_name(self, name: str) -> None:
+        if name in self.plugins or name in self.managed:
+            raise Conflict(f"plugin {name} already exists")
+        drv = managed_mod.driver_name(name)
+        for kind in KINDS:
+            owner = self._owner.get((kind, drv))
+            if owner:
+                raise Conflict(f"a {kind} driver named {drv} is already provided by "
+                               f"plugin {owner}")
+
+    async def _create_managed(self, name: str, src: Path) -> str:
+        loop = asyncio.get_running_loop()
+        name = managed_mod.local_name(name.strip())
+        cfg = await loop.run_in_executor(None, managed_mod.read_plugin_dir, src)
+        async with self._changing:
+            self._check_new_name(name)
+            p = await loop.run_in_executor(None, self.managed_store.add_from_dir, name, src, cfg)
+            self.managed[name] = p
+        return name
+
+    async def _pull_managed(self, art: Any, name: str, granted: list[dict] | None,
+                            creds: Any, tmp: Path) -> str:
+        cfg = managed_mod.parse_config(art.config, art.reference)
+        managed_mod.driver_kinds(cfg)
+        if not privileges_match(managed_mod.privileges(cfg), granted):
+            raise Forbidden(f"the privileges granted do not match what plugin {name} asks "
+                            "for: read them again with /plugins/privileges")
+        name = managed_mod.local_name(name)
+        self._check_new_name(name)
+        layer = tmp / "rootfs.tar.gz"
+        await self.distribution.download_layer(art, layer, creds)
+        loop = asyncio.get_running_loop()
+
+        def fill(rootfs: Path) -> None:
+            with open(layer, "rb") as f:
+                managed_mod.unpack_rootfs(f, rootfs)
+
+        async with self._changing:
+            self._check_new_name(name)
+            p = await loop.run_in_executor(None, self.managed_store.add, name, art.reference,
+                                           cfg, fill)
+            self.managed[name] = p
+        return name
+
+    def _plugin_log_writer(self) -> str:
+        """The writer that keeps a managed plugin's output (json-file), if loaded."""
+        drv = self.drivers["log"].get("json-file")
+        return str(getattr(drv, "writer", "") or "")
+
+    def _remote_driver_class(self, kind: str, p: ManagedPlugin) -> type:
+        """A driver class for the plugin's socket, made by the built-in remote driver
+        of ``kind`` (found through its entry point, like every driver)."""
+        from engine.sdk.remote import PluginSpec
+
+        entry = {"volume": "vol-remote", "network": "net-remote"}[kind]
+        rec = self.plugins.get(entry)
+        module = rec.module_obj if rec is not None and rec.module_obj is not None else None
+        if module is None:
+            found = [ep for ep in entry_points(group=GROUP) if ep.name == entry]
+            if not found:
+                raise NotSupported(f"no remote {kind} driver is installed ({entry})")
+            module = found[0].load()
+        spec = PluginSpec(name=managed_mod.driver_name(p.name),
+                          address=f"unix://{self.runner.socket_path(p)}",
+                          source=f"managed plugin {p.name}")
+        base = module.driver_for(spec)
+        if kind != "volume":
+            return base
+        rootfs = str(self.managed_store.rootfs(p.id))
+        prop = self.runner.propagated_dir(p)
+        scope = functools.partial(managed_mod.scope_path, p, rootfs,
+                                  str(prop) if prop is not None else None)
+        return _scoped_volume_driver(base, scope)
+
+    async def _attach_managed(self, p: ManagedPlugin) -> None:
+        """Register and start the plugin's drivers under its driver name."""
+        drv_name = managed_mod.driver_name(p.name)
+        attached: list[tuple[str, str]] = []
+        try:
+            for kind in managed_mod.driver_kinds(p.config):
+                owner = self._owner.get((kind, drv_name))
+                if owner and owner != p.name:
+                    raise Conflict(f"{kind} driver {drv_name!r} is already provided by "
+                                   f"plugin {owner}")
+                cls = self._remote_driver_class(kind, p)
+                ctx = DriverContext(name=drv_name,
+                                    state_dir=str(Path(self.data_root, "drivers", kind,
+                                                       f"managed-{p.id[:16]}")),
+                                    options=self.driver_options.get(drv_name, {}),
+                                    data_root=self.data_root, exec_root=self.exec_root)
+                Path(ctx.state_dir).mkdir(parents=True, exist_ok=True)
+                inst = cls(ctx)
+                await inst.start()
+                self.drivers[kind][drv_name] = inst
+                self._owner[(kind, drv_name)] = p.name
+                attached.append((kind, drv_name))
+        except BaseException:
+            await self._detach_managed(p, attached)
+            raise
+        p.drivers = {k: [n] for k, n in attached}
+
+    async def _detach_managed(self, p: ManagedPlugin,
+                              which: list[tuple[str, str]] | None = None) -> None:
+        if which is None:
+            which = [(k, n) for k, ns in p.drivers.items() for n in ns]
+        for kind, drv in which:
+            inst = self.drivers[kind].pop(drv, None)
+            self._owner.pop((kind, drv), None)
+            if inst is not None:
+                try:
+                    await inst.stop()
+                except Exception as e:  # pragma: no cover - best effort
+                    log.warning("driver %s of plugin %s failed to stop: %s", drv, p.name, e)
+        p.drivers = {}
+
+    async def _enable_managed(self, p: ManagedPlugin, *, boot: bool = False) -> None:
+        """Run the plugin (unless its process survived a daemon restart), wait for
+        its socket, register its drivers; record it enabled. On failure the plugin
+        is stopped and the error raised (recorded only at boot)."""
+        loop = asyncio.get_running_loop()
+        try:
+            managed_mod.driver_kinds(p.config)
+            alive = await loop.run_in_executor(None, self.runner.running, p)
+            if not (alive and self.runner.socket_path(p).exists()):
+                if alive:
+                    await self.runner.stop(p)
+                await self.runner.start(p)
+            try:
+                await self._attach_managed(p)
+            except BaseException:
+                await self.runner.stop(p)
+                raise
+        except EngineError as e:
+            if not boot:
+                raise
+            p.error = e.message
+            log.error("managed plugin %s failed to start: %s", p.name, e.message)
+            return
+        p.error = ""
+        if not p.enabled:
+            p.enabled = True
+            await loop.run_in_executor(None, self.managed_store.save, p)
+
+    async def start_managed(self) -> None:
+        """At daemon start: the managed plugins that were enabled run again (or are
+        found still running, their monitors having outlived the daemon)."""
+        for p in list(self.managed.values()):
+            if p.enabled and not p.drivers:
+                await self._enable_managed(p, boot=True)
+
+    async def _managed_in_use(self, p: ManagedPlugin, in_use: Callable[[str, str], str]) -> None:
+        """Refuse while a container uses one of its drivers or a volume created
+        through its volume driver still exists."""
+        for kind, names in p.drivers.items():
+            for drv in names:
+                user = in_use(kind, drv)
+                if user:
+                    raise Conflict(f"plugin {p.name} is in use: {kind} driver {drv} is "
+                                   f"used by {user}")
+                inst = self.drivers[kind].get(drv)
+                if kind == "volume" and inst is not None:
+                    vols = [v.name for v in await inst.list()]
+                    if vols:
+                        raise Conflict(f"plugin {p.name} is in use: volume(s) "
+                                       f"{', '.join(sorted(vols))} use its driver {drv}; "
+                                       "remove them first")
+
+    async def _disable_managed(self, p: ManagedPlugin, in_use: Callable[[str, str], str],
+                               *, force: bool = False) -> None:
+        if not force:
+            await self._managed_in_use(p, in_use)
+        await self._detach_managed(p)
+        await self.runner.stop(p)
+        p.enabled = False
+        p.error = ""
+        await asyncio.get_running_loop().run_in_executor(None, self.managed_store.save, p)
+
+    async def _remove_managed(self, p: ManagedPlugin, in_use: Callable[[str, str], str],
+                              force: bool) -> None:
+        """Stop (when enabled: refused unless ``force``; in use: refused always, as
+        Docker does for a plugin with references) and delete rootfs and state."""
+        if p.enabled and not p.error:
+            if not force:
+                raise Conflict(f"plugin {p.name} is enabled: disable it first, or force "
+                               "the removal")
+            await self._disable_managed(p, in_use)
+        elif p.enabled:
+            await self.runner.stop(p)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.managed_store.remove, p.id)
+        await loop.run_in_executor(None, shutil.rmtree,
+                                   Path(self.data_root, "drivers", "volume",
+                                        f"managed-{p.id[:16]}"), True)
+        self.managed.pop(p.name, None)
+
+
+async def _quiet(_msg: dict) -> None:
+    return None
+
+
+def reference_name(ref: str) -> str:
+    """A reference as the user knows it (``docker.io/library/x:latest`` -> ``x:latest``)."""
+    from .store import reference
+
+    try:
+        return reference.familiar(ref)
+    except EngineError:
+        return ref
+
+
+def _pack_to(root: Path, out: Path) -> tuple[str, str, int]:
+    with open(out, "wb") as f:
+        return managed_mod.pack_rootfs(root, f)
+
+
+def _scoped_volume_driver(base: type, scope: Callable[[str], str]) -> type:
+    """``base`` (a remote volume driver class) with the mount points its plugin
+    answers translated to host paths by ``scope``."""
+    class Scoped(base):  # type: ignore[misc,valid-type]
+        async def mount(self, name: str, mount_id: str) -> str:
+            return scope(await super().mount(name, mount_id))
+
+        async def path(self, name: str) -> str:
+            return scope(await super().path(name))
+
+        async def get(self, name: str) -> Any:
+            info = await super().get(name)
+            info.mountpoint = scope(info.mountpoint)
+            return info
+
+        async def list(self) -> Any:
+            out = await super().list()
+            for info in out:
+                info.mountpoint = scope(info.mountpoint)
+            return out
+
+    Scoped.__name__ = Scoped.__qualname__ = "Managed" + base.__name__
+    return Scoped
+
+
+def _context_root(names: list[str]) -> str:
+    """The directory inside a context tar that holds the plugin: ``""`` or the
+    one top directory."""
+    tops = {n.lstrip("./").split("/", 1)[0] for n in names if n.lstrip("./")}
+    if len(tops) == 1:
+        top = next(iter(tops))
+        if any(n.lstrip("./").startswith(top + "/") for n in names) and \
+                top not in ("rootfs",):
+            return top
+    return ""
+
 
 def _unpack_context(context: bytes, into: Path) -> Path:
     """Unpack a tar of a plugin directory into ``into`` and return the directory
-    that holds ``pyproject.toml`` (a tar of one top directory is unwrapped). Only
-    directories and regular files are taken, and none outside ``into``."""
+    that holds the plugin (a tar of one top directory is unwrapped).
+
+    A Python plugin's sources are taken as directories and regular files only; a
+    managed plugin's (``config.json`` beside ``rootfs/``) keeps links, modes and
+    owners, as its rootfs needs them. Nothing is written outside ``into``."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(context)) as tf:
+            names = tf.getnames()
+    except (tarfile.TarError, OSError) as e:
+        raise InvalidArgument(f"invalid plugin context: {e}") from None
+    top = _context_root(names)
+    rel = {n.lstrip("./").removeprefix(top + "/" if top else "") for n in names}
+    if "config.json" in rel and any(n == "rootfs" or n.startswith("rootfs/") for n in rel) \
+            and "pyproject.toml" not in rel:
+        managed_mod.unpack_rootfs(io.BytesIO(context), into)
+        return into / top if top else into
     try:
         with tarfile.open(fileobj=io.BytesIO(context)) as tf:
             for member in tf:

@@ -1,26 +1,27 @@
 """/plugins: the plugin host as Docker's plugin API shows it.
 
 Install sources are given in ``remote``: the absolute path of a wheel file or of a
-plugin directory on the daemon's machine (registry references are not supported yet).
-The granted privileges travel as the JSON body of ``pull`` and ``upgrade``, and must
-match what ``/plugins/privileges`` answered.
+plugin directory on the daemon's machine, or a registry reference (an engine plugin
+artifact or a Docker managed plugin; short names resolve against the daemon's
+``plugin-registry``). The granted privileges travel as the JSON body of ``pull`` and
+``upgrade``, and must match what ``/plugins/privileges`` answered. Registry
+credentials come in ``X-Registry-Auth``, as for image pulls and pushes.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 
 from aiohttp import web
 
+from engine.core.managed import ManagedPlugin, NotSupported
+from engine.registry import auth
 from engine.sdk.errors import EngineError, InvalidArgument
 
 from .util import encode, json_response, json_stream, qbool, qfilters, svc
 
 
-class NotSupported(EngineError):
-    """A part of Docker's plugin API the engine does not implement yet."""
-
-    status = 501
+def _creds(request: web.Request) -> auth.Credentials | None:
+    return auth.decode_header(request.headers.get("X-Registry-Auth"))
 
 
 def _remote(request: web.Request) -> str:
@@ -62,8 +63,7 @@ async def list_(request: web.Request) -> web.Response:
     host = svc(request).plugins
     filters = {k: (dict.fromkeys(v, True) if isinstance(v, list) else v)
                for k, v in qfilters(request).items()}
-    return json_response([p.to_api() for p in host.plugins.values()
-                          if _matches(p.to_api(), filters)])
+    return json_response([p.to_api() for p in host.all() if _matches(p.to_api(), filters)])
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -88,9 +88,7 @@ async def disable(request: web.Request) -> web.Response:
 
 async def privileges(request: web.Request) -> web.Response:
     remote = _remote(request)
-    loop = asyncio.get_running_loop()
-    return json_response(await loop.run_in_executor(None, svc(request).plugins.privileges,
-                                                    remote))
+    return json_response(await svc(request).plugins.privileges_of(remote, _creds(request)))
 
 
 async def _progress(request: web.Request, lines: list[dict]) -> web.StreamResponse:
@@ -107,7 +105,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     alias = request.query.get("name", "")
     if alias == remote:
         alias = ""  # Docker's CLI sends the remote as the name when there is no alias
-    names = await s.plugins.install(remote, alias, await _granted(request))
+    names = await s.plugins.install(remote, alias, await _granted(request),
+                                    creds=_creds(request))
     for name in names:
         s.events.emit("plugin", "pull", name, {"name": name})
     return await _progress(request, [{"status": f"Installing {remote}"},
@@ -143,16 +142,42 @@ async def create(request: web.Request) -> web.Response:
 async def set_(request: web.Request) -> web.Response:
     """Docker's ``plugin set KEY=VALUE``: engine plugins have no settable keys (they
     take driver options instead), so only an empty list is accepted."""
-    svc(request).plugins.get(request.match_info["name"])
+    rec = svc(request).plugins.get(request.match_info["name"])
     if await _granted(request):
+        if isinstance(rec, ManagedPlugin):
+            raise NotSupported("changing the settings of a managed plugin is not supported")
         raise InvalidArgument("engine plugins have no settings: use driver options")
     return web.Response(status=204)
 
 
-async def push(request: web.Request) -> web.Response:
-    svc(request).plugins.get(request.match_info["name"])
-    raise NotSupported("pushing plugins to a registry is not supported yet: share the "
-                       "wheel (engine plugin create DIR builds it) instead")
+async def push(request: web.Request) -> web.StreamResponse:
+    """Docker's ``plugin push``: the plugin goes to the registry its name resolves
+    to. Errors before the upload starts are plain HTTP errors; later ones end the
+    progress stream, as Docker writes them."""
+    s = svc(request)
+    name = request.match_info["name"]
+    resp: web.StreamResponse | None = None
+
+    async def progress(msg: dict) -> None:
+        nonlocal resp
+        if resp is None:
+            resp = await json_stream(request)
+        await resp.write(encode(msg) + b"\n")
+
+    try:
+        await s.plugins.push(name, _creds(request), progress)
+    except Exception as exc:
+        if resp is None:
+            raise
+        message = exc.message if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+        await resp.write(encode({"errorDetail": {"message": message}, "error": message})
+                         + b"\n")
+    else:
+        s.events.emit("plugin", "push", name, {"name": name})
+    if resp is None:
+        resp = await json_stream(request)
+    await resp.write_eof()
+    return resp
 
 
 ROUTES = [
@@ -160,11 +185,11 @@ ROUTES = [
     ("GET", "/plugins/privileges", privileges),
     ("POST", "/plugins/pull", pull),
     ("POST", "/plugins/create", create),
-    ("GET", "/plugins/{name}/json", inspect),
-    ("POST", "/plugins/{name}/enable", enable),
-    ("POST", "/plugins/{name}/disable", disable),
-    ("POST", "/plugins/{name}/upgrade", upgrade),
-    ("POST", "/plugins/{name}/set", set_),
-    ("POST", "/plugins/{name}/push", push),
-    ("DELETE", "/plugins/{name}", remove),
+    ("GET", "/plugins/{name:.+}/json", inspect),
+    ("POST", "/plugins/{name:.+}/enable", enable),
+    ("POST", "/plugins/{name:.+}/disable", disable),
+    ("POST", "/plugins/{name:.+}/upgrade", upgrade),
+    ("POST", "/plugins/{name:.+}/set", set_),
+    ("POST", "/plugins/{name:.+}/push", push),
+    ("DELETE", "/plugins/{name:.+}", remove),
 ]

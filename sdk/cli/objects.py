@@ -458,7 +458,8 @@ def cmd_plugin_inspect(cli: Cli, argv: list[str]) -> int:
 
 
 PLUGIN_INSTALL = Spec("plugin install", "plugin install [OPTIONS] PLUGIN [KEY=VALUE...]",
-                      "Install a plugin (a wheel file or a plugin directory)", [
+                      "Install a plugin (a wheel file, a plugin directory or a registry "
+                      "reference)", [
                           Flag("--alias", STR, "Local name for plugin"),
                           Flag("--disable", BOOL, "Do not enable the plugin on install"),
                           Flag("--grant-all-permissions", BOOL, "Grant all permissions "
@@ -552,12 +553,39 @@ def cmd_plugin_upgrade(cli: Cli, argv: list[str]) -> int:
 
 
 PLUGIN_CREATE = Spec("plugin create", "plugin create [OPTIONS] [PLUGIN] PLUGIN-DATA-DIR",
-                     "Create a plugin from a plugin directory (pyproject.toml and "
-                     "engine-plugin.json); with only the directory, build its wheel locally", [
+                     "Create a plugin from a plugin directory: a Python plugin "
+                     "(pyproject.toml and engine-plugin.json; with only the directory, "
+                     "build its wheel locally) or a Docker managed plugin (config.json "
+                     "and rootfs/)", [
                          Flag("--compress", BOOL, "Compress the context using gzip"),
                          Flag("-o, --output", STR, "Where a local build puts the wheel "
                               "(default DIR/dist)"),
                      ], min_args=1, max_args=2)
+
+
+def _is_managed_dir(directory: str) -> bool:
+    """A Docker managed plugin's directory: ``config.json`` and ``rootfs/``."""
+    import os
+
+    return (os.path.isfile(os.path.join(directory, "config.json"))
+            and os.path.isdir(os.path.join(directory, "rootfs")))
+
+
+def _tar_tree(directory: str, compress: bool) -> bytes:
+    """Everything under ``directory`` as ``docker plugin create`` sends it: links
+    stay links, modes and owners are kept."""
+    import io
+    import os
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if compress else "w") as tf:
+        for root, dirs, files in os.walk(directory):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                path = os.path.join(root, name)
+                tf.add(path, os.path.relpath(path, directory), recursive=False)
+    return buf.getvalue()
 
 
 def _tar_dir(directory: str, compress: bool) -> bytes:
@@ -582,6 +610,15 @@ def cmd_plugin_create(cli: Cli, argv: list[str]) -> int:
 
     opts, args = cli.parse(PLUGIN_CREATE, argv)
     directory = args[-1]
+    if _is_managed_dir(directory):
+        if len(args) == 1:
+            raise StatusError(1, "a managed plugin (config.json and rootfs/) needs a name: "
+                              "plugin create NAME DIR")
+        cli.api.post("/plugins/create", {"name": args[0]},
+                     body=_tar_tree(directory, opts.compress),
+                     headers={"Content-Type": "application/x-tar"})
+        cli.print(args[0])
+        return 0
     try:
         validate_plugin_dir(directory)
         if len(args) == 1:
@@ -606,8 +643,23 @@ PLUGIN_PUSH = Spec("plugin push", "plugin push [OPTIONS] PLUGIN[:TAG]",
 
 
 def cmd_plugin_push(cli: Cli, argv: list[str]) -> int:
+    import base64
+
     _, args = cli.parse(PLUGIN_PUSH, argv)
-    _progress(cli, cli.api.json_lines("POST", f"/plugins/{args[0]}/push"))
+    # the daemon takes credentials from its Docker config when the header is empty
+    auth = base64.urlsafe_b64encode(b"{}").decode()
+    for msg in cli.api.json_lines("POST", f"/plugins/{args[0]}/push",
+                                  headers={"X-Registry-Auth": auth}):
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("error"):
+            raise StatusError(1, str(msg["error"]))
+        aux = msg.get("aux")
+        if isinstance(aux, dict) and aux.get("Digest"):
+            continue
+        if msg.get("status"):
+            ident = msg.get("id")
+            cli.print(f"{ident}: {msg['status']}" if ident else str(msg["status"]))
     return 0
 
 

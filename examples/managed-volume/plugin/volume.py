@@ -1,0 +1,132 @@
+"""A Docker volume plugin, standard library only, run as a managed plugin.
+
+It listens on ``/run/docker/plugins/volume.sock`` (the daemon bind-mounts its own
+socket directory there) and answers Docker's ``VolumeDriver`` protocol. A volume is
+a directory under ``$VOLUME_ROOT`` (``/data/volumes``) in the plugin's own root
+filesystem; the mount points it answers are paths inside that root, which the daemon
+translates to host paths. Its state is the directory listing: nothing to lose on a
+restart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socketserver
+import sys
+from http.server import BaseHTTPRequestHandler
+
+SOCKET = "/run/docker/plugins/volume.sock"
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+ROOT = os.environ.get("VOLUME_ROOT", "/data/volumes")
+
+
+def _path(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"invalid volume name {name!r}")
+    return os.path.join(ROOT, name)
+
+
+def _volume(name: str) -> dict:
+    return {"Name": name, "Mountpoint": _path(name), "Status": {}}
+
+
+def activate(_body: dict) -> dict:
+    return {"Implements": ["VolumeDriver"]}
+
+
+def create(body: dict) -> dict:
+    os.makedirs(_path(body["Name"]), exist_ok=True)
+    return {"Err": ""}
+
+
+def remove(body: dict) -> dict:
+    path = _path(body["Name"])
+    if not os.path.isdir(path):
+        return {"Err": f"no such volume: {body['Name']}"}
+    shutil.rmtree(path)
+    return {"Err": ""}
+
+
+def mount(body: dict) -> dict:
+    path = _path(body["Name"])
+    if not os.path.isdir(path):
+        return {"Err": f"no such volume: {body['Name']}"}
+    return {"Mountpoint": path, "Err": ""}
+
+
+def unmount(body: dict) -> dict:
+    return {"Err": ""}
+
+
+def get(body: dict) -> dict:
+    if not os.path.isdir(_path(body["Name"])):
+        return {"Err": f"no such volume: {body['Name']}"}
+    return {"Volume": _volume(body["Name"]), "Err": ""}
+
+
+def list_(_body: dict) -> dict:
+    names = sorted(os.listdir(ROOT)) if os.path.isdir(ROOT) else []
+    return {"Volumes": [_volume(n) for n in names], "Err": ""}
+
+
+def capabilities(_body: dict) -> dict:
+    return {"Capabilities": {"Scope": "local"}}
+
+
+METHODS = {
+    "/Plugin.Activate": activate,
+    "/VolumeDriver.Create": create,
+    "/VolumeDriver.Remove": remove,
+    "/VolumeDriver.Mount": mount,
+    "/VolumeDriver.Path": mount,
+    "/VolumeDriver.Unmount": unmount,
+    "/VolumeDriver.Get": get,
+    "/VolumeDriver.List": list_,
+    "/VolumeDriver.Capabilities": capabilities,
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def address_string(self) -> str:  # a unix socket has no peer address
+        return "daemon"
+
+    def do_POST(self) -> None:  # noqa: N802 (the stdlib's naming)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        method = METHODS.get(self.path)
+        if method is None:
+            status, answer = 404, {"Err": f"unknown method {self.path}"}
+        else:
+            try:
+                status, answer = 200, method(json.loads(raw or b"{}") or {})
+            except (ValueError, KeyError, OSError) as e:
+                status, answer = 500, {"Err": str(e)}
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        sys.stderr.write(f"volume plugin: {format % args}\n")
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def main() -> None:
+    os.makedirs(ROOT, exist_ok=True)
+    if os.path.exists(SOCKET):
+        os.unlink(SOCKET)
+    server = Server(SOCKET, Handler)
+    print(f"volume plugin: serving on {SOCKET}, volumes in {ROOT}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
