@@ -45,31 +45,17 @@ def canonical_ref(ref: str) -> str:
 
 def pull(cli: Cli, ref: str, out: IO[str] | None = None, quiet: bool = False,
          platform: str | None = None, announce: bool = False) -> None:
-    """``POST /images/create?fromImage=`` and print the progress lines (nothing with
-    ``quiet``); with ``announce`` the pulled reference is printed last, as ``docker
-    pull`` does. An ``error`` line in the stream raises :class:`StatusError`."""
+    """``POST /images/create?fromImage=`` and show its progress (bars on a terminal,
+    nothing with ``quiet``: see :class:`~.transfer.ProgressDisplay`); with ``announce``
+    the pulled reference is printed last, as ``docker pull`` does. An ``error`` line in
+    the stream raises :class:`StatusError`."""
+    from .transfer import show_progress
+
     name, tag = split_ref(ref)
     stream = out or cli.out
     params = {"fromImage": name, "tag": tag, "platform": platform or None}
-    last_id_status: dict[str, str] = {}
-    for msg in cli.api.json_lines("POST", "/images/create", params=params):
-        if not isinstance(msg, dict):
-            continue
-        if msg.get("error") or msg.get("errorDetail"):
-            detail = msg.get("errorDetail") or {}
-            raise StatusError(1, str(msg.get("error") or detail.get("message")))
-        if quiet:
-            continue
-        status = msg.get("status", "")
-        if msg.get("id"):
-            if status.startswith(("Downloading", "Extracting")) and msg.get("progressDetail"):
-                continue  # progress bars only make sense on a terminal
-            if last_id_status.get(msg["id"]) == status:
-                continue
-            last_id_status[msg["id"]] = status
-            stream.write(f"{msg['id']}: {status}\n")
-        elif status:
-            stream.write(status + "\n")
+    show_progress(cli, cli.api.json_lines("POST", "/images/create", params=params), out=stream,
+                  quiet=quiet)
     if announce:
         stream.write(canonical_ref(ref) + "\n")
     stream.flush()

@@ -336,21 +336,11 @@ def cmd_push(cli: Cli, argv: list[str]) -> int:
     name, tag = split_ref(args[0])
     auth = base64.urlsafe_b64encode(b"{}").decode()
     params = {"tag": None if opts.all_tags else tag}
-    for msg in cli.api.json_lines("POST", f"/images/{name}/push", params,
-                                  headers={"X-Registry-Auth": auth}):
-        if not isinstance(msg, dict):
-            continue
-        if msg.get("error"):
-            raise StatusError(1, str(msg["error"]))
-        if opts.quiet:
-            continue
-        status = msg.get("status", "")
-        if msg.get("id"):
-            if msg.get("progressDetail"):
-                continue
-            cli.print(f"{msg['id']}: {status}")
-        elif status:
-            cli.print(status)
+    from .transfer import show_progress
+
+    show_progress(cli, cli.api.json_lines("POST", f"/images/{name}/push", params,
+                                          headers={"X-Registry-Auth": auth}),
+                  quiet=opts.quiet)
     if opts.quiet:
         cli.print(args[0])
     return 0

@@ -1,4 +1,6 @@
-"""Commands that move tar streams: ``cp``, ``export``, ``save``, ``load``, ``import``."""
+"""Commands that move tar streams: ``cp``, ``export``, ``save``, ``load``, ``import``; and
+the display of the daemon's JSON progress messages for ``pull`` and ``push``
+(:class:`ProgressDisplay`)."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +13,7 @@ from .flags import BOOL, LIST, STR, Flag, Spec, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~2 ms at start-up; annotations stay strings
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from typing import IO, Any
 
 
@@ -30,6 +32,141 @@ def _copy_stream(chunks: Iterator[bytes], dest: IO[bytes]) -> None:
     for chunk in chunks:
         dest.write(chunk)
     dest.flush()
+
+
+# -- progress display ------------------------------------------------------------------
+
+_ESC = "\x1b"
+#: terminals at least this wide get the bar, narrower ones the numbers only (as docker)
+_BAR_MIN_COLUMNS = 110
+
+
+def human_size(n: float) -> str:
+    """Decimal size with 4 significant digits, as docker prints it: ``12.35MB``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.4g}{unit}"
+        n /= 1000
+    return f"{n:.4g}TB"  # unreachable
+
+
+def progress_text(detail: dict[str, Any], columns: int = _BAR_MIN_COLUMNS) -> str:
+    """The progress of a ``progressDetail`` (``current``, ``total``):
+    ``[=====>      ]  12.35MB/45.6MB``; the bar only on a wide enough terminal."""
+    try:
+        current = int(detail.get("current") or 0)
+        total = int(detail.get("total") or 0)
+    except (TypeError, ValueError):
+        return ""
+    if current <= 0 and total <= 0:
+        return ""
+    if total <= 0:
+        return f"{human_size(current):>8}"
+    filled = min(50, int(current * 100 / total) // 2)
+    bar = f"[{'=' * filled}>{' ' * (50 - filled)}] " if columns >= _BAR_MIN_COLUMNS else ""
+    numbers = f"{human_size(current):>8}/{human_size(total)}" if current <= total else ""
+    return bar + numbers
+
+
+class ProgressDisplay:
+    """Shows a stream of the daemon's JSON progress messages as docker's CLI does.
+
+    On a terminal (``tty``) every message with an ``id`` and a ``progressDetail`` owns
+    one line, redrawn in place: the cursor moves up to it, clears it, writes it and
+    moves back down. Any other message ends that block (later ids start new lines), as
+    in docker. Elsewhere, each id's line is printed once per status change and messages
+    that only carry progress (``Downloading``, ``Pushing`` with a current/total) are
+    left out, so logs stay readable.
+
+    An ``error`` message raises :class:`StatusError`; ``aux`` messages are kept in
+    :attr:`aux` for the caller.
+    """
+
+    def __init__(self, out: IO[str], *, tty: bool, columns: int = 0) -> None:
+        self.out = out
+        self.tty = tty
+        self.columns = columns or _terminal_columns(out)
+        self.aux: list[Any] = []
+        self._lines: dict[str, int] = {}
+        self._last: dict[str, str] = {}
+
+    def show(self, messages: Iterable[Any]) -> None:
+        """Display every message of ``messages`` (flushing after each on a terminal)."""
+        for msg in messages:
+            if isinstance(msg, dict):
+                self.feed(msg)
+                if self.tty:
+                    self.out.flush()
+        self.out.flush()
+
+    def feed(self, msg: dict[str, Any]) -> None:
+        """Display one message."""
+        if msg.get("error") or msg.get("errorDetail"):
+            detail = msg.get("errorDetail") or {}
+            raise StatusError(1, str(msg.get("error") or detail.get("message") or "error"))
+        if "aux" in msg:
+            self.aux.append(msg["aux"])
+            return
+        ident = str(msg.get("id") or "")
+        status = str(msg.get("status") or "")
+        detail = msg.get("progressDetail")
+        if self.tty:
+            self._feed_tty(msg, ident, status, detail)
+        else:
+            self._feed_plain(msg, ident, status, detail)
+
+    def _feed_tty(self, msg: dict[str, Any], ident: str, status: str, detail: Any) -> None:
+        write = self.out.write
+        if not ident or not isinstance(detail, dict):
+            self._lines.clear()  # this block is over: later ids start new lines
+            self._write_plain(msg, ident, status)
+            return
+        line = self._lines.get(ident)
+        if line is None:
+            line = self._lines[ident] = len(self._lines)
+            write("\n")
+        up = len(self._lines) - line
+        bar = progress_text(detail, self.columns)
+        write(f"{_ESC}[{up}A{_ESC}[2K\r{ident}: {status}{' ' + bar if bar else ''}\r"
+              f"{_ESC}[{up}B")
+
+    def _feed_plain(self, msg: dict[str, Any], ident: str, status: str, detail: Any) -> None:
+        if ident:
+            if isinstance(detail, dict) and (detail.get("current") or detail.get("total")):
+                return  # a progress update: bars are for terminals
+            if self._last.get(ident) == status:
+                return
+            self._last[ident] = status
+        self._write_plain(msg, ident, status)
+
+    def _write_plain(self, msg: dict[str, Any], ident: str, status: str) -> None:
+        if msg.get("stream"):
+            self.out.write(str(msg["stream"]))
+        elif status:
+            self.out.write(f"{ident}: {status}\n" if ident else status + "\n")
+
+
+def _terminal_columns(out: IO[str]) -> int:
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return _BAR_MIN_COLUMNS
+
+
+def show_progress(cli: Cli, messages: Iterable[Any], out: IO[str] | None = None,
+                  quiet: bool = False) -> ProgressDisplay:
+    """Display ``messages`` on ``out`` (the CLI's stdout by default), bars when it is a
+    terminal; with ``quiet`` only errors are reported. Returns the display (its
+    ``aux`` messages)."""
+    stream = out or cli.out
+    display = ProgressDisplay(stream, tty=not quiet and is_terminal(stream))
+    if quiet:
+        for msg in messages:
+            if isinstance(msg, dict) and (msg.get("error") or msg.get("errorDetail")):
+                display.feed(msg)
+        return display
+    display.show(messages)
+    return display
 
 
 # -- export / save ---------------------------------------------------------------------
