@@ -1,6 +1,8 @@
-"""Push and pull of a ~120 MB, 4-layer image through a local registry: engine vs Docker.
+"""Push and pull of a ~120 MB, 4-layer image through a local registry: engine vs Docker;
+and serving that image to skopeo: ``engine registry serve`` vs ``docker-registry``.
 
-Run as root: ``python bench/registry_bench.py [-n 3] [--registry engine|reference]``.
+Run as root: ``python bench/registry_bench.py [-n 3] [--registry engine|reference]
+[--serve-only | --no-serve]``.
 
 For each engine (and each repetition) a daemon of its own loads the image, the docker
 CLI pushes it to a registry on loopback, then a second, empty daemon of the same engine
@@ -11,6 +13,10 @@ random bytes, so compression gains nothing and every byte crosses the wire.
 The registry is ``engine registry serve`` by default, or Debian's ``docker-registry``
 (``--registry reference``). Everything runs under a temporary directory that is removed
 at the end; daemons are stopped by PID through :mod:`bench.targets`.
+
+The serving comparison starts each registry in turn, has skopeo copy the image into it
+(from the same ``docker save`` archive) and then times ``skopeo copy
+docker://127.0.0.1:PORT/bench/img:v1 dir:DIR`` into an empty directory, ``-n`` times.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from bench.targets import (  # noqa: E402
     DockerTarget,
     EngineTarget,
     Target,
+    base_env,
     run_cmd,
 )
 
@@ -118,6 +125,51 @@ def start_registry(kind: str, base: Path, venv_bin: Path) -> tuple[subprocess.Po
     raise BenchError(f"registry did not start: {(base / 'registry.log').read_text()[-1000:]}")
 
 
+def skopeo(*args: str, timeout: float = 600) -> float:
+    """Seconds ``skopeo args`` takes (with TLS verification off: plain HTTP on loopback)."""
+    exe = shutil.which("skopeo")
+    if exe is None:
+        raise BenchError("skopeo is not installed")
+    started = time.perf_counter()
+    run_cmd([exe, "--insecure-policy", *args], base_env(), timeout=timeout,
+            stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def measure_serve(kind: str, base: Path, venv_bin: Path, archive: Path,
+                  repeat: int) -> list[float]:
+    """Seconds of each ``skopeo copy`` of the image out of registry ``kind``."""
+    registry, port = start_registry(kind, base / f"serve-{kind}", venv_bin)
+    samples = []
+    try:
+        image = f"127.0.0.1:{port}/bench/img:v1"
+        skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{archive}",
+               f"docker://{image}")
+        for rep in range(repeat):
+            dest = base / f"serve-{kind}-copy{rep}"
+            samples.append(skopeo("copy", "--src-tls-verify=false", f"docker://{image}",
+                                  f"dir:{dest}"))
+            shutil.rmtree(dest, ignore_errors=True)
+            print(f"{kind} registry #{rep + 1}: skopeo pull {samples[-1]:.2f} s", flush=True)
+    finally:
+        registry.terminate()
+        registry.wait(10)
+    return samples
+
+
+def report_serve(samples: dict[str, list[float]]) -> None:
+    """The medians of the serving comparison and their ratio."""
+    size_mb = LAYERS * LAYER_BYTES / 1e6
+    print(f"\nskopeo copy docker://... dir:... of {size_mb:.0f} MB ({LAYERS} layers)")
+    print(f"{'registry':<16} {'median s':>9} {'MB/s':>7}")
+    medians = {k: statistics.median(v) for k, v in samples.items() if v}
+    for kind, median in medians.items():
+        label = "engine serve" if kind == "engine" else "docker-registry"
+        print(f"{label:<16} {median:>9.2f} {size_mb / median:>7.1f}")
+    if len(medians) == 2:
+        print(f"docker-registry / engine serve: {medians['reference'] / medians['engine']:.2f}x")
+
+
 def docker(target: Target, *args: str, timeout: float = 600) -> float:
     """Seconds the docker CLI takes for ``args`` against ``target``'s daemon."""
     started = time.perf_counter()
@@ -158,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="engine,docker")
     p.add_argument("--venv-bin", type=Path, default=REPO / ".venv" / "bin")
     p.add_argument("--json", type=Path, help="write the samples to this file")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--serve-only", action="store_true",
+                       help="only compare the registries serving skopeo")
+    which.add_argument("--no-serve", action="store_true",
+                       help="leave out the registries serving skopeo")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("registry_bench.py needs root (it starts daemons)", file=sys.stderr)
@@ -167,30 +224,47 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base = Path(tempfile.mkdtemp(prefix="regbench", dir="/tmp"))
     results: dict[str, dict[str, list[float]]] = {}
+    served: dict[str, list[float]] = {}
     registry = None
     try:
         archive = image_archive(base / "image.tar", "bench:v1")
-        registry, port = start_registry(args.registry, base / "registry", args.venv_bin)
-        for name in filter(None, args.only.split(",")):
-            missing = make_target(name, base / "probe", args.venv_bin).missing()
-            if missing:
-                print(f"{name}: {missing}")
-                continue
-            samples = results.setdefault(name, {"push": [], "pull": []})
-            for rep in range(args.repeat):
+        if not args.serve_only:
+            registry, port = start_registry(args.registry, base / "registry", args.venv_bin)
+            for name in filter(None, args.only.split(",")):
+                missing = make_target(name, base / "probe", args.venv_bin).missing()
+                if missing:
+                    print(f"{name}: {missing}")
+                    continue
+                samples = results.setdefault(name, {"push": [], "pull": []})
+                for rep in range(args.repeat):
+                    try:
+                        push, pull = measure(name, base, args.venv_bin, archive, port, rep)
+                    except BenchError as e:
+                        print(f"{name}: {e}", file=sys.stderr)
+                        break
+                    samples["push"].append(push)
+                    samples["pull"].append(pull)
+                    print(f"{name} #{rep + 1}: push {push:.2f} s, pull {pull:.2f} s",
+                          flush=True)
+        if not args.no_serve:
+            for kind in ("engine", "reference"):
                 try:
-                    push, pull = measure(name, base, args.venv_bin, archive, port, rep)
+                    served[kind] = measure_serve(kind, base, args.venv_bin, archive,
+                                                 args.repeat)
                 except BenchError as e:
-                    print(f"{name}: {e}", file=sys.stderr)
-                    break
-                samples["push"].append(push)
-                samples["pull"].append(pull)
-                print(f"{name} #{rep + 1}: push {push:.2f} s, pull {pull:.2f} s", flush=True)
+                    print(f"{kind} registry: {e}", file=sys.stderr)
     finally:
         if registry is not None:
             registry.terminate()
             registry.wait(10)
         shutil.rmtree(base, ignore_errors=True)
+    if served:
+        report_serve(served)
+    if args.serve_only:
+        if args.json:
+            args.json.write_text(json.dumps({"bytes": LAYERS * LAYER_BYTES,
+                                             "serve": served}, indent=2))
+        return 0
     size_mb = LAYERS * LAYER_BYTES / 1e6
     print(f"\n{LAYERS} layers, {size_mb:.0f} MB, registry: {args.registry}")
     print(f"{'engine':<8} {'push (median s)':>16} {'pull (median s)':>16} {'push MB/s':>10} "
@@ -203,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{size_mb / pull:>10.1f}")
     if args.json:
         args.json.write_text(json.dumps({"registry": args.registry, "bytes":
-                                         LAYERS * LAYER_BYTES, "samples": results}, indent=2))
+                                         LAYERS * LAYER_BYTES, "samples": results,
+                                         "serve": served}, indent=2))
     return 0
 
 
