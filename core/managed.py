@@ -260,13 +260,14 @@ def is_managed_dir(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like a managed plugin's directory (``config.json`` and
     ``rootfs/``), as opposed to a Python plugin directory."""
     p = Path(path)
-    return (p / "config.json").is_file() and (p / "rootfs").is_dir()
+    return ((p / "config.json").is_file() and (p / "rootfs").is_dir()
+            and not (p / "rootfs").is_symlink())
 
 
 def read_plugin_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked config of a managed plugin directory."""
     p = Path(path)
-    if not (p / "rootfs").is_dir():
+    if not (p / "rootfs").is_dir() or (p / "rootfs").is_symlink():
         raise InvalidArgument(f"{p}: no rootfs/ directory: not a managed plugin")
     try:
         raw = (p / "config.json").read_bytes()

@@ -609,6 +609,10 @@ class PluginHost:
             if isinstance(rec, ManagedPlugin):
                 raise NotSupported(f"upgrading managed plugin {rec.name} is not supported: "
                                    "remove it and install the new version")
+            if not os.path.isabs(remote):
+                raise NotSupported(f"upgrading from a registry reference ({remote}) is not "
+                                   "supported: give a wheel file or a plugin directory, or "
+                                   "remove the plugin and install the reference")
             siblings = self._siblings(rec)
             if any(r.enabled and not r.error for r in siblings):
                 raise Conflict(f"plugin {rec.name} must be disabled before upgrading")

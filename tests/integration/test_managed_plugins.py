@@ -160,16 +160,45 @@ def test_enabled_managed_plugin_restarts_with_the_daemon(daemon, managed_dir):
     engine(d, "plugin", "create", "mv", str(managed_dir))
     engine(d, "plugin", "enable", "mv")
     docker(d, "volume", "create", "-d", "mv", "kept")
+    pidfile = next(Path(d.exec_root, "pm").glob("*/pid"))
+    pid = int(pidfile.read_text())
+    # live restore: the plugin outlives the daemon and the next daemon uses it as it is
     d.stop()
-    # the plugin outlives the daemon (live restore) unless stopped: stop it to prove
-    # that the next daemon starts it again
-    for pidfile in Path(d.exec_root, "pm").glob("*/pid"):
-        os.kill(int(pidfile.read_text()), 9)
-    d.start("--plugin-registry", "127.0.0.1:1/none")
+    d.start()
+    assert int(pidfile.read_text()) == pid
+    assert "kept" in docker(d, "volume", "ls", "-q").stdout.split()
+    # a plugin that died with the machine is started again
+    d.stop()
+    os.kill(pid, 9)
+    d.start()
     assert {p["Name"]: p["Enabled"] for p in _plugins(d)}["mv:latest"] is True
+    assert int(next(Path(d.exec_root, "pm").glob("*/pid")).read_text()) != pid
     assert "kept" in docker(d, "volume", "ls", "-q").stdout.split()
     docker(d, "volume", "rm", "kept")
     engine(d, "plugin", "rm", "-f", "mv")
+    _nothing_left(d)
+
+
+def test_a_plugin_that_fails_to_start_reports_its_output(daemon, managed_dir, tmp_path):
+    d = daemon
+    broken = tmp_path / "broken"
+    shutil.copytree(managed_dir / "rootfs", broken / "rootfs", symlinks=True)
+    config = json.loads((managed_dir / "config.json").read_text())
+    config["entrypoint"] = ["/usr/bin/python3.11", "-I", "-S", "-c",
+                            "print('no backend configured'); raise SystemExit(3)"]
+    (broken / "config.json").write_text(json.dumps(config))
+    engine(d, "plugin", "create", "broken", str(broken))
+    failed = engine(d, "plugin", "enable", "broken", ok=False)
+    assert "exited before creating its socket" in failed.stderr
+    assert "no backend configured" in failed.stderr
+    assert {p["Name"]: p["Enabled"] for p in _plugins(d)}["broken:latest"] is False
+    assert not any(Path(d.exec_root, "pm").glob("*"))
+    # engine plugin ls shows managed and engine plugins in Docker's columns
+    ls = engine(d, "plugin", "ls").stdout.splitlines()
+    assert ls[0].split() == ["ID", "NAME", "DESCRIPTION", "ENABLED"]
+    assert any("broken:latest" in line and line.split()[-1] == "false" for line in ls)
+    assert any(line.split()[1] == "vol-bind" for line in ls[1:])
+    engine(d, "plugin", "rm", "broken")
     _nothing_left(d)
 
 

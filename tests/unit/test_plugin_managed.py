@@ -132,6 +132,12 @@ def test_the_example_directory_is_a_valid_managed_plugin(tmp_path):
         ("network", ["host"]), ("capabilities", ["CAP_SYS_ADMIN"])]
     with pytest.raises(InvalidArgument, match="no rootfs"):
         managed.read_plugin_dir(EXAMPLE)
+    # a rootfs that is a link (to the host's /, say) is not a plugin's own
+    (tmp_path / "rootfs").rmdir()
+    (tmp_path / "rootfs").symlink_to("/")
+    assert not managed.is_managed_dir(tmp_path)
+    with pytest.raises(InvalidArgument, match="no rootfs"):
+        managed.read_plugin_dir(tmp_path)
 
 
 def _plugin(**config) -> ManagedPlugin:
