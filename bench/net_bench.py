@@ -625,19 +625,39 @@ def transfer(setup: Setup, blocks: int, attempts: int = 20) -> float:
     raise AssertionError("unreachable")
 
 
-def measure_once(setup: Setup, report: NetReport, args: argparse.Namespace,
-                 client_netns: str) -> None:
-    """One repetition of every measurement on one target."""
-    name = setup.target.name
-    report.add("throughput", name, transfer(setup, args.megabytes * MB // 65536))
-    for mid, host, port, netns, workers in (
-            ("port_lo_seq", "127.0.0.1", setup.lo_port, None, 1),
-            ("port_lo_conc", "127.0.0.1", setup.lo_port, None, args.workers),
-            ("port_dnat_seq", VETH_HOST_IP, setup.dnat_port, client_netns, 1),
-            ("port_dnat_conc", VETH_HOST_IP, setup.dnat_port, client_netns, args.workers)):
-        report.add(mid, name, in_netns(netns, request_rate, host, port, args.requests, workers))
-    report.add("dns", name, *in_netns(f"/proc/{setup.web_pid}/ns/net", dns_latencies,
-                                      setup.resolver, SERVER, args.queries))
+def steps(args: argparse.Namespace, client_netns: str
+          ) -> list[tuple[str, Callable[[Setup], list[float]]]]:
+    """Each measurement as a function of a set-up target, giving its samples."""
+    blocks = args.megabytes * MB // 65536
+
+    def rate(host: str, port_of: Callable[[Setup], int], netns: str | None,
+             workers: int) -> Callable[[Setup], list[float]]:
+        return lambda s: [in_netns(netns, request_rate, host, port_of(s), args.requests,
+                                   workers)]
+
+    return [
+        ("throughput", lambda s: [transfer(s, blocks)]),
+        ("port_lo_seq", rate("127.0.0.1", lambda s: s.lo_port, None, 1)),
+        ("port_lo_conc", rate("127.0.0.1", lambda s: s.lo_port, None, args.workers)),
+        ("port_dnat_seq", rate(VETH_HOST_IP, lambda s: s.dnat_port, client_netns, 1)),
+        ("port_dnat_conc", rate(VETH_HOST_IP, lambda s: s.dnat_port, client_netns,
+                                args.workers)),
+        ("dns", lambda s: in_netns(f"/proc/{s.web_pid}/ns/net", dns_latencies, s.resolver,
+                                   SERVER, args.queries)),
+    ]
+
+
+def measure_round(setups: Sequence[Setup], report: NetReport, args: argparse.Namespace,
+                  client_netns: str, loads: list[float]) -> None:
+    """One repetition: each measurement on each target in turn, so that a change in
+    the machine's load falls on both alike (the caller alternates the order)."""
+    for mid, fn in steps(args, client_netns):
+        for setup in setups:
+            loads.append(proc.load_average())
+            try:
+                report.add(mid, setup.target.name, *fn(setup))
+            except (BenchError, OSError) as e:
+                log(f"{setup.target.name}: {mid} failed: {e}")
 
 
 # ---------------------------------------------------------------- clean-up
@@ -777,14 +797,11 @@ def main(argv: list[str] | None = None) -> int:
             except (BenchError, OSError) as e:
                 log(f"{target.name}: setup failed: {e}")
                 report.mark_missing(target.name, "setup failed")
+        ready = list(setups.values())
         for rep in range(args.repeat):
-            for name, setup in setups.items():
-                loads.append(proc.load_average())
-                log(f"{name}: repetition {rep + 1}/{args.repeat} (load {loads[-1]:.1f})")
-                try:
-                    measure_once(setup, report, args, client.path)
-                except (BenchError, OSError) as e:
-                    log(f"{name}: repetition {rep + 1} failed: {e}")
+            log(f"repetition {rep + 1}/{args.repeat} (load {proc.load_average():.1f})")
+            measure_round(ready if rep % 2 == 0 else ready[::-1], report, args, client.path,
+                          loads)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")
@@ -802,8 +819,9 @@ def main(argv: list[str] | None = None) -> int:
     if loads:
         print(f"1-minute load average while measuring: {min(loads):.1f} to {max(loads):.1f} "
               f"on {os.cpu_count()} CPUs\n")
-    print("host state after the run: " + ("as before (iptables, links, ip_forward)"
-                                          if not leftovers else "differs:"))
+    print("host state after the run: " + (
+        "as before (iptables, links, ip_forward)" if not leftovers else
+        "differs (other engines' tests on this host may have made these changes):"))
     for line in leftovers:
         print(f"  {line}")
     if args.json:
