@@ -33,6 +33,7 @@ import ipaddress
 import json
 import logging
 import platform as _platform
+import queue
 import ssl
 import threading
 import time
@@ -69,6 +70,8 @@ CONCURRENCY = 3
 #: Upload chunk size: blobs up to this size go in one PUT, larger ones in PATCH chunks.
 CHUNK = 16 << 20
 _READ = 1 << 20
+#: Chunks a download may queue ahead of the thread storing it (each up to ``_READ``).
+_SPOOL_CHUNKS = 16
 
 
 class RegistryError(EngineError):
@@ -431,6 +434,71 @@ class _State:
             atomic_write(self.dir / "sources.json", json.dumps(doc, sort_keys=True).encode())
 
 
+class _Spool:
+    """The reading side of a download, for :meth:`ContentStore.ingest` on a worker
+    thread: the partial file's bytes from an earlier attempt first, then the chunks the
+    event loop hands over with :meth:`put`, each appended to the partial file before it
+    is returned. At most :data:`_SPOOL_CHUNKS` chunks wait in between."""
+
+    def __init__(self, partial: Path, have: int) -> None:
+        self._queue: queue.Queue[bytes | Exception | None] = queue.Queue(_SPOOL_CHUNKS)
+        self._prefix = open(partial, "rb") if have else None
+        self._prefix_left = have
+        self._out = open(partial, "ab" if have else "wb")
+        self._buf = b""
+        self._eof = False
+        #: set once the reader stopped (done, failed or closed): puts are dropped
+        self.stopped = False
+
+    # event loop side
+
+    async def put(self, item: bytes | Exception | None) -> bool:
+        """Queue a chunk (or the end: None, or an error); False once the reader stopped."""
+        while not self.stopped:
+            try:
+                self._queue.put_nowait(item)
+                return True
+            except queue.Full:
+                await asyncio.sleep(0.002)
+        return False
+
+    async def finish(self, error: Exception | None = None) -> None:
+        """Mark the end of the body, or abort the reader with ``error``."""
+        await self.put(error)
+
+    # worker thread side
+
+    def read(self, n: int = -1) -> bytes:
+        if self._prefix is not None and self._prefix_left:
+            data = self._prefix.read(min(n, self._prefix_left) if n >= 0 else self._prefix_left)
+            if not data:
+                raise RegistryError("partial download shrank while resuming")
+            self._prefix_left -= len(data)
+            return data
+        if not self._buf:
+            if self._eof:
+                return b""
+            item = self._queue.get()
+            if item is None:
+                self._eof = True
+                return b""
+            if isinstance(item, Exception):
+                raise item
+            self._out.write(item)
+            self._buf = item
+        if n < 0 or n >= len(self._buf):
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def close(self) -> None:
+        self.stopped = True
+        for f in (self._prefix, self._out):
+            if f is not None:
+                f.close()
+
+
 class _Resolved:
     """A manifest fetched and verified: where it came from and what it lists."""
 
@@ -697,48 +765,69 @@ class RegistryClient:
 
     async def _download_blob(self, conn: _Conn, path: str, digest: str, size: int,
                              progress: Progress) -> None:
+        """Download one blob, stored and verified as it arrives.
+
+        The chunks go to a :class:`_Spool` that a worker thread drains into
+        :meth:`ContentStore.ingest` (hashing and writing the blob) after appending each to
+        the partial file, which keeps what arrived for a resume after a kill. The blob
+        becomes visible only once its digest matched.
+        """
         ident = _short(digest)
         partial = self.downloads / (digest.removeprefix("sha256:") + ".partial")
         have = partial.stat().st_size if partial.exists() else 0
         if size and have > size:
             have = 0
+        resp = None
         if not (size and have == size):
             headers = {"Range": f"bytes={have}-"} if have else {}
             resp = await conn.request("GET", f"/v2/{path}/blobs/{digest}", headers=headers,
                                       ok=(200, 206))
-            async with resp:
-                if resp.status == 200:
-                    have = 0  # the registry ignored the range: start over
-                elif not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                    partial.unlink(missing_ok=True)
-                    raise RegistryError(f"download of {digest}: asked for bytes from {have}, "
-                                        f"got {resp.headers.get('Content-Range')!r}")
-                total = size or (have + (resp.content_length or 0))
-                f = await self._run(open, partial, "ab" if have else "wb")
-                try:
-                    last = 0.0
-                    while chunk := await self._read(resp, digest):
-                        await self._run(f.write, chunk)
-                        have += len(chunk)
-                        if size and have > size:
-                            raise RegistryError(f"blob {digest} is larger than its "
-                                                f"descriptor's {size} bytes")
-                        now = time.monotonic()
-                        if now - last > 0.2 or have == total:
-                            last = now
-                            await progress({"status": "Downloading", "id": ident,
-                                            "progressDetail": {"current": have, "total": total},
-                                            "progress": _bar(have, total)})
-                finally:
-                    await self._run(f.close)
+            if resp.status == 200:
+                have = 0  # the registry ignored the range: start over
+            elif not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                resp.release()
+                partial.unlink(missing_ok=True)
+                raise RegistryError(f"download of {digest}: asked for bytes from {have}, "
+                                    f"got {resp.headers.get('Content-Range')!r}")
+        spool = await self._run(_Spool, partial, have)
+        stored = asyncio.ensure_future(self._run(self._ingest, spool, digest, size))
+        try:
+            if resp is not None:
+                async with resp:
+                    await self._receive(resp, spool, digest, size, have, progress)
+            await spool.finish()
+        except BaseException as exc:
+            await spool.finish(exc if isinstance(exc, Exception) else RegistryError("cancelled"))
+            await asyncio.gather(stored, return_exceptions=True)
+            raise
         await progress({"status": "Verifying Checksum", "progressDetail": {}, "id": ident})
         try:
-            await self._run(self._ingest, partial, digest, size)
+            await stored
         except InvalidArgument as exc:
             partial.unlink(missing_ok=True)
             raise RegistryError(f"layer {digest} failed verification: {exc}") from None
         partial.unlink(missing_ok=True)
         await progress({"status": "Download complete", "progressDetail": {}, "id": ident})
+
+    async def _receive(self, resp: aiohttp.ClientResponse, spool: _Spool, digest: str,
+                       size: int, have: int, progress: Progress) -> None:
+        """Hand the response body to ``spool``, reporting progress every 0.2 s."""
+        ident = _short(digest)
+        total = size or (have + (resp.content_length or 0))
+        last = 0.0
+        while chunk := await self._read(resp, digest):
+            have += len(chunk)
+            if size and have > size:
+                raise RegistryError(f"blob {digest} is larger than its descriptor's {size} "
+                                    "bytes")
+            if not await spool.put(chunk):
+                return  # the store stopped reading: its error is reported
+            now = time.monotonic()
+            if now - last > 0.2 or have == total:
+                last = now
+                await progress({"status": "Downloading", "id": ident,
+                                "progressDetail": {"current": have, "total": total},
+                                "progress": _bar(have, total)})
 
     @staticmethod
     async def _read(resp: aiohttp.ClientResponse, digest: str) -> bytes:
@@ -748,9 +837,11 @@ class RegistryClient:
             raise RegistryError(f"download of {digest} interrupted: {exc or type(exc).__name__}"
                                 ) from None
 
-    def _ingest(self, partial: Path, digest: str, size: int) -> None:
-        with open(partial, "rb") as f:
-            self.content.ingest(f, expected=digest, size=size or None)
+    def _ingest(self, spool: _Spool, digest: str, size: int) -> None:
+        try:
+            self.content.ingest(spool, expected=digest, size=size or None)
+        finally:
+            spool.close()
 
     # -- push ------------------------------------------------------------------------------
 

@@ -1,0 +1,186 @@
+"""Transfer speed machinery of pull and push, and that it keeps the guarantees: the
+parallel gzip encoder (valid gzip for Python and the ``gzip`` tool, deterministic,
+incompressible pieces stored), layers compressed once across registries, downloads
+stored as they arrive, layers unpacked while later ones download and dropped again when
+the pull fails."""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import json
+import random
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+from engine.core.store import compression
+from engine.core.store.compression import GZIP_PIECE, GzipEncoder, incompressible
+from engine.registry.client import RegistryError
+from engine.registry.server import Settings, make_app
+from test_registry_client import Recorder, add_image, blob_middleware, client_for, serving
+
+RANDOM = random.Random(7).randbytes(3 * GZIP_PIECE + 12345)
+TEXT = b"".join(b"%d: the quick brown fox jumps over the lazy dog\n" % i
+                for i in range(120_000))
+MIXED = RANDOM[:GZIP_PIECE] + TEXT[:2 * GZIP_PIECE] + RANDOM[-5000:]
+
+
+def encode(data: bytes, **kw: Any) -> bytes:
+    with GzipEncoder(io.BytesIO(data), **kw) as enc:
+        return enc.read()
+
+
+@pytest.mark.parametrize("data", [b"", b"x", RANDOM, TEXT, MIXED],
+                         ids=["empty", "one-byte", "random", "text", "mixed"])
+def test_gzip_encoder_output_is_one_valid_gzip_member(data):
+    out = encode(data)
+    assert out[:3] == b"\x1f\x8b\x08"
+    assert gzip.decompress(out) == data
+    if shutil.which("gzip"):
+        tool = subprocess.run(["gzip", "-t"], input=out, capture_output=True, check=False)
+        assert tool.returncode == 0, tool.stderr
+
+
+def test_gzip_encoder_is_deterministic_whatever_the_threads_and_read_sizes():
+    one = encode(MIXED, threads=1)
+    assert encode(MIXED, threads=4) == one
+    with GzipEncoder(io.BytesIO(MIXED), threads=2) as enc:
+        pieces = []
+        while chunk := enc.read(777):
+            assert len(chunk) <= 777
+            pieces.append(chunk)
+    assert b"".join(pieces) == one
+
+
+def test_gzip_encoder_stores_incompressible_pieces_and_compresses_the_rest():
+    assert incompressible(RANDOM[:GZIP_PIECE])
+    assert not incompressible(TEXT[:GZIP_PIECE])
+    random_out = encode(RANDOM)
+    assert len(RANDOM) < len(random_out) < len(RANDOM) * 1.001  # stored blocks: 5 B/64 kB
+    text_out = encode(TEXT)
+    assert len(text_out) < len(TEXT) / 5
+    # level 0 asks for no compression at all
+    assert len(encode(TEXT, level=0)) > len(TEXT)
+    with pytest.raises(ValueError):
+        GzipEncoder(io.BytesIO(b""), level=10)
+
+
+def test_gzip_encoder_reports_a_failing_source():
+    class Broken(io.RawIOBase):
+        calls = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            self.calls += 1
+            if self.calls > 2:
+                raise OSError("disk gone")
+            return TEXT[:n]
+
+    with GzipEncoder(Broken(), threads=2) as enc, pytest.raises(OSError, match="disk gone"):
+        enc.read()
+
+
+def test_layers_are_compressed_once_for_every_registry(tmp_path, monkeypatch):
+    """A second push of the same layers, to another registry, sends the kept gzip blob
+    without compressing again."""
+    encoded: list[int] = []
+    real = compression.GzipEncoder
+
+    class Counting(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            encoded.append(1)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr("engine.registry.client.GzipEncoder", Counting)
+    a = client_for(tmp_path / "a")
+
+    async def go() -> None:
+        async with serving(make_app(Settings(tmp_path / "r1"))) as r1, \
+                serving(make_app(Settings(tmp_path / "r2"))) as r2:
+            image_id = add_image(a.images, f"{r1}/app:v1", sizes=(3000, 300_000))
+            a.images.tag(image_id, f"{r2}/team/app:v1")
+            d1 = await a.push(f"{r1}/app:v1")
+            assert len(encoded) == 2
+            d2 = await a.push(f"{r2}/team/app:v1")
+            assert d1 == d2
+            assert len(encoded) == 2
+
+    asyncio.run(go())
+
+
+def test_pull_unpacks_each_layer_after_its_download_and_reports_it(tmp_path):
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+
+    async def go() -> None:
+        async with serving(make_app(Settings(tmp_path / "reg"))) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(1000, 200_000, 50_000))
+            await a.push(f"{reg}/app:v1")
+            seen = Recorder()
+            img = await b.pull(f"{reg}/app:v1", progress=seen)
+            assert len(b.images.layers.list()) == 3
+            assert [layer.chain_id for layer in img.layers] == \
+                [layer.chain_id for layer in a.images.get(img.id).layers]
+            for layer in img.layers:
+                ident = layer.digest[7:19]
+                statuses = [m["status"] for m in seen.messages if m.get("id") == ident]
+                assert statuses[0] == "Pulling fs layer"
+                assert statuses[-4:] == ["Verifying Checksum", "Download complete",
+                                         "Extracting", "Pull complete"]
+            assert not list(b.downloads.iterdir())
+
+    asyncio.run(go())
+
+
+def test_failed_pull_drops_the_layers_it_unpacked(tmp_path):
+    """The top layer fails verification after the ones below were unpacked: the pull
+    fails and leaves neither layers, blob of the bad layer nor an image behind."""
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+    settings = Settings(tmp_path / "reg")
+    target: dict[str, Any] = {}
+    app = make_app(settings)
+    app.middlewares.append(blob_middleware(target))
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(1000, 2000, 3000))
+            await a.push(f"{reg}/app:v1")
+            top = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][-1]
+            target.update(digest=top["digest"], data=a.content.read(top["digest"]),
+                          tamper=True)
+            with pytest.raises(RegistryError, match="failed verification"):
+                await b.pull(f"{reg}/app:v1")
+            assert b.images.list() == []
+            assert b.images.layers.list() == []
+            assert not b.content.has(top["digest"])
+            assert not list(b.downloads.iterdir())
+
+    asyncio.run(go())
+
+
+def test_complete_partial_download_is_stored_without_a_request(tmp_path):
+    """A partial file that already holds the whole blob (the daemon died before storing
+    it) is verified and stored; the registry is not asked for it again."""
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+    settings = Settings(tmp_path / "reg")
+    target: dict[str, Any] = {}
+    app = make_app(settings)
+    app.middlewares.append(blob_middleware(target))
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(100_000,))
+            await a.push(f"{reg}/app:v1")
+            layer = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            target.update(digest=layer["digest"], data=a.content.read(layer["digest"]))
+            partial = b.downloads / (layer["digest"][7:] + ".partial")
+            partial.write_bytes(a.content.read(layer["digest"]))
+            await b.pull(f"{reg}/app:v1")
+            assert "ranges" not in target
+            assert b.content.read(layer["digest"]) == target["data"]
+            assert not partial.exists()
+
+    asyncio.run(go())
