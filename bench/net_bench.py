@@ -431,11 +431,11 @@ def request_rate(host: str, port: int, count: int, workers: int) -> float:
     return count / elapsed
 
 
-def dns_latencies(server: str, name: str, count: int) -> list[float]:
-    """Seconds per ``A`` query for ``name`` to ``server``:53, one after another, after
+def dns_latencies(server: str, name: str, count: int, port: int = 53) -> list[float]:
+    """Seconds per ``A`` query for ``name`` to ``server``, one after another, after
     a few unmeasured ones; raises BenchError on a wrong or missing answer."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((server, 53))
+        s.connect((server, port))
         s.settimeout(2.0)
         out = []
         for i in range(count + 20):
