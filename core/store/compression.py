@@ -89,6 +89,48 @@ def detect(prefix: bytes) -> str:
     return "none"
 
 
+class _GzipStream(io.RawIOBase):
+    """The decoded bytes of a gzip stream, decoded by zlib a megabyte at a time.
+
+    zlib checks each member's header, CRC and length itself (a mismatch raises
+    ``zlib.error``). Members follow each other, with optional zero padding between
+    them, as :mod:`gzip` reads them; a stream cut before a member's end raises
+    ``EOFError``. Much faster than :class:`gzip.GzipFile`, which decodes in small
+    steps and computes the CRC a second time in Python.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._decoder = zlib.decompressobj(31)
+        self._input = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        while True:
+            if self._decoder.eof:
+                rest = self._decoder.unused_data + self._input
+                rest = rest.lstrip(b"\0")
+                while not rest:
+                    more = self._source.read(CHUNK)
+                    if not more:
+                        return 0  # the end, after a complete member
+                    rest = more.lstrip(b"\0")
+                self._decoder = zlib.decompressobj(31)
+                self._input = rest
+            if not self._input:
+                self._input = self._source.read(CHUNK)
+                if not self._input:
+                    raise EOFError("compressed stream ended before the end of its last member")
+            out = self._decoder.decompress(self._input, len(buf))
+            self._input = self._decoder.unconsumed_tail
+            if out:
+                n = len(out)
+                buf[:n] = out
+                return n
+
+
 class _ZstdProcess(io.RawIOBase):
     """Decode zstd through the ``zstd`` binary; a thread feeds it the compressed bytes."""
 
@@ -178,7 +220,7 @@ def decompressed(src: Source) -> Iterator[BinaryIO]:
         kind = detect(prefix)
         proc: _ZstdProcess | None = None
         if kind == "gzip":
-            out: BinaryIO = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[assignment]
+            out: BinaryIO = io.BufferedReader(_GzipStream(source), CHUNK)  # type: ignore[arg-type]
         elif kind == "bzip2":
             out = bz2.BZ2File(source, "rb")  # type: ignore[assignment]
         elif kind == "xz":
@@ -191,8 +233,8 @@ def decompressed(src: Source) -> Iterator[BinaryIO]:
             out = source
         try:
             yield out
-        except (OSError, EOFError, lzma.LZMAError) as exc:
-            if isinstance(exc, (gzip.BadGzipFile, EOFError, lzma.LZMAError)):
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+            if isinstance(exc, (gzip.BadGzipFile, EOFError, lzma.LZMAError, zlib.error)):
                 raise InvalidArgument(f"invalid {kind} stream: {exc}") from exc
             raise
         if proc is not None:

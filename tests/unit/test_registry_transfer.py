@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from engine.core.store import compression
-from engine.core.store.compression import GZIP_PIECE, GzipEncoder, incompressible
+from engine.core.store.compression import GZIP_PIECE, GzipEncoder, decompressed, incompressible
 from engine.registry.client import RegistryError
 from engine.registry.server import Settings, make_app
+from engine.sdk.errors import InvalidArgument
 from test_registry_client import Recorder, add_image, blob_middleware, client_for, serving
 
 RANDOM = random.Random(7).randbytes(3 * GZIP_PIECE + 12345)
@@ -82,6 +83,36 @@ def test_gzip_encoder_reports_a_failing_source():
 
     with GzipEncoder(Broken(), threads=2) as enc, pytest.raises(OSError, match="disk gone"):
         enc.read()
+
+
+def decode(blob: bytes, read: int = 10240) -> bytes:
+    out = []
+    with decompressed(io.BytesIO(blob)) as raw:
+        while chunk := raw.read(read):
+            out.append(chunk)
+    return b"".join(out)
+
+
+def test_gzip_decoder_reads_members_padding_and_large_outputs():
+    assert decode(encode(MIXED)) == MIXED
+    two = gzip.compress(b"first ", mtime=0) + b"\0" * 10 + gzip.compress(b"second", mtime=0)
+    assert decode(two, read=3) == b"first second"
+    bomb = gzip.compress(bytes(20 << 20), mtime=0)  # 20 MiB of zeros in ~20 kB
+    with decompressed(io.BytesIO(bomb)) as raw:
+        assert len(raw.read(1 << 20)) == 1 << 20  # decoded as asked, not all at once
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crc", "garbage"])
+def test_gzip_decoder_rejects_damaged_streams(damage):
+    blob = bytearray(encode(TEXT[:200_000]))
+    if damage == "truncated":
+        blob = blob[:len(blob) // 2]
+    elif damage == "crc":
+        blob[-8] ^= 0xFF
+    else:
+        blob += b"trailing garbage"
+    with pytest.raises(InvalidArgument, match="invalid gzip stream"):
+        decode(bytes(blob))
 
 
 def test_layers_are_compressed_once_for_every_registry(tmp_path, monkeypatch):
