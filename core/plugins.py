@@ -416,14 +416,17 @@ class PluginHost:
         if rec.error:
             raise InvalidArgument(f"plugin {name} failed to enable: {rec.error}")
 
-    async def disable(self, name: str, in_use: Callable[[str, str], str]) -> None:
-        """Disable a plugin; ``in_use(kind, driver)`` tells whether anything uses it."""
+    async def disable(self, name: str, in_use: Callable[[str, str], str],
+                      force: bool = False) -> None:
+        """Disable a plugin; ``in_use(kind, driver)`` tells whether anything uses it.
+        ``force`` stops a managed plugin even while volumes made through it exist
+        (Docker's ``disable -f``); a driver a container uses is refused always."""
         rec = self.get(name)
         name = rec.name
         if not rec.enabled:
             raise InvalidArgument(f"plugin {name} is already disabled")
         if isinstance(rec, ManagedPlugin):
-            await self._disable_managed(rec, in_use)
+            await self._disable_managed(rec, in_use, force=force)
             return
         for kind, names in rec.drivers.items():
             for drv in names:
@@ -914,9 +917,10 @@ class PluginHost:
             if p.enabled and not p.drivers:
                 await self._enable_managed(p, boot=True)
 
-    async def _managed_in_use(self, p: ManagedPlugin, in_use: Callable[[str, str], str]) -> None:
-        """Refuse while a container uses one of its drivers or a volume created
-        through its volume driver still exists."""
+    async def _managed_in_use(self, p: ManagedPlugin, in_use: Callable[[str, str], str],
+                              *, volumes: bool = True) -> None:
+        """Refuse while a container uses one of its drivers or (unless ``volumes`` is
+        false) a volume created through its volume driver still exists."""
         for kind, names in p.drivers.items():
             for drv in names:
                 user = in_use(kind, drv)
@@ -924,7 +928,7 @@ class PluginHost:
                     raise Conflict(f"plugin {p.name} is in use: {kind} driver {drv} is "
                                    f"used by {user}")
                 inst = self.drivers[kind].get(drv)
-                if kind == "volume" and inst is not None:
+                if volumes and kind == "volume" and inst is not None:
                     vols = [v.name for v in await inst.list()]
                     if vols:
                         raise Conflict(f"plugin {p.name} is in use: volume(s) "
@@ -933,8 +937,7 @@ class PluginHost:
 
     async def _disable_managed(self, p: ManagedPlugin, in_use: Callable[[str, str], str],
                                *, force: bool = False) -> None:
-        if not force:
-            await self._managed_in_use(p, in_use)
+        await self._managed_in_use(p, in_use, volumes=not force)
         await self._detach_managed(p)
         await self.runner.stop(p)
         p.enabled = False
@@ -949,7 +952,7 @@ class PluginHost:
             if not force:
                 raise Conflict(f"plugin {p.name} is enabled: disable it first, or force "
                                "the removal")
-            await self._disable_managed(p, in_use)
+            await self._disable_managed(p, in_use, force=True)
         elif p.enabled:
             await self.runner.stop(p)
         loop = asyncio.get_running_loop()

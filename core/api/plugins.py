@@ -81,7 +81,7 @@ async def enable(request: web.Request) -> web.Response:
 async def disable(request: web.Request) -> web.Response:
     s = svc(request)
     name = request.match_info["name"]
-    await s.plugins.disable(name, s.containers.driver_in_use)
+    await s.plugins.disable(name, s.containers.driver_in_use, force=qbool(request, "force"))
     s.events.emit("plugin", "disable", name, {"name": name})
     return web.Response(status=200)
 
@@ -91,8 +91,11 @@ async def privileges(request: web.Request) -> web.Response:
     return json_response(await svc(request).plugins.privileges_of(remote, _creds(request)))
 
 
-async def _progress(request: web.Request, lines: list[dict]) -> web.StreamResponse:
-    resp = await json_stream(request)
+async def _progress(request: web.Request, lines: list[dict],
+                    headers: dict[str, str] | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json", **(headers or {})})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
     for line in lines:
         await resp.write(encode(line) + b"\n")
     await resp.write_eof()
@@ -100,6 +103,8 @@ async def _progress(request: web.Request, lines: list[dict]) -> web.StreamRespon
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
+    """Docker's ``plugin install``. The plugin's name goes back in the
+    ``Docker-Plugin-Name`` header: the docker CLI enables the plugin by that name."""
     s = svc(request)
     remote = _remote(request)
     alias = request.query.get("name", "")
@@ -110,7 +115,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     for name in names:
         s.events.emit("plugin", "pull", name, {"name": name})
     return await _progress(request, [{"status": f"Installing {remote}"},
-                                     {"aux": {"Plugins": names}}])
+                                     {"aux": {"Plugins": names}}],
+                           {"Docker-Plugin-Name": names[0]} if len(names) == 1 else None)
 
 
 async def upgrade(request: web.Request) -> web.StreamResponse:

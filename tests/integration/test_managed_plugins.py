@@ -105,8 +105,9 @@ def test_managed_volume_plugin_through_the_registry(daemon, registry, managed_di
     assert listed["managed-volume:latest"]["Config"]["Interface"]["Types"] == [
         "docker.volumedriver/1.0"]
 
-    pushed = engine(d, "plugin", "push", "managed-volume").stdout
-    assert "digest: sha256:" in pushed
+    pushed = docker(d, "plugin", "push", "managed-volume").stdout
+    assert f"[{registry.host}/plugins/managed-volume]" in pushed
+    assert "latest: digest: sha256:" in pushed
     # what Docker's registry clients see: a schema 2 manifest, the plugin config type
     status, body = d.request("GET", "/plugins/privileges?remote=managed-volume")
     assert status == 200, body
@@ -125,8 +126,9 @@ def test_managed_volume_plugin_through_the_registry(daemon, registry, managed_di
     assert b"privileges granted do not match" in body
     _nothing_left(d)
 
-    out = engine(d, "plugin", "install", "--grant-all-permissions", "managed-volume").stdout
-    assert out.splitlines()[-1] == "Installed plugin managed-volume:latest"
+    # the docker CLI sends docker.io/library/managed-volume: the plugin registry stands in
+    out = docker(d, "plugin", "install", "--grant-all-permissions", "managed-volume").stdout
+    assert out.splitlines()[-1] == "Installed plugin managed-volume"
     plugin = {p["Name"]: p for p in _plugins(d)}["managed-volume:latest"]
     assert plugin["Enabled"] is True
     assert plugin["PluginReference"] == f"{registry.host}/plugins/managed-volume:latest"

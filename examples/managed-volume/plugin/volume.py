@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler
@@ -124,8 +125,13 @@ def main() -> None:
     if os.path.exists(SOCKET):
         os.unlink(SOCKET)
     server = Server(SOCKET, Handler)
+    # the plugin is its namespace's init: without a handler SIGTERM would be ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"volume plugin: serving on {SOCKET}, volumes in {ROOT}", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        os.unlink(SOCKET)
 
 
 if __name__ == "__main__":
