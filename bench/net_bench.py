@@ -101,6 +101,7 @@ CLIENT_SCRIPT = ("read t0 _ < /proc/uptime; "
 WEB_SCRIPT = ("mkdir -p /www && echo benchmark > /www/index.html && "
               "exec httpd -f -p 80 -h /www")
 HTTP_REQUEST = b"GET /index.html HTTP/1.0\r\nHost: bench\r\n\r\n"
+WARMUP_REQUESTS = 5
 
 
 # ---------------------------------------------------------------- what is measured
@@ -144,6 +145,7 @@ MEASUREMENTS: tuple[NetMeasurement, ...] = (
     NetMeasurement("port_dnat_conc", "published port via DNAT, {workers} clients", "req/s",
                    min_ratio=1.0),
     NetMeasurement("dns", "DNS A query of a container name", "s", max_value=0.001),
+    NetMeasurement("proxy_cpu", "CPU of the 127.0.0.1 proxy per request", "s"),
 )
 
 
@@ -407,7 +409,7 @@ def request_rate(host: str, port: int, count: int, workers: int) -> float:
     """Requests per second for ``count`` GETs (a new connection each) spread over
     ``workers`` threads, after a few unmeasured ones."""
     addr = (host, port)
-    for _ in range(5):
+    for _ in range(WARMUP_REQUESTS):
         http_get(addr)
     errors: list[BaseException] = []
     share = [count // workers + (i < count % workers) for i in range(workers)]
@@ -560,6 +562,7 @@ class Setup:
     bridge: str = ""
     web_pid: int = 0
     resolver: str = ""
+    proxy_pid: int = 0
 
 
 def free_port(host: str) -> int:
@@ -606,6 +609,7 @@ def set_up(target: Target, tar: Path) -> Setup:
     if not setup.resolver:
         raise BenchError(f"{target.name}: no nameserver in {WEB}'s resolv.conf")
     wait_http(("127.0.0.1", setup.lo_port))
+    setup.proxy_pid = proxy_pid(setup)
     return setup
 
 
@@ -625,25 +629,34 @@ def transfer(setup: Setup, blocks: int, attempts: int = 20) -> float:
     raise AssertionError("unreachable")
 
 
-def steps(args: argparse.Namespace, client_netns: str
-          ) -> list[tuple[str, Callable[[Setup], list[float]]]]:
-    """Each measurement as a function of a set-up target, giving its samples."""
+Step = Callable[[Setup], dict[str, list[float]]]
+
+
+def steps(args: argparse.Namespace, client_netns: str) -> list[Step]:
+    """The measurements, each a function of a set-up target giving its samples by
+    measurement id."""
     blocks = args.megabytes * MB // 65536
 
-    def rate(host: str, port_of: Callable[[Setup], int], netns: str | None,
-             workers: int) -> Callable[[Setup], list[float]]:
-        return lambda s: [in_netns(netns, request_rate, host, port_of(s), args.requests,
-                                   workers)]
+    def rate(mid: str, host: str, netns: str | None, workers: int) -> Step:
+        def step(s: Setup) -> dict[str, list[float]]:
+            port = s.dnat_port if netns else s.lo_port
+            cpu = proc.cpu_seconds(s.proxy_pid) if s.proxy_pid and not netns else None
+            out = {mid: [in_netns(netns, request_rate, host, port, args.requests, workers)]}
+            if cpu is not None:
+                after = proc.cpu_seconds(s.proxy_pid)
+                if after is not None:  # the warm-up requests count too
+                    out["proxy_cpu"] = [(after - cpu) / (args.requests + WARMUP_REQUESTS)]
+            return out
+        return step
 
     return [
-        ("throughput", lambda s: [transfer(s, blocks)]),
-        ("port_lo_seq", rate("127.0.0.1", lambda s: s.lo_port, None, 1)),
-        ("port_lo_conc", rate("127.0.0.1", lambda s: s.lo_port, None, args.workers)),
-        ("port_dnat_seq", rate(VETH_HOST_IP, lambda s: s.dnat_port, client_netns, 1)),
-        ("port_dnat_conc", rate(VETH_HOST_IP, lambda s: s.dnat_port, client_netns,
-                                args.workers)),
-        ("dns", lambda s: in_netns(f"/proc/{s.web_pid}/ns/net", dns_latencies, s.resolver,
-                                   SERVER, args.queries)),
+        lambda s: {"throughput": [transfer(s, blocks)]},
+        rate("port_lo_seq", "127.0.0.1", None, 1),
+        rate("port_lo_conc", "127.0.0.1", None, args.workers),
+        rate("port_dnat_seq", VETH_HOST_IP, client_netns, 1),
+        rate("port_dnat_conc", VETH_HOST_IP, client_netns, args.workers),
+        lambda s: {"dns": in_netns(f"/proc/{s.web_pid}/ns/net", dns_latencies, s.resolver,
+                                   SERVER, args.queries)},
     ]
 
 
@@ -651,13 +664,29 @@ def measure_round(setups: Sequence[Setup], report: NetReport, args: argparse.Nam
                   client_netns: str, loads: list[float]) -> None:
     """One repetition: each measurement on each target in turn, so that a change in
     the machine's load falls on both alike (the caller alternates the order)."""
-    for mid, fn in steps(args, client_netns):
+    for step in steps(args, client_netns):
         for setup in setups:
             loads.append(proc.load_average())
             try:
-                report.add(mid, setup.target.name, *fn(setup))
+                for mid, values in step(setup).items():
+                    report.add(mid, setup.target.name, *values)
             except (BenchError, OSError) as e:
-                log(f"{setup.target.name}: {mid} failed: {e}")
+                log(f"{setup.target.name}: a measurement failed: {e}")
+
+
+def proxy_pid(setup: Setup) -> int:
+    """The process of the userland proxy that serves ``setup.lo_port``: engined
+    itself; for Docker, the docker-proxy child of dockerd for that port (0: none)."""
+    target = setup.target
+    if target.daemon is None:
+        return 0
+    if target.name == "engine":
+        return target.daemon.pid
+    for pid in proc.children_of(target.daemon.pid):
+        argv = proc.cmdline(pid)
+        if argv[:1] and argv[0].endswith("docker-proxy") and str(setup.lo_port) in argv:
+            return pid
+    return 0
 
 
 # ---------------------------------------------------------------- clean-up
