@@ -598,15 +598,20 @@ class ManagedRunner:
             return None
         return self.store.dir(p.id) / "propagated-mount"
 
-    def _monitor(self, p: ManagedPlugin):  # type: ignore[no-untyped-def]
+    def monitor(self, p: ManagedPlugin):  # type: ignore[no-untyped-def]
+        """The handle on the plugin's monitor (a :class:`~.runtime.client.Monitor`)."""
         from .runtime import client as monitor_client
 
         return monitor_client.Monitor(str(self.state_dir(p)))
 
+    def output(self, p: ManagedPlugin) -> str:
+        """The plugin's recent output. Blocks briefly."""
+        return _read_log(self.state_dir(p))
+
     def running(self, p: ManagedPlugin) -> bool:
         """Whether the plugin's monitor (of this daemon or an earlier one) is alive."""
         sdir = self.state_dir(p)
-        return sdir.is_dir() and self._monitor(p).alive()
+        return sdir.is_dir() and self.monitor(p).alive()
 
     def _prepare(self, p: ManagedPlugin) -> dict[str, Any]:
         """Blocking half of start: directories, the propagated mount, the bundle."""
@@ -642,7 +647,7 @@ class ManagedRunner:
             await monitor_client.create(
                 container_id=p.id, bundle=str(sdir), state_dir=str(sdir),
                 log_writer=writer or None, log_context=log_ctx if writer else None)
-            m = self._monitor(p)
+            m = self.monitor(p)
             await m.start()
         except monitor_client.MonitorError as e:
             await self.stop(p)
@@ -650,14 +655,14 @@ class ManagedRunner:
         sock = self.socket_path(p)
         deadline = time.monotonic() + timeout
         while not sock.exists():
-            if not m.alive() or (await m.state()).get("status") not in (None, "running"):
-                out = await loop.run_in_executor(None, _read_log, sdir)
+            if m.read_exit() is not None or not m.alive():
+                out = await loop.run_in_executor(None, self.output, p)
                 await self.stop(p)
                 raise DriverError(f"plugin {p.name} exited before creating its socket "
                                   f"{p.config['Interface']['Socket']}"
                                   + (f": {out}" if out else " (no output)"))
             if time.monotonic() > deadline:
-                out = await loop.run_in_executor(None, _read_log, sdir)
+                out = await loop.run_in_executor(None, self.output, p)
                 await self.stop(p)
                 raise DriverError(f"plugin {p.name} did not create its socket "
                                   f"{p.config['Interface']['Socket']} within {timeout:g} s"
@@ -671,7 +676,7 @@ class ManagedRunner:
 
         sdir = self.state_dir(p)
         if sdir.is_dir():
-            m = self._monitor(p)
+            m = self.monitor(p)
             if m.alive():
                 try:
                     await m.kill(signal.SIGTERM)

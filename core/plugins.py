@@ -75,6 +75,8 @@ log = logging.getLogger("engine.plugins")
 
 GROUP = "engine.plugins"
 KINDS = ("network", "volume", "log")
+#: Failed starts in a row after which an exited managed plugin stays down.
+RESTART_ATTEMPTS = 3
 
 
 @dataclass
@@ -235,6 +237,7 @@ class PluginHost:
         self.managed_store = ManagedStore(data_root)
         self.runner = ManagedRunner(exec_root, self.managed_store, self._plugin_log_writer)
         self._dist: Any = None
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # managed plugin id -> watcher
 
     # -------------------------------------------------------------- discovery
 
@@ -352,6 +355,11 @@ class PluginHost:
             await self.start_managed()
 
     async def stop_drivers(self) -> None:
+        """At daemon stop: drivers stop; managed plugins keep running (live restore),
+        no longer watched."""
+        for task in self._watchers.values():
+            task.cancel()
+        self._watchers.clear()
         for kind in KINDS:
             for drv in self.drivers[kind].values():
                 try:
@@ -887,6 +895,9 @@ class PluginHost:
         its socket, register its drivers; record it enabled. On failure the plugin
         is stopped and the error raised (recorded only at boot)."""
         loop = asyncio.get_running_loop()
+        self._unwatch(p)
+        if p.drivers:  # enabled before, then failed: start over
+            await self._detach_managed(p)
         try:
             managed_mod.driver_kinds(p.config)
             alive = await loop.run_in_executor(None, self.runner.running, p)
@@ -906,9 +917,53 @@ class PluginHost:
             log.error("managed plugin %s failed to start: %s", p.name, e.message)
             return
         p.error = ""
+        self._watch(p)
         if not p.enabled:
             p.enabled = True
             await loop.run_in_executor(None, self.managed_store.save, p)
+
+    def _watch(self, p: ManagedPlugin) -> None:
+        self._unwatch(p)
+        self._watchers[p.id] = asyncio.create_task(self._watch_managed(p))
+
+    def _unwatch(self, p: ManagedPlugin) -> None:
+        task = self._watchers.pop(p.id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _watch_managed(self, p: ManagedPlugin) -> None:
+        """Start an enabled plugin again when its process exits, as Docker does;
+        after :data:`RESTART_ATTEMPTS` failed starts in a row it stays down with the
+        error in ``plugin ls``. Its drivers stay registered (they reach the socket
+        afresh on every call)."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            m = self.runner.monitor(p)
+            try:
+                await m.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if await loop.run_in_executor(None, m.alive):
+                    await asyncio.sleep(0.5)
+                    continue
+            if not p.enabled or self._watchers.get(p.id) is not asyncio.current_task():
+                return
+            out = await loop.run_in_executor(None, self.runner.output, p)
+            log.warning("managed plugin %s exited; starting it again%s", p.name,
+                        f" (its output: {out[-300:]})" if out else "")
+            await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+            try:
+                await self.runner.start(p)
+                failures = 0
+            except EngineError as e:
+                failures += 1
+                if failures >= RESTART_ATTEMPTS:
+                    p.error = f"exited and could not be started again: {e.message}"
+                    log.error("managed plugin %s: %s", p.name, p.error)
+                    self._watchers.pop(p.id, None)
+                    return
 
     async def start_managed(self) -> None:
         """At daemon start: the managed plugins that were enabled run again (or are
@@ -938,6 +993,7 @@ class PluginHost:
     async def _disable_managed(self, p: ManagedPlugin, in_use: Callable[[str, str], str],
                                *, force: bool = False) -> None:
         await self._managed_in_use(p, in_use, volumes=not force)
+        self._unwatch(p)
         await self._detach_managed(p)
         await self.runner.stop(p)
         p.enabled = False
@@ -954,6 +1010,8 @@ class PluginHost:
                                "the removal")
             await self._disable_managed(p, in_use, force=True)
         elif p.enabled:
+            self._unwatch(p)
+            await self._detach_managed(p)
             await self.runner.stop(p)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.managed_store.remove, p.id)

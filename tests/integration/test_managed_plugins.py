@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,17 @@ def test_enabled_managed_plugin_restarts_with_the_daemon(daemon, managed_dir):
     d.start()
     assert int(pidfile.read_text()) == pid
     assert "kept" in docker(d, "volume", "ls", "-q").stdout.split()
+    # a plugin that exits is started again by the daemon, as Docker does
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = [f.read_text() for f in Path(d.exec_root, "pm").glob("*/pid")]
+        if pids and int(pids[0]) != pid and any(Path(d.exec_root, "plugins").glob("*/*.sock")):
+            break
+        time.sleep(0.1)
+    pid = int(next(Path(d.exec_root, "pm").glob("*/pid")).read_text())
+    docker(d, "volume", "create", "-d", "mv", "again")
+    docker(d, "volume", "rm", "again")
     # a plugin that died with the machine is started again
     d.stop()
     os.kill(pid, 9)
