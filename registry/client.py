@@ -147,7 +147,21 @@ class RegistryHosts:
 
     def __init__(self, insecure: Iterable[str] = (), certs_dir: str | Path = DEFAULT_CERTS_DIR,
                  *, loopback_insecure: bool = True) -> None:
-        self.insecure = set(insecure)
+        """``insecure`` holds dockerd's ``insecure-registries`` entries: ``host[:port]``
+        names, or CIDR networks that cover registries given by IP address."""
+        self.insecure: set[str] = set()
+        self.insecure_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in insecure:
+            entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+            if "/" in entry:
+                try:
+                    self.insecure_networks.append(ipaddress.ip_network(entry, strict=False))
+                    continue
+                except ValueError:
+                    raise InvalidArgument(f"insecure registry {entry!r} is not a valid "
+                                          "CIDR network") from None
+            if entry:
+                self.insecure.add(entry)
         self.certs_dir = Path(certs_dir)
         self.loopback_insecure = loopback_insecure
         self._schemes: dict[str, str] = {}
@@ -161,19 +175,21 @@ class RegistryHosts:
         self._schemes[host] = scheme
 
     def is_insecure(self, host: str) -> bool:
-        """Plain HTTP (and unverified TLS) allowed for ``host``?"""
+        """Plain HTTP (and unverified TLS) allowed for ``host`` (``name[:port]``)?"""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]")
         if host in self.insecure:
+            return True
+        try:
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = \
+                ipaddress.ip_address(name)
+        except ValueError:
+            address = None
+        if address is not None and any(address in net for net in self.insecure_networks):
             return True
         if not self.loopback_insecure:
             return False
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        name = name.strip("[]")
-        if name == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(name).is_loopback
-        except ValueError:
-            return False
+        return name == "localhost" or (address is not None and address.is_loopback)
 
     def ssl_context(self, host: str, *, verify: bool = True) -> ssl.SSLContext:
         """System CAs plus the host's own CAs and client certificate from ``certs_dir``."""

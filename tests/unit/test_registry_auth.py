@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from types import SimpleNamespace
 
 import pytest
 from engine.registry import auth
@@ -81,6 +82,40 @@ def test_loopback_and_localhost_are_insecure_by_default(tmp_path):
     assert RegistryHosts(["10.0.0.1:5000"], tmp_path).is_insecure("10.0.0.1:5000")
     strict = RegistryHosts(certs_dir=tmp_path, loopback_insecure=False)
     assert not strict.is_insecure("127.0.0.1:5000")
+
+
+def test_insecure_registries_by_name_and_by_network(tmp_path):
+    """dockerd's ``insecure-registries`` entries: ``host:port`` names (an URL scheme is
+    tolerated) and CIDR networks matching registries given by address."""
+    hosts = RegistryHosts(["reg.example:5000", "http://mirror.example/", "10.1.0.0/16",
+                           "fd00::/8"], tmp_path, loopback_insecure=False)
+    for host in ("reg.example:5000", "mirror.example", "10.1.2.3:5000", "10.1.255.1",
+                 "[fd00::5]:5000"):
+        assert hosts.is_insecure(host), host
+    for host in ("reg.example", "reg.example:443", "10.2.0.1:5000", "[fe80::1]:5000",
+                 "127.0.0.1:5000", "mirror.example:5000"):
+        assert not hosts.is_insecure(host), host
+    with pytest.raises(InvalidArgument, match="CIDR"):
+        RegistryHosts(["10.0.0.0/33"], tmp_path)
+
+
+def test_daemon_registry_client_reads_insecure_registries_from_the_config(tmp_path):
+    """``core/api/distribution.py`` builds the daemon's client from
+    ``config.insecure_registries`` (the daemon.json key ``insecure-registries``)."""
+    from engine.core.api.distribution import registry_client
+    from engine.core.store.content import ContentStore
+    from engine.core.store.images import ImageStore
+    from engine.core.store.layers import LayerStore
+
+    content = ContentStore(tmp_path / "content")
+    services = SimpleNamespace(
+        config=SimpleNamespace(data_root=str(tmp_path), insecure_registries=["reg.lan:5000"]),
+        content=content,
+        images=ImageStore(tmp_path / "images", content, LayerStore(tmp_path / "layers", "vfs")))
+    client = registry_client(services)
+    assert client is registry_client(services)
+    assert client.hosts.is_insecure("reg.lan:5000")
+    assert not client.hosts.is_insecure("reg.lan:5001")
 
 
 INDEX = [
