@@ -266,6 +266,19 @@ def _env(env: Iterable[str], *, home: str, tty: bool, hostname: str) -> list[str
     return out
 
 
+def console_size(value) -> dict | None:
+    """OCI ``consoleSize`` from Docker's ``ConsoleSize`` ``[height, width]``: the size
+    the terminal has before the process starts (``docker run -t`` sends the client's),
+    or ``None`` when it is missing or zero."""
+    try:
+        height, width = (int(v) for v in value or ())
+    except (TypeError, ValueError):
+        return None
+    if height <= 0 or width <= 0:
+        return None
+    return {"height": height, "width": width}
+
+
 def build_spec(
     *,
     container_id: str,
@@ -316,6 +329,9 @@ def build_spec(
     }
     if hc.get("OomScoreAdj"):
         process["oomScoreAdj"] = int(hc["OomScoreAdj"])
+    size = console_size(hc.get("ConsoleSize")) if tty else None
+    if size:
+        process["consoleSize"] = size
     if not process["cwd"].startswith("/"):
         raise ValueError(f"the working directory '{cwd}' is invalid, it needs to be an "
                          "absolute path")

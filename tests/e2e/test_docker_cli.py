@@ -257,6 +257,15 @@ def test_run_tty_is_the_containers_pts(engine_daemon):
     assert code == 0 and s.buf.strip() == b"/dev/pts/0", s.buf
 
 
+def test_run_tty_has_the_clients_size_from_the_start(engine_daemon):
+    # the size travels in HostConfig.ConsoleSize: a command that runs at once sees it,
+    # before any resize the CLI sends after start
+    s = PtySession(engine_daemon.env, ["run", "-t", "--rm", "busybox", "stty", "size"],
+                   rows=33, cols=101)
+    code = s.finish()
+    assert code == 0 and s.buf.strip() == b"33 101", s.buf
+
+
 def test_exec_tty_is_named_inside_the_container(docker, engine_daemon, names):
     name = names()
     docker("run", "-d", "--name", name, "busybox", "sleep", "60", check=True)

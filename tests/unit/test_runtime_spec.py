@@ -296,3 +296,16 @@ def test_default_nofile_never_exceeds_what_can_be_set() -> None:
     n = spec.default_nofile()
     assert n == spec.DEFAULT_NOFILE or n == hard
     assert n <= spec.DEFAULT_NOFILE
+
+
+def test_console_size_from_host_config(root: Path) -> None:
+    """``docker run -t`` sends the client's size as HostConfig.ConsoleSize: the terminal
+    has it before the process starts (``stty size`` run at once sees it)."""
+    s = spec.build_spec(container_id="c1", rootfs=str(root), cgroups_path="engine/c1",
+                        args=["sh"], env=[], tty=True, host_config={"ConsoleSize": [30, 100]})
+    assert s["process"]["consoleSize"] == {"height": 30, "width": 100}
+    for hc, tty in (({"ConsoleSize": [30, 100]}, False), ({"ConsoleSize": [0, 0]}, True),
+                    ({"ConsoleSize": None}, True), ({"ConsoleSize": ["x", 1]}, True), ({}, True)):
+        s = spec.build_spec(container_id="c1", rootfs=str(root), cgroups_path="engine/c1",
+                            args=["sh"], env=[], tty=tty, host_config=hc)
+        assert "consoleSize" not in s["process"], hc
