@@ -14,14 +14,13 @@ import errno
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from engine.sdk.errors import Conflict, InvalidArgument
 
 log = logging.getLogger("engine.driver.bridge.portmap")
 
-CONNECT_TIMEOUT = 5.0        # seconds to reach the container
-PENDING_LIMIT = 256 * 1024   # bytes kept from a client until the container answers
+BUFSIZE = 65536
 UDP_IDLE = 30.0   # seconds a UDP flow lives without traffic
 
 
@@ -134,113 +133,15 @@ class _UDPFront(asyncio.DatagramProtocol):
             self.transport.close()
 
 
-class _Side(asyncio.Protocol):
-    """One side of a proxied TCP connection (the client's or the container's).
-
-    What one side receives is written straight to the other side's transport: no task,
-    stream buffer or ``await`` per chunk, which is most of the cost of a short
-    connection in Python. Flow control crosses over: when a side's send buffer fills,
-    the other side stops reading until it drains. A half-close is passed on, and the
-    connection ends when both directions have ended or either side is lost.
-    """
-
-    def __init__(self, proxy: Proxy, peer: _Side | None = None) -> None:
-        self.proxy = proxy
-        self.peer = peer
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but the same API
-        self.transport = cast(asyncio.Transport, transport)
-        self.proxy.sides.add(self)
-
-    def _peer_transport(self) -> asyncio.Transport | None:
-        return self.peer.transport if self.peer is not None else None
-
-    def data_received(self, data: bytes) -> None:
-        out = self._peer_transport()
-        if out is not None:
-            out.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        out = self._peer_transport()
-        if out is None:
-            return True  # passed on once the other side is connected
-        if self.peer is not None and self.peer.eof:
-            out.close()
-            return False  # both directions are done: close this side too
-        if out.can_write_eof():
-            out.write_eof()
-        return True  # keep the other direction open
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.proxy.sides.discard(self)
-        out = self._peer_transport()
-        if out is not None:
-            out.close()  # sends what is still buffered first
-
-    def pause_writing(self) -> None:
-        out = self._peer_transport()
-        if out is not None:
-            out.pause_reading()
-
-    def resume_writing(self) -> None:
-        out = self._peer_transport()
-        if out is not None:
-            out.resume_reading()
-
-
-class _ClientSide(_Side):
-    """The accepted side. It connects to the container (within ``CONNECT_TIMEOUT``;
-    on failure the client's connection is closed, as docker-proxy does) and keeps what
-    the client sends meanwhile (reading pauses above ``PENDING_LIMIT`` bytes)."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        super().__init__(proxy)
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self.proxy.tasks.add(task)  # the loop holds tasks weakly: keep this one alive
-        task.add_done_callback(self.proxy.tasks.discard)
-
-    def data_received(self, data: bytes) -> None:
-        if self.peer is not None:
-            super().data_received(data)
-            return
-        self.pending.append(data)
-        self.pending_size += len(data)
-        if self.pending_size > PENDING_LIMIT and self.transport is not None:
-            self.transport.pause_reading()
-
-    async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None and self.transport is not None
-        timer = loop.call_later(CONNECT_TIMEOUT, task.cancel)
-        try:
-            up, side = await loop.create_connection(lambda: _Side(self.proxy, self),
-                                                    *self.proxy.target)
-        except (OSError, asyncio.CancelledError):
-            self.transport.close()
-            return
-        finally:
-            timer.cancel()
-        if self.transport.is_closing():  # the client left meanwhile
-            up.close()
-            return
-        if self.pending:
-            up.write(b"".join(self.pending))
-            self.pending.clear()
-        self.peer = side  # from now on, what the client sends goes straight through
-        if self.eof:
-            up.write_eof()
-        elif self.pending_size > PENDING_LIMIT:
-            self.transport.resume_reading()
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(BUFSIZE):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, OSError):
+        writer.close()
 
 
 @dataclass
@@ -252,17 +153,34 @@ class Proxy:
     target: tuple[str, int]
     sock: socket.socket
     server: Any = None
-    tasks: set = field(default_factory=set)    # connects in progress
-    sides: set = field(default_factory=set)    # open connections' sides (TCP)
+    tasks: set = field(default_factory=set)
 
     async def serve(self) -> None:
         """Start accepting (TCP) or receiving (UDP) on the already bound socket."""
         loop = asyncio.get_running_loop()
         if self.binding.proto == "tcp":
-            self.server = await loop.create_server(lambda: _ClientSide(self), sock=self.sock)
+            self.server = await asyncio.start_server(self._handle, sock=self.sock)
         else:
             _, self.server = await loop.create_datagram_endpoint(
                 lambda: _UDPFront(self.target), sock=self.sock)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self.tasks.add(task)
+        try:
+            try:
+                up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*self.target), 5)
+            except (OSError, asyncio.TimeoutError):
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+            for w in (writer, up_w):
+                w.close()
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+        finally:
+            self.tasks.discard(task)
 
     async def close(self) -> None:
         if self.server is None:
@@ -272,9 +190,6 @@ class Proxy:
             self.server.close()
             for t in list(self.tasks):
                 t.cancel()
-            for side in list(self.sides):
-                if side.transport is not None:
-                    side.transport.abort()
             try:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
             except asyncio.TimeoutError:  # pragma: no cover - a stuck client
