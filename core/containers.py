@@ -479,14 +479,12 @@ class ContainerService:
                 drv = self.plugins.volume(mp["Driver"])
                 try:
                     info = await drv.get(mp["Name"])
-                    created = False
                 except NotFound:
                     info = await drv.create(mp["Name"], mp.pop("_opts", {}) or {}, {})
-                    created = True
                     self.events.emit("volume", "create", mp["Name"], {"driver": drv.name})
                 mp.pop("_opts", None)
                 mp["Source"] = info.mountpoint
-                mp["_fresh"] = created
+                mp["_copy"] = True  # the image's files go into it if it is empty (first start)
         return out
 
     async def _volume_driver_of(self, name: str, requested: str) -> str:
@@ -705,10 +703,12 @@ class ContainerService:
             name = mp["Source"] if typ == "bind" else mp["Name"]
             if typ == "bind" and mp.get("_create") and not os.path.exists(name):
                 await drv.create(name, {"create_host_path": "true"}, {})
+            if (typ == "volume" and (mp.pop("_copy", False) or mp.pop("_fresh", False))
+                    and not mp.get("_nocopy")
+                    and await self.run(_image_has_dir, rootfs, mp["Destination"])):
+                await self._seed_volume(drv, name, c.id, rootfs, mp["Destination"])
             src = await drv.mount(name, c.id)
             undo.push_async_callback(drv.unmount, name, c.id)
-            if typ == "volume" and mp.pop("_fresh", False) and not mp.get("_nocopy"):
-                await self.run(_copy_up, rootfs, mp["Destination"], src)
             mp["Source"] = src
             opts = ["rbind", "ro" if not mp.get("RW", True) else "rw"]
             prop = mp.get("Propagation")
@@ -717,6 +717,18 @@ class ContainerService:
             oci.append({"destination": mp["Destination"], "type": "bind", "source": src,
                         "options": opts})
         return oci
+
+    async def _seed_volume(self, drv, name: str, cid: str, rootfs: str, dest: str) -> None:
+        """Copy what the image has at ``dest`` into volume ``name`` if it is empty, as
+        Docker does: under a mount of its own, released at once (so a tmpfs volume,
+        mounted again for the container, starts empty, and a bind or disk volume
+        keeps the files)."""
+        seed_id = f"{cid}-copy"
+        src = await drv.mount(name, seed_id)
+        try:
+            await self.run(_copy_up, rootfs, dest, src)
+        finally:
+            await drv.unmount(name, seed_id)
 
     def _write_etc_files(self, c: Container, host_net: bool) -> list[dict]:
         d = self.dir(c.id)
@@ -1583,6 +1595,16 @@ def _resolv_conf(hc: dict, host_net: bool, embedded: list[str] = ()) -> str:
     if hc.get("DnsOptions"):
         opts = ["options " + " ".join(hc["DnsOptions"])]
     return "".join(f"nameserver {n}\n" for n in ns) + "".join(s + "\n" for s in search + opts)
+
+
+def _image_has_dir(rootfs: str, dest: str) -> bool:
+    """Whether the image has a directory at ``dest`` (resolved inside ``rootfs``)."""
+    from .runtime.rootfs import secure_join
+
+    try:
+        return os.path.isdir(secure_join(rootfs, dest))
+    except (OSError, ValueError):
+        return False
 
 
 def _copy_up(rootfs: str, dest: str, volume_dir: str) -> None:

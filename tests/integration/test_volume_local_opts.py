@@ -184,13 +184,9 @@ def test_a_restarted_daemon_still_unmounts_after_the_last_user(daemon):
 # is empty, at container create, through a mount of its own that it lets go at once
 # (moby's populateVolumes). So a tmpfs volume never shows the image's files: they were
 # copied into a tmpfs that was unmounted again (moby issue 27068); a bind or ext4
-# volume keeps them. The core copies into a volume only when the container created it,
-# at start, under the container's own mount: these two need that changed.
-CORE_COPY = pytest.mark.xfail(strict=True, reason="the core copies image data under the "
-                              "container's own mount, and only into volumes it created")
+# volume keeps them.
 
 
-@CORE_COPY
 def test_image_data_is_not_seen_in_a_tmpfs_volume(daemon):
     out = ok(daemon, "run", "--rm", "--mount", "type=volume,src=cv,dst=/etc,"
              "volume-opt=type=tmpfs,volume-opt=device=tmpfs", "busybox", "ls", "/etc")
@@ -198,7 +194,6 @@ def test_image_data_is_not_seen_in_a_tmpfs_volume(daemon):
     assert "passwd" not in out.split()
 
 
-@CORE_COPY
 def test_image_data_is_copied_into_an_empty_bind_volume(daemon, tmp_path):
     host = tmp_path / "seed"
     host.mkdir()
