@@ -37,9 +37,9 @@ import queue
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import yarl
@@ -515,6 +515,60 @@ class _Spool:
                 f.close()
 
 
+class _Pipe:
+    """Pieces of a blob from a worker thread to the event loop, at most ``depth`` in
+    flight. The thread calls :meth:`put` then :meth:`end` or :meth:`fail`; the loop
+    :meth:`get` s them (None at the end) and :meth:`close` s the pipe when it stops
+    reading, which makes a blocked :meth:`put` raise."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = _SPOOL_CHUNKS) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[bytes | Exception | None] = asyncio.Queue()
+        self._slots = threading.Semaphore(depth)
+        self._closed = False
+
+    # worker thread side
+
+    def put(self, chunk: bytes) -> None:
+        while not self._slots.acquire(timeout=0.2):
+            if self._closed:
+                raise RegistryError("upload stopped")
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+
+    def end(self) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    def fail(self, exc: Exception) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, exc)
+
+    # event loop side
+
+    async def get(self) -> bytes | None:
+        item = await self._queue.get()
+        if isinstance(item, Exception):
+            raise item
+        if item is not None:
+            self._slots.release()
+        return item
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class _Tee:
+    """A readable stream that hands what it returns to a :class:`_Pipe` as well."""
+
+    def __init__(self, source: BinaryIO, pipe: _Pipe) -> None:
+        self._source = source
+        self._pipe = pipe
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        if data:
+            self._pipe.put(data)
+        return data
+
+
 class _Resolved:
     """A manifest fetched and verified: where it came from and what it lists."""
 
@@ -872,11 +926,13 @@ class RegistryClient:
         creds = await self._run(self._creds, r.domain, creds)
         config_bytes = await self._run(self.images.config_bytes, img)
         await self._run(self.prune_compressed)
-        # layers stored uncompressed are compressed side by side (zlib releases the GIL)
-        blobs = list(await asyncio.gather(*(self._run(self._push_blob_of, layer.digest)
-                                            for layer in img.layers)))
-        oci = any(mt == spec.MT_OCI_LAYER_ZSTD for _, _, mt in blobs)
-        sources = await self._run(self._mount_sources, [d for d, _, _ in blobs], host,
+        # blobs known already (compressed layers, or compressed by an earlier push); the
+        # others are compressed while they upload
+        known = await asyncio.gather(*(self._run(self._known_blob, layer.digest)
+                                       for layer in img.layers))
+        blobs: list[tuple[str, int, str] | None] = list(known)
+        oci = any(b is not None and b[2] == spec.MT_OCI_LAYER_ZSTD for b in blobs)
+        sources = await self._run(self._mount_sources, [b[0] for b in blobs if b], host,
                                   f"{host}/{r.path}")
         scopes = [f"repository:{r.path}:pull,push"]
         for repos in sources.values():
@@ -888,28 +944,36 @@ class RegistryClient:
         async with self._session() as http:
             conn = _Conn(http, self.hosts, host, creds, scopes)
             await conn.request("GET", "/v2/")  # authenticate before any upload
-            for d, _, _ in reversed(blobs):
-                await progress({"status": "Preparing", "progressDetail": {}, "id": _short(d)})
+            # ids are the layers' diff ids, as docker shows them (known before compressing)
+            for layer in reversed(img.layers):
+                await progress({"status": "Preparing", "progressDetail": {},
+                                "id": _short(layer.diff_id)})
             sem = asyncio.Semaphore(self._concurrency)
 
-            async def one(digest: str, size: int) -> None:
+            async def one(i: int) -> None:
+                layer, blob = img.layers[i], blobs[i]
+                ident = _short(layer.diff_id)
                 async with sem:
-                    await self._upload(conn, r.path, digest, size, sources[digest], progress,
-                                       show=True)
+                    if blob is None:
+                        blobs[i] = await self._upload_compressing(conn, r.path, layer.digest,
+                                                                  ident, progress)
+                    else:
+                        await self._upload(conn, r.path, blob[0], blob[1], sources[blob[0]],
+                                           progress, ident=ident)
 
-            await asyncio.gather(*(one(d, s) for d, s, _ in blobs))
+            await asyncio.gather(*(one(i) for i in range(len(blobs))))
+            pushed = [b for b in blobs if b is not None]
             config_digest = spec.sha256(config_bytes)
             if not self.content.has(config_digest):
                 await self._run(self.content.write, config_bytes)
-            await self._upload(conn, r.path, config_digest, len(config_bytes), [], progress,
-                               show=False)
+            await self._upload(conn, r.path, config_digest, len(config_bytes), [], progress)
             media_type = spec.MT_OCI_MANIFEST if oci else spec.MT_DOCKER_MANIFEST
             manifest = {
                 "schemaVersion": 2,
                 "mediaType": media_type,
                 "config": {"mediaType": spec.MT_OCI_CONFIG if oci else spec.MT_DOCKER_CONFIG,
                            "size": len(config_bytes), "digest": config_digest},
-                "layers": [{"mediaType": mt, "size": s, "digest": d} for d, s, mt in blobs],
+                "layers": [{"mediaType": mt, "size": s, "digest": d} for d, s, mt in pushed],
             }
             body = json.dumps(manifest, indent=3).encode()
             digest = spec.sha256(body)
@@ -921,7 +985,7 @@ class RegistryClient:
             if returned and returned != digest:
                 raise RegistryError(f"registry stored the manifest as {returned}, not {digest}")
         await self._run(self.images.add_digest, img.id, r.name, digest)
-        await self._run(self.state.add_sources, [d for d, _, _ in blobs], f"{host}/{r.path}")
+        await self._run(self.state.add_sources, [d for d, _, _ in pushed], f"{host}/{r.path}")
         await progress({"status": f"{r.tag}: digest: {digest} size: {len(body)}"})
         await progress({"progressDetail": {},
                         "aux": {"Tag": r.tag, "Digest": digest, "Size": len(body)}})
@@ -949,13 +1013,10 @@ class RegistryClient:
         self.state.forget_compressed(stale)
         return sorted(removed)
 
-    def _push_blob_of(self, digest: str) -> tuple[str, int, str]:
-        """``(blob digest, size, media type)`` to push for a stored layer blob.
-
-        Compressed blobs go as they are. An uncompressed one is gzip-compressed once; the
-        compressed blob stays in the content store and the mapping is recorded, so later
-        pushes send the same digest.
-        """
+    def _known_blob(self, digest: str) -> tuple[str, int, str] | None:
+        """``(blob digest, size, media type)`` to push for a stored layer blob, or None
+        when it is stored uncompressed and was never compressed (or the compressed blob
+        is gone): then :meth:`_upload_compressing` makes it."""
         with self.content.open(digest) as f:
             kind = detect(f.read(8))
         if kind == "gzip":
@@ -968,17 +1029,82 @@ class RegistryClient:
         gz = self.state.compressed(digest)
         if gz is not None and self.content.has(gz):
             return gz, self.content.size(gz), spec.MT_DOCKER_LAYER_GZIP
-        with self.content.open(digest) as src, GzipEncoder(src, level=self.gzip_level) as out:
-            gz, size = self.content.ingest(out)
+        return None
+
+    def _push_blob_of(self, digest: str) -> tuple[str, int, str]:
+        """Like :meth:`_known_blob`, compressing (and keeping) the blob when needed."""
+        known = self._known_blob(digest)
+        return known if known is not None else self._compress(digest, None)
+
+    def _compress(self, digest: str, pipe: _Pipe | None) -> tuple[str, int, str]:
+        """gzip a stored layer blob into the content store, handing each piece to
+        ``pipe`` as well when given; record the mapping so later pushes (to any
+        registry) send the same blob without compressing again."""
+        try:
+            with self.content.open(digest) as src, \
+                    GzipEncoder(src, level=self.gzip_level) as enc:
+                gz, size = self.content.ingest(enc if pipe is None else _Tee(enc, pipe))
+        except BaseException as exc:
+            if pipe is not None:
+                pipe.fail(exc if isinstance(exc, Exception) else RegistryError("cancelled"))
+            raise
+        if pipe is not None:
+            pipe.end()
         self.state.set_compressed(digest, gz)
         return gz, size, spec.MT_DOCKER_LAYER_GZIP
 
+    async def _upload_compressing(self, conn: _Conn, path: str, digest: str, ident: str,
+                                  progress: Progress) -> tuple[str, int, str]:
+        """Compress a layer and upload the pieces as they come (one streamed ``PATCH``),
+        then close the upload with the digest the content store computed."""
+        total = await self._run(self.content.size, digest)
+        resp = await conn.request("POST", f"/v2/{path}/blobs/uploads/", ok=(202,))
+        resp.release()
+        location = resp.headers.get("Location")
+        if not location:
+            raise RegistryError("registry started an upload without a Location")
+        pipe = _Pipe(asyncio.get_running_loop())
+        job = asyncio.ensure_future(self._run(self._compress, digest, pipe))
+
+        async def body() -> AsyncIterator[bytes]:
+            sent, last = 0, 0.0
+            while (chunk := await pipe.get()) is not None:
+                yield chunk
+                sent += len(chunk)
+                now = time.monotonic()
+                if now - last > 0.2:
+                    last = now
+                    await progress({"status": "Pushing", "id": ident,
+                                    "progressDetail": {"current": sent, "total": total},
+                                    "progress": _bar(sent, total)})
+
+        await progress({"status": "Pushing", "progressDetail": {"current": 0, "total": total},
+                        "id": ident})
+        try:
+            resp = await conn.request("PATCH", conn.url(location), data=body(),
+                                      headers={"Content-Type": "application/octet-stream"},
+                                      ok=(202, 204))
+            resp.release()
+        except BaseException:
+            pipe.close()
+            await asyncio.gather(job, return_exceptions=True)
+            raise
+        gz, size, media_type = await job
+        url = conn.url(resp.headers.get("Location") or location)
+        resp = await conn.request("PUT", url.update_query({"digest": gz}), data=b"",
+                                  headers={"Content-Type": "application/octet-stream"},
+                                  ok=(201, 204))
+        resp.release()
+        await progress({"status": "Pushed", "progressDetail": {}, "id": ident})
+        return gz, size, media_type
+
     async def _upload(self, conn: _Conn, path: str, digest: str, size: int,
-                      mount_from: list[str], progress: Progress, *, show: bool) -> None:
-        ident = _short(digest)
+                      mount_from: list[str], progress: Progress, *, ident: str = "") -> None:
+        """Upload a stored blob unless the registry has it or can mount it; progress
+        messages under ``ident`` (none without)."""
 
         async def say(status: str, **extra: Any) -> None:
-            if show:
+            if ident:
                 await progress({"status": status, "progressDetail": {}, "id": ident, **extra})
 
         resp = await conn.request("HEAD", f"/v2/{path}/blobs/{digest}", ok=(200, 404))

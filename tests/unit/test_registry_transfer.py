@@ -15,6 +15,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from aiohttp import web
 from engine.core.store import compression
 from engine.core.store.compression import GZIP_PIECE, GzipEncoder, decompressed, incompressible
 from engine.registry.client import RegistryError
@@ -139,6 +140,102 @@ def test_layers_are_compressed_once_for_every_registry(tmp_path, monkeypatch):
             d2 = await a.push(f"{r2}/team/app:v1")
             assert d1 == d2
             assert len(encoded) == 2
+
+    asyncio.run(go())
+
+
+def test_first_push_streams_the_layer_while_compressing_it(tmp_path):
+    """An uncompressed layer never pushed goes up as one streamed PATCH (chunked, no
+    Content-Range) while it is compressed, then a PUT with the digest; the compressed
+    blob the registry got is the one the content store kept."""
+    a = client_for(tmp_path / "a")
+    seen: list[tuple[str, str, str]] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        if "/blobs/uploads/" in request.path:
+            seen.append((request.method, request.headers.get("Transfer-Encoding", ""),
+                         request.headers.get("Content-Range", "")))
+        return await handler(request)
+
+    settings = Settings(tmp_path / "reg")
+    app = make_app(settings)
+    app.middlewares.append(record)
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            image_id = add_image(a.images, f"{reg}/app:v1", sizes=(3 * GZIP_PIECE,))
+            progress = Recorder()
+            await a.push(f"{reg}/app:v1", progress=progress)
+            layer = a.images.get(image_id).layers[0]
+            gz = json.loads((a.state.dir / "compressed.json").read_text())[layer.digest]
+            assert settings.storage.blob_path(gz).read_bytes() == a.content.read(gz)
+            layer_requests = seen[:3]
+            assert [m for m, _, _ in layer_requests] == ["POST", "PATCH", "PUT"]
+            assert layer_requests[1][1:] == ("chunked", "")
+            ident = layer.diff_id[7:19]
+            statuses = [m["status"] for m in progress.messages if m.get("id") == ident]
+            assert statuses[0] == "Preparing" and statuses[-1] == "Pushed"
+            assert "Pushing" in statuses
+
+    asyncio.run(go())
+
+
+def test_failed_streamed_upload_stores_nothing_half_done(tmp_path):
+    """The registry refuses the streamed PATCH: the push fails instead of waiting on
+    the compression thread, which stops or finishes a whole, verified blob."""
+    a = client_for(tmp_path / "a")
+
+    @web.middleware
+    async def refuse(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "PATCH":
+            await request.content.read(100_000)
+            return web.json_response({"errors": [{"code": "DENIED", "message": "no"}]},
+                                     status=403)
+        return await handler(request)
+
+    app = make_app(Settings(tmp_path / "reg"))
+    app.middlewares.append(refuse)
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(4 * GZIP_PIECE,))
+            with pytest.raises(Exception, match="denied|no"):
+                await asyncio.wait_for(a.push(f"{reg}/app:v1"), 30)
+            # whatever compression finished is whole and verified; nothing else is left
+            for raw, gz in a.state.compressed_all().items():
+                assert gzip.decompress(a.content.read(gz)) == a.content.read(raw)
+            assert list(a.content.tmp_dir.iterdir()) == []
+
+    asyncio.run(go())
+
+
+def test_pipe_producer_stops_when_the_reader_goes_away():
+    """The compression thread blocked on a full pipe is released with an error once
+    the uploader closes it (a refused upload must not leave a thread waiting)."""
+    import threading
+
+    from engine.registry.client import _Pipe
+
+    async def go() -> None:
+        pipe = _Pipe(asyncio.get_running_loop(), depth=2)
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                for _ in range(10):
+                    pipe.put(b"x")
+            except RegistryError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=produce)
+        worker.start()
+        assert await pipe.get() == b"x"
+        await asyncio.sleep(0.1)
+        pipe.close()
+        await asyncio.get_running_loop().run_in_executor(None, worker.join, 5)
+        assert not worker.is_alive()
+        assert errors and "stopped" in str(errors[0])
 
     asyncio.run(go())
 
