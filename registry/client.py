@@ -859,7 +859,12 @@ class RegistryClient:
                 partial.unlink(missing_ok=True)
                 raise RegistryError(f"download of {digest}: asked for bytes from {have}, "
                                     f"got {resp.headers.get('Content-Range')!r}")
-        spool = await self._run(_Spool, partial, have)
+        try:
+            spool = await self._run(_Spool, partial, have)
+        except BaseException:
+            if resp is not None:
+                resp.release()
+            raise
         stored = asyncio.ensure_future(self._run(self._ingest, spool, digest, size))
         try:
             if resp is not None:
