@@ -112,13 +112,16 @@ class NetMeasurement:
     """One row of the table. ``unit`` is that of the samples (``s`` for latencies,
     shown in ms). The goal is either a floor on the ratio engine/docker
     (``min_ratio``, for rates: higher is better) or a ceiling on engine's median
-    (``max_value``, for latencies)."""
+    (``max_value``, for latencies). ``paired``: the targets' samples are taken in
+    step, one after the other, so the i-th of one pairs with the i-th of the other
+    (not so for the DNS queries, a thousand per step)."""
 
     id: str
     title: str
     unit: Literal["MB/s", "req/s", "s"]
     min_ratio: float | None = None
     max_value: float | None = None
+    paired: bool = True
 
     @property
     def higher_is_better(self) -> bool:
@@ -144,7 +147,8 @@ MEASUREMENTS: tuple[NetMeasurement, ...] = (
                    "req/s", min_ratio=1.0),
     NetMeasurement("port_dnat_conc", "published port via DNAT, {workers} clients", "req/s",
                    min_ratio=1.0),
-    NetMeasurement("dns", "DNS A query of a container name", "s", max_value=0.001),
+    NetMeasurement("dns", "DNS A query of a container name", "s", max_value=0.001,
+                   paired=False),
     NetMeasurement("proxy_cpu", "CPU of the 127.0.0.1 proxy per request", "s"),
 )
 
@@ -190,6 +194,16 @@ class NetReport:
             return None, None
         return median(values), percentile(values, 10 if m.higher_is_better else 90)
 
+    def paired_ratio(self, m: NetMeasurement, other: str) -> float | None:
+        """The median of the ratios engine/``other`` of samples taken in step: less
+        moved by a machine whose load drifts during the run than the ratio of the
+        medians. None when the samples do not pair."""
+        own = self.samples[m.id][self.targets[0]].values
+        theirs = self.samples[m.id][other].values
+        if not m.paired or not own or len(own) != len(theirs) or 0 in theirs:
+            return None
+        return median([a / b for a, b in zip(own, theirs)])
+
     def goal_met(self, m: NetMeasurement) -> bool | None:
         """Whether engine meets the measurement's goal; None when it cannot be told."""
         first, *others = self.targets
@@ -207,7 +221,8 @@ class NetReport:
         """The report as a Markdown table in the style of ``bench/run.py``."""
         first, others = self.targets[0], self.targets[1:]
         header = (["measurement", "goal"] + [f"{t} med / p90" for t in self.targets]
-                  + [f"{first}/{t}" for t in others] + ["goal met"])
+                  + [f"{first}/{t}" for t in others]
+                  + [f"paired {first}/{t}" for t in others] + ["goal met"])
         rows = []
         for m in self.measurements:
             row = [self.title(m), m.goal_text]
@@ -217,11 +232,14 @@ class NetReport:
                            if med is not None else self.samples[m.id][t].missing or "-")
             own = self.summary(m, first)[0]
             row += [format_ratio(ratio(own, self.summary(m, t)[0])) for t in others]
+            row += [format_ratio(self.paired_ratio(m, t)) for t in others]
             met = self.goal_met(m)
             row.append("-" if met is None else ("yes" if met else "NO"))
             rows.append(row)
         return (markdown_table(header, rows) + "\n\np90: the 90th percentile of a latency; "
-                "for a rate the 10th (nine samples in ten are at least that fast)")
+                "for a rate the 10th (nine samples in ten are at least that fast). "
+                f"{first}/{others[0] if others else '...'}: the ratio of the medians (the "
+                "goal's); paired: the median of the ratios of samples taken in step")
 
     def to_json(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Every sample with its summary, as a JSON-able dict."""
@@ -238,6 +256,7 @@ class NetReport:
             for t in others:
                 entry[f"ratio_{first}_{t}"] = ratio(self.summary(m, first)[0],
                                                     self.summary(m, t)[0])
+                entry[f"paired_ratio_{first}_{t}"] = self.paired_ratio(m, t)
             entry["goal_met"] = self.goal_met(m)
             out["measurements"][m.id] = entry
         return out

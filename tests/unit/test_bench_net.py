@@ -162,6 +162,11 @@ def test_report_summaries_goals_table_and_json():
     assert report.goal_met(conc) is None                     # no samples
     assert report.goal_met(dns_m) is True                    # 0.2 ms <= 1 ms
 
+    assert report.paired_ratio(tp, "docker") == pytest.approx(1.0)   # 0.9, 1.0, 1.1
+    assert report.paired_ratio(seq, "docker") == pytest.approx(0.8)
+    assert report.paired_ratio(conc, "docker") is None
+    assert report.paired_ratio(dns_m, "docker") is None                # not paired
+
     table = report.format_table()
     assert "published 127.0.0.1 port, 3 clients" in table
     assert "| 1.00×" in table and "| 0.80×" in table
@@ -173,6 +178,7 @@ def test_report_summaries_goals_table_and_json():
     assert data["meta"] == {"repeat": 3}
     entry = data["measurements"]["port_lo_seq"]
     assert entry["ratio_engine_docker"] == pytest.approx(0.8)
+    assert entry["paired_ratio_engine_docker"] == pytest.approx(0.8)
     assert entry["goal_met"] is False
     assert entry["results"]["docker"]["samples"] == [1000.0]
     assert data["measurements"]["dns"]["results"]["docker"]["missing"] == "setup failed"
