@@ -136,24 +136,36 @@ def skopeo(*args: str, timeout: float = 600) -> float:
     return time.perf_counter() - started
 
 
-def measure_serve(kind: str, base: Path, venv_bin: Path, archive: Path,
-                  repeat: int) -> list[float]:
-    """Seconds of each ``skopeo copy`` of the image out of registry ``kind``."""
-    registry, port = start_registry(kind, base / f"serve-{kind}", venv_bin)
-    samples = []
+def measure_serve(base: Path, venv_bin: Path, archive: Path,
+                  repeat: int) -> dict[str, list[float]]:
+    """Seconds of each ``skopeo copy`` of the image out of each registry, both running,
+    taking turns."""
+    registries: dict[str, tuple[subprocess.Popen, str]] = {}
+    samples: dict[str, list[float]] = {}
     try:
-        image = f"127.0.0.1:{port}/bench/img:v1"
-        skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{archive}",
-               f"docker://{image}")
+        for kind in ("engine", "reference"):
+            try:
+                proc, port = start_registry(kind, base / f"serve-{kind}", venv_bin)
+            except BenchError as e:
+                print(f"{kind} registry: {e}", file=sys.stderr)
+                continue
+            image = f"127.0.0.1:{port}/bench/img:v1"
+            registries[kind] = (proc, image)
+            skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{archive}",
+                   f"docker://{image}")
+            samples[kind] = []
         for rep in range(repeat):
-            dest = base / f"serve-{kind}-copy{rep}"
-            samples.append(skopeo("copy", "--src-tls-verify=false", f"docker://{image}",
-                                  f"dir:{dest}"))
-            shutil.rmtree(dest, ignore_errors=True)
-            print(f"{kind} registry #{rep + 1}: skopeo pull {samples[-1]:.2f} s", flush=True)
+            for kind, (_, image) in registries.items():
+                dest = base / f"serve-{kind}-copy{rep}"
+                samples[kind].append(skopeo("copy", "--src-tls-verify=false",
+                                            f"docker://{image}", f"dir:{dest}"))
+                shutil.rmtree(dest, ignore_errors=True)
+                print(f"{kind} registry #{rep + 1}: skopeo pull {samples[kind][-1]:.2f} s",
+                      flush=True)
     finally:
-        registry.terminate()
-        registry.wait(10)
+        for proc, _ in registries.values():
+            proc.terminate()
+            proc.wait(10)
     return samples
 
 
@@ -167,7 +179,10 @@ def report_serve(samples: dict[str, list[float]]) -> None:
         label = "engine serve" if kind == "engine" else "docker-registry"
         print(f"{label:<16} {median:>9.2f} {size_mb / median:>7.1f}")
     if len(medians) == 2:
-        print(f"docker-registry / engine serve: {medians['reference'] / medians['engine']:.2f}x")
+        paired = [r / e for e, r in zip(samples["engine"], samples["reference"], strict=False)]
+        print(f"docker-registry / engine serve: {medians['reference'] / medians['engine']:.2f}x "
+              f"(ratio of medians), {statistics.median(paired):.2f}x (median of the "
+              f"{len(paired)} paired ratios)")
 
 
 def docker(target: Target, *args: str, timeout: float = 600) -> float:
@@ -230,29 +245,33 @@ def main(argv: list[str] | None = None) -> int:
         archive = image_archive(base / "image.tar", "bench:v1")
         if not args.serve_only:
             registry, port = start_registry(args.registry, base / "registry", args.venv_bin)
+            names = []
             for name in filter(None, args.only.split(",")):
                 missing = make_target(name, base / "probe", args.venv_bin).missing()
                 if missing:
                     print(f"{name}: {missing}")
-                    continue
-                samples = results.setdefault(name, {"push": [], "pull": []})
-                for rep in range(args.repeat):
+                else:
+                    names.append(name)
+                    results[name] = {"push": [], "pull": []}
+            # the engines take turns, so that a change of the machine's load over the run
+            # weighs on both alike (and each repetition gives a pair of samples)
+            for rep in range(args.repeat):
+                for name in list(names):
                     try:
                         push, pull = measure(name, base, args.venv_bin, archive, port, rep)
                     except BenchError as e:
                         print(f"{name}: {e}", file=sys.stderr)
-                        break
-                    samples["push"].append(push)
-                    samples["pull"].append(pull)
+                        names.remove(name)
+                        continue
+                    results[name]["push"].append(push)
+                    results[name]["pull"].append(pull)
                     print(f"{name} #{rep + 1}: push {push:.2f} s, pull {pull:.2f} s",
                           flush=True)
         if not args.no_serve:
-            for kind in ("engine", "reference"):
-                try:
-                    served[kind] = measure_serve(kind, base, args.venv_bin, archive,
-                                                 args.repeat)
-                except BenchError as e:
-                    print(f"{kind} registry: {e}", file=sys.stderr)
+            try:
+                served = measure_serve(base, args.venv_bin, archive, args.repeat)
+            except BenchError as e:
+                print(f"serving: {e}", file=sys.stderr)
     finally:
         if registry is not None:
             registry.terminate()
@@ -275,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         push, pull = statistics.median(s["push"]), statistics.median(s["pull"])
         print(f"{name:<8} {push:>16.2f} {pull:>16.2f} {size_mb / push:>10.1f} "
               f"{size_mb / pull:>10.1f}")
+    if results.get("engine", {}).get("push") and results.get("docker", {}).get("push"):
+        for op in ("push", "pull"):
+            e, d = results["engine"][op], results["docker"][op]
+            paired = [dv / ev for ev, dv in zip(e, d, strict=False)]
+            print(f"docker / engine, {op}: {statistics.median(d) / statistics.median(e):.2f}x "
+                  f"(ratio of medians), {statistics.median(paired):.2f}x (median of the "
+                  f"{len(paired)} paired ratios)")
     if args.json:
         args.json.write_text(json.dumps({"registry": args.registry, "bytes":
                                          LAYERS * LAYER_BYTES, "samples": results,
