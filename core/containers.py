@@ -115,6 +115,12 @@ class Runtime:
         self.watch_task: asyncio.Task | None = None
         self.restart_task: asyncio.Task | None = None
         self.monitor: monitor_client.Monitor | None = None
+        # the record's writes: one at a time, and a write covers every change made
+        # before it began (see ContainerService.save)
+        self.save_lock = asyncio.Lock()
+        self.changes = 0        # changes asked to be saved
+        self.saved = 0          # changes on disk
+        self.gone = False       # removed: nothing is written any more
 
 
 class ContainerService:
@@ -169,8 +175,26 @@ class ContainerService:
     def exec_state_dir(self, eid: str) -> Path:
         return self.exec_root / "x" / eid[:16]
 
-    def save(self, c: Container) -> None:
-        atomic_write(self.dir(c.id) / "config.json", _ENC.encode(c))
+    async def save(self, c: Container) -> None:
+        """Write the container's record durably (temp file, fsync, rename), off the
+        event loop: fifty containers starting at once do not queue behind each
+        other's fsyncs. A container's writes run one at a time, each encoding the
+        record when its turn comes, so the file never goes back to an older state and
+        a save that finds its change already written by a later one returns at once."""
+        rt = self.runtime(c)
+        rt.changes += 1
+        mine = rt.changes
+        async with rt.save_lock:
+            if rt.saved >= mine or rt.gone:
+                return  # written by a later save, or the container is gone
+            upto, data = rt.changes, _ENC.encode(c)
+            try:
+                await self.run(atomic_write, self.dir(c.id) / "config.json", data)
+            except FileNotFoundError:
+                if self.dir(c.id).exists():
+                    raise
+                return  # removed meanwhile
+            rt.saved = upto
 
     def set_status(self, c: Container, status: str) -> None:
         if status != c.state.status and status not in TRANSITIONS.get(c.state.status, ()):
@@ -360,7 +384,7 @@ class ContainerService:
             top = image.layers[-1].chain_id if image.layers else None
             await self.run(self.layers.create_rw, cid, top)
             c.mounts = await self._plan_mounts(c, img_cfg)
-            self.save(c)
+            await self.save(c)
         except BaseException:
             self.names.pop(name, None)
             try:
@@ -589,7 +613,7 @@ class ContainerService:
                 code = getattr(e, "exit_code", 0)
                 if code:
                     c.state.exit_code = code
-                self.save(c)
+                await self.save(c)
                 if c.host_config.get("AutoRemove"):
                     # nothing ran; the CLI's wait(condition=removed) must still return
                     await self._finish_remove_after_failed_start(c)
@@ -609,10 +633,8 @@ class ContainerService:
             undo.push_async_callback(self.run, self.layers.unmount, c.id)
             ns_path, host_net, endpoint = await self._join_network(c, undo)
             oci_mounts = await self._mount_volumes(c, rootfs, undo)
-            oci_mounts += self._write_etc_files(c, host_net)
-            if sdir.exists():
-                shutil.rmtree(sdir, ignore_errors=True)
-            sdir.mkdir(parents=True)
+            oci_mounts += await self.run(self._write_etc_files, c, host_net)
+            await self.run(_fresh_dir, sdir)
             undo.callback(shutil.rmtree, sdir, True)
             cfg, hc = c.config, c.host_config
             hostname = cfg.get("Hostname") or (os.uname().nodename if host_net else c.id[:12])
@@ -658,7 +680,7 @@ class ContainerService:
         c.state = State(status="running", pid=int(res.get("pid") or 0), started_at=rfc3339())
         c.has_been_started = True
         rt.exited.clear()
-        self.save(c)
+        await self.save(c)
         rt.watch_task = asyncio.create_task(self._watch(c, m))
         self.events.emit("container", "start", c.id, self._attrs(c))
 
@@ -746,10 +768,11 @@ class ContainerService:
         for extra in hc.get("ExtraHosts") or []:
             host, _, ip = extra.partition(":")
             hosts += f"{ip}\t{host}\n"
-        atomic_write(d / "hosts", hosts.encode())
-        atomic_write(d / "hostname", (hostname + "\n").encode())
+        atomic_write(d / "hosts", hosts.encode(), durable=False)
+        atomic_write(d / "hostname", (hostname + "\n").encode(), durable=False)
         embedded = [ns for ep in c.networks.values() for ns in ep.get("_dns") or []]
-        atomic_write(d / "resolv.conf", _resolv_conf(hc, host_net, embedded[:1]).encode())
+        atomic_write(d / "resolv.conf", _resolv_conf(hc, host_net, embedded[:1]).encode(),
+                     durable=False)
         ro = "ro" if hc.get("ReadonlyRootfs") else "rw"
         return [{"destination": f"/etc/{n}", "type": "bind", "source": str(d / n),
                  "options": ["rbind", "rprivate", ro]} for n in ("resolv.conf", "hostname", "hosts")]
@@ -792,7 +815,7 @@ class ContainerService:
         await self._teardown(c)
         if c.state.status != "removing":
             c.state.status = "exited"
-        self.save(c)
+        await self.save(c)
         rt.monitor = None
         self.events.emit("container", "die", c.id, self._attrs(c, exitCode=code))
         if c.state.oom_killed:
@@ -856,7 +879,7 @@ class ContainerService:
             c.restart_count = 0
         delay = min(0.1 * (2 ** c.restart_count), 60.0)
         c.state.status = "restarting"
-        self.save(c)
+        await self.save(c)
         await asyncio.sleep(delay)
         rt = self.runtime(c)
         async with rt.lock:
@@ -868,7 +891,7 @@ class ContainerService:
             except Exception as e:
                 c.state.status = "exited"
                 c.state.error = str(e)
-                self.save(c)
+                await self.save(c)
                 log.error("restart of %s failed: %s", c.id[:12], e)
 
     # ------------------------------------------------------------------ stop & co
@@ -881,7 +904,7 @@ class ContainerService:
             c.manual_stop = True
             rt.restart_task.cancel()
             c.state.status = "exited"
-            self.save(c)
+            await self.save(c)
             return
         if not c.state.running or rt.monitor is None:
             raise Conflict(f"Cannot kill container: {ref}: Container {c.id} is not running")
@@ -891,7 +914,7 @@ class ContainerService:
         stop_sig = c.config.get("StopSignal")
         if n == signal.SIGKILL or not stop_sig or n == parse_signal(stop_sig):
             c.manual_stop = True
-            self.save(c)
+            await self.save(c)
         await rt.monitor.kill(n)
         if c.state.status == "paused" and n == signal.SIGKILL:
             await self._thaw(c)
@@ -904,11 +927,11 @@ class ContainerService:
         if c.state.status == "restarting" and rt.restart_task:
             rt.restart_task.cancel()
             c.state.status = "exited"
-            self.save(c)
+            await self.save(c)
             return
         if not c.state.running or rt.monitor is None:
             raise NotModified("container already stopped")
-        self.save(c)
+        await self.save(c)
         if timeout is None:
             timeout = c.config.get("StopTimeout")
             timeout = 10 if timeout is None else int(timeout)
@@ -958,7 +981,7 @@ class ContainerService:
 
         await self.run(cgroups.thaw, cgroup_path(c.id))
         c.state.status = "running"
-        self.save(c)
+        await self.save(c)
 
     async def pause(self, ref: str) -> None:
         from .runtime import cgroups
@@ -970,7 +993,7 @@ class ContainerService:
             raise Conflict(f"Container {c.id} is not running")
         await self.run(cgroups.freeze, cgroup_path(c.id))
         self.set_status(c, "paused")
-        self.save(c)
+        await self.save(c)
         self.events.emit("container", "pause", c.id, self._attrs(c))
 
     async def unpause(self, ref: str) -> None:
@@ -1040,7 +1063,7 @@ class ContainerService:
             except OSError as e:
                 raise InvalidArgument(f"Cannot update container {c.id}: {e}") from None
         c.host_config = merged
-        self.save(c)
+        await self.save(c)
         self.events.emit("container", "update", c.id, self._attrs(c))
         return []
 
@@ -1059,7 +1082,7 @@ class ContainerService:
         self.names[new] = c.id
         self.names.pop(old, None)
         c.name = "/" + new
-        self.save(c)
+        await self.save(c)
         self.events.emit("container", "rename", c.id, self._attrs(c, oldName="/" + old))
 
     # ------------------------------------------------------------------ remove
@@ -1093,7 +1116,7 @@ class ContainerService:
         if c.state.status == "removing":
             raise Conflict(f"removal of container {c.id[:12]} is already in progress")
         self.set_status(c, "removing")
-        self.save(c)
+        await self.save(c)
         await self._finish_remove(c, volumes)
 
     async def _finish_remove(self, c: Container, volumes: bool) -> None:
@@ -1103,7 +1126,7 @@ class ContainerService:
         except Exception as e:
             c.state.status = "dead"
             c.state.error = f"failed to remove the container's layer: {e}"
-            self.save(c)
+            await self.save(c)
             raise EngineError(c.state.error) from e
         try:
             drv = self.plugins.log(c.log_driver)
@@ -1118,8 +1141,9 @@ class ContainerService:
                     log.warning("volume %s not removed: %s", mp["Name"], e)
         for eid in [e for e, x in self.execs.items() if x.container_id == c.id]:
             self.execs.pop(eid, None)
-        shutil.rmtree(self.dir(c.id), ignore_errors=True)
-        shutil.rmtree(self.state_dir(c.id), ignore_errors=True)
+        async with rt.save_lock:  # no write of the record is under way, none starts
+            rt.gone = True
+            await self.run(_remove_dirs, self.dir(c.id), self.state_dir(c.id))
         self.containers.pop(c.id, None)
         if self.names.get(c.name.lstrip("/")) == c.id:
             self.names.pop(c.name.lstrip("/"), None)
@@ -1595,6 +1619,18 @@ def _resolv_conf(hc: dict, host_net: bool, embedded: list[str] = ()) -> str:
     if hc.get("DnsOptions"):
         opts = ["options " + " ".join(hc["DnsOptions"])]
     return "".join(f"nameserver {n}\n" for n in ns) + "".join(s + "\n" for s in search + opts)
+
+
+def _fresh_dir(path: Path) -> None:
+    """An empty directory at ``path`` (what a previous run left there is removed)."""
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _remove_dirs(*paths: Path) -> None:
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _image_has_dir(rootfs: str, dest: str) -> bool:

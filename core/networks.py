@@ -589,7 +589,7 @@ class NetworkService:
                 drv = self._driver(n.driver)
                 conf = await self._join(c, n, drv, conf, c.netns, primary=False)
             c.networks[n.name] = conf
-            svc.save(c)
+            await svc.save(c)
         self._emit("connect", n, c)
 
     async def disconnect(self, ref: str, container_ref: str, force: bool = False) -> None:
@@ -618,7 +618,7 @@ class NetworkService:
                 except Exception:
                     c.networks[key] = ep
                     raise
-            svc.save(c)
+            await svc.save(c)
         self._emit("disconnect", n, c)
 
 

@@ -19,10 +19,12 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *,
-                 make_parents: bool = False) -> None:
+                 make_parents: bool = False, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a reader (or a crash at any moment) sees
     the old file or the new one, never a part: temp file in the same directory, fsync,
-    rename, fsync of the directory."""
+    rename, fsync of the directory. ``durable=False`` leaves the fsyncs out, for files
+    made again whenever they are needed: readers still never see a part, but after
+    a power cut the file may be the old one or empty."""
     path = Path(path)
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +34,8 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *,
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -40,4 +43,5 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *,
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
