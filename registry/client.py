@@ -7,15 +7,19 @@ compressing, creating the image) runs in the default executor.
 * Pull: resolve the reference (``busybox`` -> ``registry-1.docker.io/library/busybox:
   latest``), fetch the manifest (Docker schema 2, OCI, manifest list or OCI index), pick
   the platform, then fetch the config and the layers not yet in the content store, three
-  at a time. Each layer goes to a partial file that survives a daemon kill and is resumed
-  with a ``Range`` request; it enters the content store only complete and verified
-  against its digest. Tags are set only once the image exists.
+  at a time. Each layer is hashed and stored by a worker thread as it arrives, and kept
+  in a partial file that survives a daemon kill and is resumed with a ``Range`` request;
+  it enters the content store only complete and verified against its digest. Each layer
+  is unpacked (and checked against its diff id) as soon as it and the layers below it
+  are in, while the others still download. Tags are set only once the image exists; a
+  failed pull drops the layers it unpacked.
 * Push: upload each layer unless the registry has it (``HEAD``), mounting it from another
-  repository of the same registry when we know one holds it; layers stored uncompressed
-  are gzip-compressed once (in parallel pieces, see
-  :class:`~engine.core.store.compression.GzipEncoder`) and the compressed blob is kept,
-  so every push of a layer sends the same bytes. Then the config and a Docker schema 2
-  manifest.
+  repository of the same registry when we know one holds it. A layer stored
+  uncompressed is gzip-compressed (in parallel pieces, see
+  :class:`~engine.core.store.compression.GzipEncoder`) while it uploads, as one streamed
+  ``PATCH``; the compressed blob is kept, so every later push of the layer, to any
+  registry, sends the same bytes without compressing again. Then the config and a
+  Docker schema 2 manifest.
 * Auth: anonymous, basic, or Docker's bearer token flow, with credentials from
   ``X-Registry-Auth`` or Docker's ``config.json``.
 * TLS: the system CAs plus ``<certs_dir>/<host:port>/*.crt`` (client certificates as
