@@ -51,21 +51,30 @@ def _copy(src: str, rootfs: Path) -> None:
     shutil.copy2(os.path.realpath(src), target)
 
 
-def build(out: str | os.PathLike[str], python: str = PYTHON) -> Path:
-    """Write ``out/config.json`` and ``out/rootfs/``; return ``out``."""
+def add_binary(rootfs: Path, binary: str) -> None:
+    """A dynamically linked program and the shared libraries it loads, at their
+    host paths inside ``rootfs``."""
+    _copy(binary, rootfs)
+    for lib in _libraries(binary):
+        _copy(lib, rootfs)
+
+
+def build(out: str | os.PathLike[str], python: str = PYTHON,
+          script: str | os.PathLike[str] = HERE / "plugin" / "volume.py",
+          config: str | os.PathLike[str] = HERE / "config.json") -> Path:
+    """Write ``out/config.json`` and ``out/rootfs/`` (with ``script`` as
+    ``/plugin/<its name>`` and the modules it imports); return ``out``."""
     out = Path(out)
     rootfs = out / "rootfs"
     if rootfs.exists():
         shutil.rmtree(rootfs)
     rootfs.mkdir(parents=True)
-    shutil.copy2(HERE / "config.json", out / "config.json")
-    script = rootfs / "plugin" / "volume.py"
-    script.parent.mkdir(parents=True)
-    shutil.copy2(HERE / "plugin" / "volume.py", script)
-    _copy(python, rootfs)
-    for lib in _libraries(python):
-        _copy(lib, rootfs)
-    probe = subprocess.run([python, "-I", "-S", "-c", _PROBE, str(script)],
+    shutil.copy2(config, out / "config.json")
+    target = rootfs / "plugin" / Path(script).name
+    target.parent.mkdir(parents=True)
+    shutil.copy2(script, target)
+    add_binary(rootfs, python)
+    probe = subprocess.run([python, "-I", "-S", "-c", _PROBE, str(target)],
                            capture_output=True, text=True, check=True)
     found = json.loads(probe.stdout)
     for f in found["files"]:

@@ -216,6 +216,45 @@ def test_a_plugin_that_fails_to_start_reports_its_output(daemon, managed_dir, tm
     _nothing_left(d)
 
 
+def test_managed_network_plugin(daemon, tmp_path):
+    """The test suite's protocol server as a managed network plugin: host network and
+    CAP_NET_ADMIN (it makes veth pairs with the host's ip, copied in with its
+    libraries), its init a shell that ends it on SIGTERM."""
+    d = daemon
+    server = Path(__file__).with_name("plugin_server.py")
+    config = {
+        "description": "the test suite's NetworkDriver server",
+        "entrypoint": ["/bin/sh", "-c", "trap 'kill $!; exit 0' TERM; /usr/bin/python3.11 "
+                       "-I -S /plugin/plugin_server.py /run/docker/plugins/net.sock /state "
+                       "--network & wait"],
+        "interface": {"types": ["docker.networkdriver/1.0"], "socket": "net.sock"},
+        "network": {"type": "host"},
+        "linux": {"capabilities": ["CAP_NET_ADMIN"]},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    builder = _load_builder()
+    out = builder.build(tmp_path / "netplug", script=server, config=tmp_path / "config.json")
+    builder.add_binary(out / "rootfs", shutil.which("ip") or "/usr/sbin/ip")
+    bin_dir = out / "rootfs" / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shutil.copy2("/bin/busybox", bin_dir / "busybox")
+    for applet in ("sh", "rm"):
+        (bin_dir / applet).symlink_to("busybox")
+    docker(d, "plugin", "create", "netplug", str(out))
+    docker(d, "plugin", "enable", "netplug")
+    assert {p["Name"]: p for p in _plugins(d)}["netplug:latest"]["Drivers"] == {
+        "network": ["netplug"]}
+    # the server answers Join with the gateway 10.231.0.1: the subnet must hold it
+    docker(d, "network", "create", "-d", "netplug", "--subnet", "10.231.0.0/24", "pn")
+    addrs = docker(d, "run", "--rm", "--network", "pn", "busybox", "ip", "-o", "-4",
+                   "addr").stdout
+    assert "10.231.0.2/24" in addrs
+    docker(d, "network", "rm", "pn")
+    docker(d, "plugin", "disable", "netplug")
+    docker(d, "plugin", "rm", "netplug")
+    _nothing_left(d)
+
+
 def test_python_plugin_pushed_and_installed_by_reference(daemon, registry, tmp_path):
     d = daemon
     wheel = build_wheel(EXAMPLES / "volume-memfs", tmp_path)
