@@ -787,6 +787,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="DNS queries per repetition (default 1000)")
     p.add_argument("--venv-bin", type=Path, default=REPO / ".venv" / "bin",
                    help="where engined and engine are installed")
+    p.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                   help="measure nothing: print the table of the samples of these JSON "
+                        "files (from --json) taken together")
     args = p.parse_args(argv)
     for opt in ("repeat", "megabytes", "requests", "workers", "queries"):
         if getattr(args, opt) < 1:
@@ -797,8 +800,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def pooled_report(runs: Sequence[dict[str, Any]]) -> NetReport:
+    """One report of the samples of several runs' JSON (see :meth:`NetReport.to_json`),
+    in run order, so that samples taken in step stay paired."""
+    workers = {run.get("meta", {}).get("workers", 4) for run in runs}
+    report = NetReport(workers=workers.pop() if len(workers) == 1 else 0)
+    for run in runs:
+        for mid, entry in run["measurements"].items():
+            if mid not in report.samples:
+                continue
+            for target, res in entry["results"].items():
+                if target in report.targets:
+                    report.add(mid, target, *res["samples"])
+                    if res.get("missing"):
+                        report.mark_missing(target, res["missing"], [mid])
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pool:
+        runs = [json.loads(path.read_text()) for path in args.pool]
+        print(pooled_report(runs).format_table())
+        loads = [x for run in runs for x in run.get("meta", {}).get("load_average_1min", [])]
+        if loads:
+            print(f"\n1-minute load average while measuring: {min(loads):.1f} to "
+                  f"{max(loads):.1f}")
+        return 0
     if os.geteuid() != 0:
         print("bench/net_bench.py needs root (daemons, namespaces, iptables)", file=sys.stderr)
         return 2

@@ -364,3 +364,28 @@ def test_proxy_close_ends_open_connections():
         return first, rest
 
     assert asyncio.run(main()) == (b"hello", b"")
+
+
+def test_pooled_report_concatenates_runs_in_order(tmp_path, capsys):
+    first = nb.NetReport()
+    first.add("port_lo_seq", "engine", 900)
+    first.add("port_lo_seq", "docker", 1000)
+    first.mark_missing("docker", "setup failed", ["dns"])
+    second = nb.NetReport()
+    second.add("port_lo_seq", "engine", 1300)
+    second.add("port_lo_seq", "docker", 1000)
+    runs = [json.loads(json.dumps(r.to_json({"workers": 4, "load_average_1min": [1.5]})))
+            for r in (first, second)]
+    pooled = nb.pooled_report(runs)
+    seq = next(m for m in nb.MEASUREMENTS if m.id == "port_lo_seq")
+    assert pooled.samples["port_lo_seq"]["engine"].values == [900.0, 1300.0]
+    assert pooled.paired_ratio(seq, "docker") == pytest.approx(1.1)
+    assert pooled.samples["dns"]["docker"].missing == "setup failed"
+
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(run))
+    assert nb.main(["--pool", *map(str, paths)]) == 0
+    out = capsys.readouterr().out
+    assert "1100 req/s / 940 req/s" in out and "load average while measuring: 1.5 to 1.5" in out
