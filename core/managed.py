@@ -372,8 +372,6 @@ class ManagedPlugin:
     error: str = ""                                 # the last failure to enable
     drivers: dict[str, list[str]] = field(default_factory=dict)  # while enabled
 
-    builtin = False
-
     @property
     def privileges(self) -> list[dict[str, Any]]:
         return privileges(self.config)

@@ -535,6 +535,9 @@ class PluginHost:
         default); ``creds`` are the registry credentials of the request."""
         if not os.path.isabs(remote):
             return await self._install_remote(remote, alias, granted, creds)
+        if managed_mod.is_managed_dir(remote):
+            raise InvalidArgument(f"{remote} is a managed plugin's directory: create it "
+                                  "with plugin create NAME DIR")
         loop = asyncio.get_running_loop()
         async with self._changing:
             names = await loop.run_in_executor(None, self._install_files, remote, alias,
@@ -592,7 +595,8 @@ class PluginHost:
             self._save_installed(installed)
             self._save_disabled()
 
-    def _upgrade_files(self, rec: PluginRecord, remote: str, granted: list[dict] | None) -> None:
+    def _upgrade_files(self, rec: PluginRecord, remote: str, granted: list[dict] | None,
+                       label: str = "") -> None:
         with tempfile.TemporaryDirectory(prefix="engine-plugin-") as tmp:
             info = self._source(remote, Path(tmp))
             assert info.manifest is not None
@@ -605,30 +609,38 @@ class PluginHost:
             self._keep_wheel(normalize_name(rec.dist), info.path)
         installed = self._installed()
         entry = installed.setdefault(normalize_name(rec.dist), {"name": info.name, "aliases": {}})
-        entry.update(version=info.version, source=remote)
+        entry.update(version=info.version, source=label or remote)
         self._save_installed(installed)
         old = {r.entry for r in self.plugins.values() if r.dist == rec.dist}
         aliases = entry.get("aliases", {})
         self._save_disabled(also=[aliases.get(ep, ep) for ep in info.entry_points
                                   if ep not in old])
 
-    async def upgrade(self, name: str, remote: str, granted: list[dict] | None) -> None:
-        """Replace the distribution behind plugin ``name`` with the one at ``remote``.
+    async def upgrade(self, name: str, remote: str, granted: list[dict] | None,
+                      creds: Any = None) -> None:
+        """Replace the distribution behind plugin ``name`` with the one at ``remote``
+        (a wheel, a plugin directory, or the reference of an engine plugin artifact).
         As in Docker, the plugin must be disabled first and stays disabled."""
+        loop = asyncio.get_running_loop()
         async with self._changing:
             rec = self.get(name)
             if isinstance(rec, ManagedPlugin):
                 raise NotSupported(f"upgrading managed plugin {rec.name} is not supported: "
                                    "remove it and install the new version")
-            if not os.path.isabs(remote):
-                raise NotSupported(f"upgrading from a registry reference ({remote}) is not "
-                                   "supported: give a wheel file or a plugin directory, or "
-                                   "remove the plugin and install the reference")
             siblings = self._siblings(rec)
             if any(r.enabled and not r.error for r in siblings):
                 raise Conflict(f"plugin {rec.name} must be disabled before upgrading")
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self._upgrade_files, rec, remote, granted)
+            if os.path.isabs(remote):
+                await loop.run_in_executor(None, self._upgrade_files, rec, remote, granted)
+            else:
+                tmp = Path(await loop.run_in_executor(None, tempfile.mkdtemp, "",
+                                                      "engine-plugin-"))
+                try:
+                    wheel, full = await self._fetch_wheel(remote, granted, creds, tmp)
+                    await loop.run_in_executor(None, self._upgrade_files, rec, str(wheel),
+                                               granted, full)
+                finally:
+                    await loop.run_in_executor(None, shutil.rmtree, tmp, True)
             self._forget(siblings)
             self.discover()
 
@@ -708,19 +720,36 @@ class PluginHost:
         try:
             if art.kind == "managed":
                 return [await self._pull_managed(art, alias or local, granted, creds, tmp)]
-            manifest = Manifest.parse(json.dumps(art.config.get("manifest") or {}), full)
-            if not privileges_match(manifest.privileges, granted):
-                raise Forbidden(f"the privileges granted do not match what plugin "
-                                f"{reference_name(full)} asks for: read them again with "
-                                "/plugins/privileges")
-            wheel_name = str(art.config.get("wheel") or "")
-            if not wheel_name.endswith(".whl") or "/" in wheel_name or wheel_name[0] == ".":
-                raise InvalidArgument(f"{full}: the plugin config names no valid wheel file")
-            wheel = tmp / wheel_name
-            await self.distribution.download_layer(art, wheel, creds)
+            wheel, _ = await self._fetch_wheel(remote, granted, creds, tmp, art)
             return await self.install(str(wheel), alias, granted, label=full)
         finally:
             await loop.run_in_executor(None, shutil.rmtree, tmp, True)
+
+    async def _fetch_wheel(self, remote: str, granted: list[dict] | None, creds: Any,
+                           into: Path, art: Any = None) -> tuple[Path, str]:
+        """The wheel of the engine plugin artifact ``remote``, downloaded into
+        ``into`` once the grant matches what its config asks for; with the full
+        reference it was fetched by."""
+        from .plugin_dist import resolve
+
+        if art is None:
+            art = await self.distribution.fetch(resolve(remote, self.plugin_registry)[0],
+                                                creds)
+        full = art.reference
+        if art.kind != "python":
+            raise InvalidArgument(f"{reference_name(full)} is a managed plugin, not an "
+                                  "engine plugin")
+        manifest = Manifest.parse(json.dumps(art.config.get("manifest") or {}), full)
+        if not privileges_match(manifest.privileges, granted):
+            raise Forbidden(f"the privileges granted do not match what plugin "
+                            f"{reference_name(full)} asks for: read them again with "
+                            "/plugins/privileges")
+        wheel_name = str(art.config.get("wheel") or "")
+        if not wheel_name.endswith(".whl") or "/" in wheel_name or wheel_name[0] == ".":
+            raise InvalidArgument(f"{full}: the plugin config names no valid wheel file")
+        wheel = into / wheel_name
+        await self.distribution.download_layer(art, wheel, creds)
+        return wheel, full
 
     async def push(self, name: str, creds: Any = None,
                    progress: Callable[[dict], Any] | None = None) -> str:

@@ -123,7 +123,7 @@ async def upgrade(request: web.Request) -> web.StreamResponse:
     s = svc(request)
     name = request.match_info["name"]
     remote = _remote(request)
-    await s.plugins.upgrade(name, remote, await _granted(request))
+    await s.plugins.upgrade(name, remote, await _granted(request), creds=_creds(request))
     s.events.emit("plugin", "upgrade", name, {"name": name})
     return await _progress(request, [{"status": f"Upgraded plugin {name} from {remote}"}])
 

@@ -98,6 +98,12 @@ def test_an_engine_plugin_travels_as_an_artifact(tmp_path, host, memfs_wheel):
             digest = await host.push("memfs:2.0")
             again = await d.fetch(f"{registry}/plugins/memfs:2.0")
             assert again.layer["digest"] == art.layer["digest"] and digest == again.digest
+            # and upgraded from a reference (disabled, it stays so)
+            with pytest.raises(Forbidden):
+                await host.upgrade("memfs", "memfs:2.0", [])
+            await host.upgrade("memfs", "memfs:2.0", asked)
+            rec = host.plugins["memfs"]
+            assert rec.source == f"{registry}/plugins/memfs:2.0" and not rec.enabled
         finally:
             await runner.cleanup()
 
