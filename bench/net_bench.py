@@ -86,6 +86,8 @@ SUBNETS = {"docker": "10.213.1.0/24", "engine": "10.213.2.0/24"}
 VETH_HOST_IP = "10.213.9.1"
 VETH_NS_IP = "10.213.9.2"
 TARGETS = ("engine", "docker")
+#: what dockerd may set on the host besides its rules and bridges (compared after)
+SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables")
 MB = 1_000_000
 
 # the nc server reads from a FIFO opened read-write, an stdin that never ends: busybox
@@ -536,12 +538,22 @@ class HostState:
 
     iptables: dict[str, str]
     links: set[str]
-    ip_forward: str
+    sysctls: dict[str, str]
+    netns: set[str]
 
     @classmethod
     def capture(cls) -> HostState:
-        return cls({t: iptables_save(t) for t in ("filter", "nat")}, links(),
-                   Path("/proc/sys/net/ipv4/ip_forward").read_text().strip())
+        sysctls = {}
+        for name in SYSCTLS:
+            try:
+                sysctls[name] = Path("/proc/sys", name.replace(".", "/")).read_text().strip()
+            except OSError:
+                sysctls[name] = "(absent)"
+        try:
+            netns = set(os.listdir("/run/netns"))
+        except OSError:
+            netns = set()
+        return cls({t: iptables_save(t) for t in ("filter", "nat")}, links(), sysctls, netns)
 
     def differences(self) -> list[str]:
         """What differs now from the recorded state, one line each."""
@@ -553,8 +565,9 @@ class HostState:
             out += [f"iptables -t {table}: removed {x}" for x in removed]
         out += [f"link added: {x}" for x in sorted(now.links - self.links)]
         out += [f"link gone: {x}" for x in sorted(self.links - now.links)]
-        if now.ip_forward != self.ip_forward:
-            out.append(f"net.ipv4.ip_forward: {self.ip_forward} -> {now.ip_forward}")
+        out += [f"network namespace added: {x}" for x in sorted(now.netns - self.netns)]
+        out += [f"{name}: {value} -> {now.sysctls[name]}"
+                for name, value in self.sysctls.items() if now.sysctls[name] != value]
         return out
 
 
@@ -896,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"1-minute load average while measuring: {min(loads):.1f} to {max(loads):.1f} "
               f"on {os.cpu_count()} CPUs\n")
     print("host state after the run: " + (
-        "as before (iptables, links, ip_forward)" if not leftovers else
+        "as before (iptables, links, namespaces, sysctls)" if not leftovers else
         "differs (other engines' tests on this host may have made these changes):"))
     for line in leftovers:
         print(f"  {line}")
