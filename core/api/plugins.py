@@ -10,6 +10,7 @@ credentials come in ``X-Registry-Auth``, as for image pulls and pushes.
 from __future__ import annotations
 
 import json
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -78,10 +79,23 @@ async def enable(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+def _in_use(s: Any) -> Callable[[str, str], str]:
+    """What uses a driver: a container, or (network drivers) a network made with it."""
+    def check(kind: str, name: str) -> str:
+        user = s.containers.driver_in_use(kind, name)
+        if user or kind != "network" or s.networks is None:
+            return user
+        for n in s.networks.networks.values():
+            if n.driver == name:
+                return f"network {n.name}"
+        return ""
+    return check
+
+
 async def disable(request: web.Request) -> web.Response:
     s = svc(request)
     name = request.match_info["name"]
-    await s.plugins.disable(name, s.containers.driver_in_use, force=qbool(request, "force"))
+    await s.plugins.disable(name, _in_use(s), force=qbool(request, "force"))
     s.events.emit("plugin", "disable", name, {"name": name})
     return web.Response(status=200)
 
@@ -131,7 +145,7 @@ async def upgrade(request: web.Request) -> web.StreamResponse:
 async def remove(request: web.Request) -> web.Response:
     s = svc(request)
     name = request.match_info["name"]
-    await s.plugins.remove(name, s.containers.driver_in_use, force=qbool(request, "force"))
+    await s.plugins.remove(name, _in_use(s), force=qbool(request, "force"))
     s.events.emit("plugin", "remove", name, {"name": name})
     return web.Response(status=200)
 

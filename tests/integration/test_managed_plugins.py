@@ -249,6 +249,8 @@ def test_managed_network_plugin(daemon, tmp_path):
     addrs = docker(d, "run", "--rm", "--network", "pn", "busybox", "ip", "-o", "-4",
                    "addr").stdout
     assert "10.231.0.2/24" in addrs
+    refused = docker(d, "plugin", "disable", "netplug", ok=False).stderr
+    assert "in use" in refused and "network pn" in refused
     docker(d, "network", "rm", "pn")
     docker(d, "plugin", "disable", "netplug")
     docker(d, "plugin", "rm", "netplug")
