@@ -14,6 +14,12 @@ discover again. A freshly installed plugin is disabled until ``enable``, as in D
 What a plugin asks for (its privileges) is read from the ``engine-plugin.json``
 manifest in its wheel or directory, without importing any of its code
 (see :mod:`engine.sdk.packaging`).
+
+The host also keeps Docker managed plugins (:mod:`engine.core.managed`): a rootfs run
+as a hidden container, whose socket gets the built-in remote volume or network driver
+under the plugin's name. Both kinds come from, and go to, registries
+(:mod:`engine.core.plugin_dist`): ``install`` takes a reference (short names resolve
+against the ``plugin-registry`` setting), ``push`` uploads an installed plugin.
 """
 from __future__ import annotations
 
