@@ -101,11 +101,15 @@ def _import_web():
     uses (the registry client passes a context of its own with every request, see
     ``engine.registry.client.RegistryHosts.ssl_context``). OpenSSL reads the store's
     location from the environment when a context loads it, so the location is hidden
-    while aiohttp is imported and put back at once.
+    while aiohttp is imported and put back at once. The same goes for frozenlist's
+    C++ extension (aiohttp's signal lists): it maps libstdc++ for nothing the daemon
+    needs fast, 1 MB, so its pure-Python twin is asked for.
     """
-    saved = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    saved = {k: os.environ.get(k) for k in ("SSL_CERT_FILE", "SSL_CERT_DIR",
+                                             "FROZENLIST_NO_EXTENSIONS")}
     os.environ["SSL_CERT_FILE"] = os.devnull
     os.environ["SSL_CERT_DIR"] = os.devnull
+    os.environ["FROZENLIST_NO_EXTENSIONS"] = "1"
     try:
         from aiohttp import web
 
