@@ -57,6 +57,8 @@ LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 SOCKET_DIR = "/run/docker/plugins"
 #: How long ``enable`` waits for the plugin's socket.
 START_TIMEOUT = 30.0
+#: json-file options of a plugin's output log.
+LOG_OPTIONS = {"max-size": "1m", "max-file": "2"}
 
 #: Interface types the engine can serve, and the driver kind of each.
 DRIVER_KINDS = {
@@ -557,8 +559,15 @@ def scope_path(p: ManagedPlugin, rootfs: str, propagated: str | None, path: str)
 
 def _read_log(log_dir: Path, limit: int = 2000) -> str:
     """The plugin's recent output (its json-file log), for error messages."""
+    def mtime(f: Path) -> float:
+        try:
+            return f.stat().st_mtime
+        except OSError:  # rotated away meanwhile
+            return 0.0
+
     lines: list[str] = []
-    for f in sorted(log_dir.glob("*-json.log*")):
+    files = [f for f in log_dir.glob("*-json.log*") if not f.name.endswith(".gz")]
+    for f in sorted(files, key=mtime):
         try:
             for raw in f.read_text(errors="replace").splitlines():
                 try:
@@ -639,8 +648,9 @@ class ManagedRunner:
         await loop.run_in_executor(None, self._prepare, p)
         sdir = self.state_dir(p)
         writer = self._log_writer()
+        # kept small: the exec root is often a tmpfs and a plugin runs for months
         log_ctx = {"container_id": p.id, "container_name": p.name, "image": p.reference,
-                   "log_dir": str(sdir), "options": {}, "labels": {}}
+                   "log_dir": str(sdir), "options": dict(LOG_OPTIONS), "labels": {}}
         try:
             await monitor_client.create(
                 container_id=p.id, bundle=str(sdir), state_dir=str(sdir),

@@ -1050,9 +1050,10 @@ class PluginHost:
             await self.runner.stop(p)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.managed_store.remove, p.id)
-        await loop.run_in_executor(None, shutil.rmtree,
-                                   Path(self.data_root, "drivers", "volume",
-                                        f"managed-{p.id[:16]}"), True)
+        for kind in ("volume", "network"):
+            await loop.run_in_executor(None, shutil.rmtree,
+                                       Path(self.data_root, "drivers", kind,
+                                            f"managed-{p.id[:16]}"), True)
         self.managed.pop(p.name, None)
 
 
