@@ -349,6 +349,8 @@ def pack_rootfs(root: Path, out: IO[bytes]) -> tuple[str, str, int]:
                     path = os.path.join(dirpath, name)
                     arc = os.path.relpath(path, root)
                     info = tf.gettarinfo(path, arc)
+                    if info is None:  # a socket: not part of a filesystem image
+                        continue
                     if info.isreg():
                         with open(path, "rb") as f:
                             tf.addfile(info, f)
