@@ -296,3 +296,64 @@ def test_an_image_is_not_a_plugin(daemon, registry):
     assert "not found" in missing.stderr
     assert all(p["Builtin"] for p in _plugins(d))
     _nothing_left(d)
+
+
+DOCKERD = shutil.which("dockerd")
+
+
+@pytest.fixture
+def real_dockerd(tmp_path):
+    """A private dockerd (no bridge, no iptables): the reference implementation."""
+    base = Path("/tmp") / f"dk-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    base.mkdir()
+    sock = base / "d.sock"
+    log = open(tmp_path / "dockerd.log", "wb")
+    proc = subprocess.Popen([DOCKERD, "-H", f"unix://{sock}", "--data-root", str(base / "data"),
+                             "--exec-root", str(base / "exec"), "--pidfile", str(base / "pid"),
+                             "--iptables=false", "--ip6tables=false", "--bridge=none"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dockerd did not start: {(tmp_path / 'dockerd.log').read_text()}")
+            time.sleep(0.1)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[1].startswith(str(base))]
+        for target in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(not DOCKERD, reason="dockerd is not installed")
+def test_docker_installs_what_the_engine_pushes_and_back(daemon, registry, managed_dir,
+                                                         real_dockerd):
+    """The formats are Docker's: dockerd 20.10 installs and uses the managed plugin
+    the engine pushed, and the engine installs and uses one dockerd pushed."""
+    d = daemon
+    engine(d, "plugin", "create", "interop", str(managed_dir))
+    engine(d, "plugin", "push", "interop")
+    ref = f"{registry.host}/plugins/interop"
+    _run(d, [DOCKER, "-H", real_dockerd, "plugin", "install", "--grant-all-permissions", ref])
+    _run(d, [DOCKER, "-H", real_dockerd, "volume", "create", "-d", ref, "dv"])
+    _run(d, [DOCKER, "-H", real_dockerd, "volume", "rm", "dv"])
+
+    _run(d, [DOCKER, "-H", real_dockerd, "plugin", "create", f"{ref}-docker:1.0",
+             str(managed_dir)])
+    _run(d, [DOCKER, "-H", real_dockerd, "plugin", "push", f"{ref}-docker:1.0"])
+    docker(d, "plugin", "install", "--grant-all-permissions", "interop-docker:1.0")
+    docker(d, "volume", "create", "-d", "interop-docker:1.0", "ev")
+    docker(d, "run", "--rm", "-v", "ev:/data", "busybox", "sh", "-c", "echo x > /data/f")
+    docker(d, "volume", "rm", "ev")
+    docker(d, "plugin", "rm", "-f", "interop-docker:1.0")
+    for name in (ref, f"{ref}-docker:1.0"):
+        _run(d, [DOCKER, "-H", real_dockerd, "plugin", "rm", "-f", name])
