@@ -647,7 +647,11 @@ class ManagedRunner:
         from .runtime import client as monitor_client
 
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._prepare, p)
+        try:
+            await loop.run_in_executor(None, self._prepare, p)
+        except BaseException:
+            await loop.run_in_executor(None, self._cleanup, p)
+            raise
         sdir = self.state_dir(p)
         writer = self._log_writer()
         # kept small: the exec root is often a tmpfs and a plugin runs for months
