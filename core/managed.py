@@ -45,6 +45,7 @@ from typing import IO, Any, Callable
 
 from engine.sdk.errors import DriverError, EngineError, InvalidArgument
 
+from .runtime import caps as _caps
 from .util import atomic_write, new_id, rfc3339
 
 log = logging.getLogger("engine.plugins.managed")
@@ -173,6 +174,11 @@ def parse_config(raw: bytes | str | dict, origin: str = "config.json") -> dict[s
     cfg["Network"]["Type"] = cfg["Network"].get("Type") or ""
     linux = cfg["Linux"]
     linux["Capabilities"] = _strings(linux.get("Capabilities"), f"{origin}: Linux.Capabilities")
+    for cap in linux["Capabilities"]:
+        try:
+            _caps.normalize(cap)
+        except ValueError as e:
+            raise InvalidArgument(f"{origin}: Linux.Capabilities: {e}") from None
     linux["AllowAllDevices"] = bool(linux.get("AllowAllDevices"))
     linux.setdefault("Devices", [])
     for i, m in enumerate(cfg["Mounts"]):

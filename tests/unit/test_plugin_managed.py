@@ -80,6 +80,7 @@ def test_config_keys_in_any_case_become_dockers_spelling():
     ({"propagatedMount": "relative"}, "absolute path"),
     ({"mounts": [{"source": "/x"}]}, "no Destination"),
     ({"user": {"uid": "root"}}, "User.UID must be a number"),
+    ({"linux": {"capabilities": ["CAP_NOPE"]}}, 'unknown capability: "CAP_NOPE"'),
 ])
 def test_invalid_configs_are_refused_with_the_field_named(change, message):
     with pytest.raises(InvalidArgument, match=message):
@@ -339,3 +340,13 @@ def test_manifests_are_classified_by_their_config_media_type():
     cfg = json.loads(python_config("engine-net-dummy", "1.0.0", {"net-dummy": "m"},
                                    {"description": "d", "privileges": []}, "x.whl"))
     assert cfg["entryPoints"] == {"net-dummy": "m"} and cfg["wheel"] == "x.whl"
+
+
+def test_a_start_that_fails_before_the_process_leaves_nothing(tmp_path):
+    store = ManagedStore(tmp_path / "data")
+    p = store.add("sshfs:latest", "", parse_config({**SSHFS, "mounts": []}), lambda r: None)
+    p.config["Linux"]["Capabilities"] = ["CAP_GONE"]  # as an older engine might have kept
+    runner = managed.ManagedRunner(tmp_path / "run", store, lambda: "")
+    with pytest.raises(InvalidArgument, match="CAP_GONE"):
+        asyncio.run(runner.start(p))
+    assert not runner.socket_dir(p).exists() and not runner.state_dir(p).exists()
