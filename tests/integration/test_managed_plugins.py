@@ -157,6 +157,14 @@ def test_managed_volume_plugin_through_the_registry(daemon, registry, managed_di
     assert "managed-volume:latest" not in {p["Name"] for p in _plugins(d)}
     _nothing_left(d)
 
+    # by its full reference: the reference is its name
+    full = f"{registry.host}/plugins/managed-volume"
+    engine(d, "plugin", "install", "--grant-all-permissions", "--disable", full)
+    shown = json.loads(engine(d, "plugin", "inspect", full).stdout)[0]
+    assert shown["Name"] == f"{full}:latest" and shown["Enabled"] is False
+    engine(d, "plugin", "rm", full)
+    _nothing_left(d)
+
 
 def test_enabled_managed_plugin_restarts_with_the_daemon(daemon, managed_dir):
     d = daemon
