@@ -21,6 +21,11 @@ This module has three parts:
   ``<exec-root>/plugins/<id12>/`` bind-mounted at ``/run/docker/plugins``; waits for
   the socket to appear and hands driver classes for it to the plugin host.
 
+``PropagatedMount`` is a host directory (``<plugin dir>/propagated-mount``) bound at
+that path: files the plugin writes there are seen by the host and by containers, but
+mounts it makes there are not propagated back (the built-in runtime gives the plugin
+an rprivate root, and pivot_root refuses a shared one).
+
 The drivers themselves are the remote volume and network drivers (Docker's v1 plugin
 protocol over the plugin's socket), found through their entry points. A volume
 plugin answers mount points inside its own root; they are scoped to the host as Docker
@@ -532,8 +537,10 @@ def plugin_spec(p: ManagedPlugin, *, rootfs: str, socket_dir: str,
         mounts.append({"destination": m["Destination"], "type": mtype,
                        "source": m.get("Source") or mtype, "options": opts})
     if propagated is not None:
+        # a host directory bound in: what the plugin writes there the host sees; mounts
+        # it makes there stay in its namespace (the runtime makes its root rprivate)
         mounts.append({"destination": cfg["PropagatedMount"], "type": "bind",
-                       "source": propagated, "options": ["rbind", "rshared"]})
+                       "source": propagated, "options": ["rbind", "rw"]})
     env = [f"{e['Name']}={e['Value']}" for e in cfg["Env"] if e.get("Value") is not None]
     try:
         spec = spec_mod.build_spec(
@@ -639,9 +646,7 @@ class ManagedRunner:
         sdir.mkdir(parents=True, mode=0o700)
         prop = self.propagated_dir(p)
         if prop is not None:
-            _make_shared(prop)
-            (self.store.rootfs(p.id) / p.config["PropagatedMount"].lstrip("/")).mkdir(
-                parents=True, exist_ok=True)
+            prop.mkdir(parents=True, exist_ok=True)
         spec = plugin_spec(p, rootfs=str(self.store.rootfs(p.id)), socket_dir=str(sock_dir),
                            propagated=str(prop) if prop is not None else None)
         spec_mod.write_bundle(str(sdir), spec)
@@ -713,31 +718,6 @@ class ManagedRunner:
     def _cleanup(self, p: ManagedPlugin) -> None:
         shutil.rmtree(self.state_dir(p), ignore_errors=True)
         shutil.rmtree(self.socket_dir(p), ignore_errors=True)
-        prop = self.propagated_dir(p)
-        if prop is not None:
-            _umount_quietly(prop)
-
-
-def _make_shared(path: Path) -> None:
-    """Bind ``path`` onto itself and make it a shared mount, so mounts the plugin
-    makes below its ``PropagatedMount`` appear on the host (as Docker does)."""
-    import subprocess
-
-    path.mkdir(parents=True, exist_ok=True)
-    if not os.path.ismount(path):
-        for argv in (["mount", "--bind", str(path), str(path)],
-                     ["mount", "--make-rshared", str(path)]):
-            proc = subprocess.run(argv, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise DriverError(f"propagated mount {path}: {proc.stderr.strip()}")
-
-
-def _umount_quietly(path: Path) -> None:
-    import subprocess
-
-    while os.path.ismount(path):
-        if subprocess.run(["umount", "-l", str(path)], capture_output=True).returncode != 0:
-            break
 
 
 __all__ = [
