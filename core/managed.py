@@ -237,6 +237,40 @@ def privileges(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def apply_settings(cfg: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """A copy of ``cfg`` with Docker's ``plugin set`` arguments applied:
+    ``NAME=VALUE`` for an env variable or the args (space-separated), and
+    ``MOUNT.source=PATH`` or ``DEVICE.path=PATH``; each only where the config lists
+    the field as settable."""
+    out = json.loads(json.dumps(cfg))
+    for item in settings:
+        if not isinstance(item, str) or "=" not in item:
+            raise InvalidArgument(f"invalid setting {item!r}: expected NAME=VALUE")
+        key, _, value = item.partition("=")
+        name, _, fld = key.partition(".")
+        if fld:
+            table = {"source": out["Mounts"], "path": out["Linux"]["Devices"]}.get(fld)
+            entry = next((e for e in table or [] if e.get("Name") == name), None)
+            if entry is None:
+                raise InvalidArgument(f"setting {key!r} not found in the plugin configuration")
+            if fld not in (entry.get("Settable") or []):
+                raise InvalidArgument(f"{key!r} is not settable")
+            entry["Source" if fld == "source" else "Path"] = value
+            continue
+        env = next((e for e in out["Env"] if e.get("Name") == name), None)
+        if env is not None:
+            if "value" not in (env.get("Settable") or []):
+                raise InvalidArgument(f"{name!r} is not settable")
+            env["Value"] = value
+        elif name and name == out["Args"].get("Name"):
+            if "value" not in (out["Args"].get("Settable") or []):
+                raise InvalidArgument(f"{name!r} is not settable")
+            out["Args"]["Value"] = value.split()
+        else:
+            raise InvalidArgument(f"setting {name!r} not found in the plugin configuration")
+    return out
+
+
 def driver_kinds(cfg: dict[str, Any]) -> list[str]:
     """The engine driver kinds the plugin provides; an interface the engine cannot
     serve is refused with a clear "not supported"."""
@@ -722,7 +756,7 @@ class ManagedRunner:
 
 __all__ = [
     "CONFIG_MEDIA_TYPE", "LAYER_MEDIA_TYPE", "ManagedPlugin", "ManagedRunner", "ManagedStore",
-    "NotSupported", "driver_kinds", "driver_name", "has_tag", "is_managed_dir", "local_name",
+    "NotSupported", "apply_settings", "driver_kinds", "driver_name", "has_tag", "is_managed_dir", "local_name",
     "pack_rootfs", "parse_config", "plugin_spec", "privileges", "read_plugin_dir",
     "scope_path", "unpack_rootfs"
 ]

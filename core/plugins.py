@@ -1007,6 +1007,18 @@ class PluginHost:
             if p.enabled and not p.drivers:
                 await self._enable_managed(p, boot=True)
 
+    async def set_managed(self, name: str, settings: list[str]) -> None:
+        """Docker's ``plugin set`` on a disabled managed plugin (env, args, a mount's
+        source, a device's path, where its config allows)."""
+        p = self.get(name)
+        if not isinstance(p, ManagedPlugin):
+            raise InvalidArgument("engine plugins have no settings: use driver options")
+        if p.enabled and not p.error:
+            raise Conflict(f"cannot set on an active plugin, disable plugin {p.name} "
+                           "before setting")
+        p.config = managed_mod.apply_settings(p.config, settings)
+        await asyncio.get_running_loop().run_in_executor(None, self.managed_store.save, p)
+
     async def _managed_in_use(self, p: ManagedPlugin, in_use: Callable[[str, str], str],
                               *, volumes: bool = True) -> None:
         """Refuse while a container uses one of its drivers or (unless ``volumes`` is

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from engine.core.managed import ManagedPlugin, NotSupported
+from engine.core.managed import ManagedPlugin
 from engine.registry import auth
 from engine.sdk.errors import EngineError, InvalidArgument
 
@@ -160,13 +160,13 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def set_(request: web.Request) -> web.Response:
-    """Docker's ``plugin set KEY=VALUE``: engine plugins have no settable keys (they
-    take driver options instead), so only an empty list is accepted."""
-    rec = svc(request).plugins.get(request.match_info["name"])
-    if await _granted(request):
-        if isinstance(rec, ManagedPlugin):
-            raise NotSupported("changing the settings of a managed plugin is not supported")
-        raise InvalidArgument("engine plugins have no settings: use driver options")
+    """Docker's ``plugin set KEY=VALUE``: a managed plugin's settable env, args, mount
+    sources and device paths; engine plugins have none (they take driver options)."""
+    s = svc(request)
+    rec = s.plugins.get(request.match_info["name"])
+    settings = await _granted(request)
+    if settings or isinstance(rec, ManagedPlugin):
+        await s.plugins.set_managed(rec.name, settings)
     return web.Response(status=204)
 
 

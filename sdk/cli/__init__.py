@@ -182,6 +182,7 @@ MANAGEMENT: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
         "rm": ("objects", "cmd_plugin_rm"), "remove": ("objects", "cmd_plugin_rm"),
         "upgrade": ("objects", "cmd_plugin_upgrade"),
         "create": ("objects", "cmd_plugin_create"), "push": ("objects", "cmd_plugin_push"),
+        "set": ("objects", "cmd_plugin_set"),
     }),
     "system": ("Manage the engine", {
         "df": ("system", "cmd_system_df"), "prune": ("system", "cmd_system_prune"),

@@ -663,6 +663,17 @@ def cmd_plugin_push(cli: Cli, argv: list[str]) -> int:
     return 0
 
 
+PLUGIN_SET = Spec("plugin set", "plugin set PLUGIN KEY=VALUE [KEY=VALUE...]",
+                  "Change settings for a plugin (a disabled managed plugin's settable env, "
+                  "args, mount sources and device paths)", [], min_args=2)
+
+
+def cmd_plugin_set(cli: Cli, argv: list[str]) -> int:
+    _, args = cli.parse(PLUGIN_SET, argv)
+    cli.api.post(f"/plugins/{args[0]}/set", body=args[1:])
+    return 0
+
+
 PLUGIN_ENABLE = Spec("plugin enable", "plugin enable [OPTIONS] PLUGIN", "Enable a plugin",
                      [Flag("--timeout", STR, "HTTP client timeout (in seconds)", default="30")],
                      min_args=1, max_args=1)

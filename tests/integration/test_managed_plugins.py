@@ -128,7 +128,9 @@ def test_managed_volume_plugin_through_the_registry(daemon, registry, managed_di
     _nothing_left(d)
 
     # the docker CLI sends docker.io/library/managed-volume: the plugin registry stands in
-    out = docker(d, "plugin", "install", "--grant-all-permissions", "managed-volume").stdout
+    # with a setting: the config lets VOLUME_ROOT be set
+    out = docker(d, "plugin", "install", "--grant-all-permissions", "managed-volume",
+                 "VOLUME_ROOT=/data/elsewhere").stdout
     assert out.splitlines()[-1] == "Installed plugin managed-volume"
     plugin = {p["Name"]: p for p in _plugins(d)}["managed-volume:latest"]
     assert plugin["Enabled"] is True
@@ -145,7 +147,7 @@ def test_managed_volume_plugin_through_the_registry(daemon, registry, managed_di
     assert inspect["Driver"] == "managed-volume"
     # the data lives in the plugin's own rootfs, under its VOLUME_ROOT
     assert Path(inspect["Mountpoint"], "f").read_text() == "hi\n"
-    assert inspect["Mountpoint"].endswith("/rootfs/data/volumes/v1")
+    assert inspect["Mountpoint"].endswith("/rootfs/data/elsewhere/v1")
 
     refused = engine(d, "plugin", "disable", "managed-volume", ok=False)
     assert "in use" in refused.stderr and "v1" in refused.stderr

@@ -350,3 +350,22 @@ def test_a_start_that_fails_before_the_process_leaves_nothing(tmp_path):
     with pytest.raises(InvalidArgument, match="CAP_GONE"):
         asyncio.run(runner.start(p))
     assert not runner.socket_dir(p).exists() and not runner.state_dir(p).exists()
+
+
+def test_settings_change_only_what_the_config_lets_change():
+    cfg = parse_config({**SSHFS, "args": {"name": "args", "settable": ["value"], "value": []},
+                        "mounts": [{"name": "state", "source": "/var/lib/x",
+                                    "destination": "/state", "settable": ["source"]}],
+                        "linux": {"devices": [{"name": "fuse", "path": "/dev/fuse"}]}})
+    out = managed.apply_settings(cfg, ["DEBUG=1", "args=-v --fast", "state.source=/srv/s"])
+    assert out["Env"][0]["Value"] == "1" and out["Args"]["Value"] == ["-v", "--fast"]
+    assert out["Mounts"][0]["Source"] == "/srv/s"
+    assert cfg["Env"][0]["Value"] == "0"  # a copy: the stored config is not touched
+    # a mount source that changes is a privilege that changes
+    assert ("mount", ["/srv/s"]) in [(p["Name"], p["Value"]) for p in privileges(out)]
+    with pytest.raises(InvalidArgument, match="not found"):
+        managed.apply_settings(cfg, ["NOPE=1"])
+    with pytest.raises(InvalidArgument, match="not settable"):
+        managed.apply_settings(cfg, ["fuse.path=/dev/x"])
+    with pytest.raises(InvalidArgument, match="NAME=VALUE"):
+        managed.apply_settings(cfg, ["DEBUG"])
