@@ -19,6 +19,8 @@ import pytest
 from conftest import DOCKER, Daemon, import_busybox, needs_root, new_daemon_dir
 from test_registry_peers import engine_registry
 
+from engine.registry.htpasswd import bcrypt_hash
+
 from engine.sdk.packaging import build_wheel
 
 pytestmark = [pytest.mark.root, needs_root,
@@ -292,6 +294,31 @@ def test_python_plugin_pushed_and_installed_by_reference(daemon, registry, tmp_p
     site = next(Path(d.data_root, "plugins", "env", "lib").glob("*/site-packages"))
     assert not (site / "engine_memfs").exists()
     assert not Path(d.data_root, "plugins", "wheels", "engine-volume-memfs").exists()
+
+
+def test_plugins_through_a_registry_that_wants_credentials(daemon, managed_dir, tmp_path):
+    """The docker CLI's credentials (docker login) travel in X-Registry-Auth with
+    plugin push, privileges and install, as with images."""
+    d = daemon
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt_hash('secret')}\n")
+    reg = engine_registry(tmp_path / "reg", "--htpasswd", str(htpasswd))
+    try:
+        ref = f"{reg.host}/team/locked"
+        docker(d, "plugin", "create", ref, str(managed_dir))
+        denied = docker(d, "plugin", "push", ref, ok=False)
+        assert "authentication required" in denied.stderr
+        login = subprocess.run([DOCKER, "login", reg.host, "-u", "alice", "--password-stdin"],
+                               input="secret\n", capture_output=True, text=True, env=d.env)
+        assert login.returncode == 0, login.stderr
+        docker(d, "plugin", "push", ref)
+        docker(d, "plugin", "rm", ref)
+        docker(d, "plugin", "install", "--grant-all-permissions", "--disable", ref)
+        assert f"{ref}:latest" in {p["Name"] for p in _plugins(d)}
+        docker(d, "plugin", "rm", ref)
+    finally:
+        reg.stop()
+    _nothing_left(d)
 
 
 def test_an_image_is_not_a_plugin(daemon, registry):
