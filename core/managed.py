@@ -565,6 +565,10 @@ def plugin_spec(p: ManagedPlugin, *, rootfs: str, socket_dir: str,
                                "options": ["rbind", "ro"]})
     for m in cfg["Mounts"]:
         mtype = m.get("Type") or "bind"
+        if mtype == "bind" and not m.get("Source"):
+            raise InvalidArgument(f"plugin {p.name}: mount {m.get('Name') or m['Destination']}"
+                                  " has no source: set it with plugin set "
+                                  f"{m.get('Name') or 'NAME'}.source=PATH")
         opts = list(m["Options"]) or (["rbind", "rw"] if mtype == "bind" else [])
         if mtype == "bind" and not any(o in ("bind", "rbind") for o in opts):
             opts.insert(0, "rbind")

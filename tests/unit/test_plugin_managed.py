@@ -171,6 +171,11 @@ def test_the_spec_carries_exactly_the_plugins_privileges(tmp_path):
     assert spec["annotations"]["org.engine.plugin.name"] == "sshfs:latest"
     assert spec["linux"]["cgroupsPath"] == f"/engine-plugins/{p.id}"
 
+    unset = _plugin(mounts=[{"name": "state", "destination": "/state", "type": "bind",
+                             "settable": ["source"]}])
+    with pytest.raises(InvalidArgument, match="set it with plugin set state.source=PATH"):
+        plugin_spec(unset, rootfs=str(rootfs), socket_dir="/s", propagated=None)
+
     private = plugin_spec(_plugin(network={"type": ""}, pidhost=True,
                                   linux={"allowAllDevices": True}, mounts=[]),
                           rootfs=str(rootfs), socket_dir="/s", propagated=None)
