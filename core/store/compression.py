@@ -99,10 +99,11 @@ class _GzipStream(io.RawIOBase):
     steps and computes the CRC a second time in Python.
     """
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: BinaryIO, head: bytes = b"") -> None:
+        """``head``: bytes already read from the start of the stream."""
         self._source = source
         self._decoder = zlib.decompressobj(31)
-        self._input = b""
+        self._input = head
 
     def readable(self) -> bool:
         return True
@@ -219,8 +220,9 @@ def decompressed(src: Source) -> Iterator[BinaryIO]:
         source: BinaryIO = io.BufferedReader(_Prefixed(prefix, raw), CHUNK)  # type: ignore[arg-type]
         kind = detect(prefix)
         proc: _ZstdProcess | None = None
-        if kind == "gzip":
-            out: BinaryIO = io.BufferedReader(_GzipStream(source), CHUNK)  # type: ignore[arg-type]
+        if kind == "gzip":  # zlib reads megabytes from the source itself: no buffer between
+            gz = _GzipStream(raw, prefix)
+            out: BinaryIO = io.BufferedReader(gz, CHUNK)  # type: ignore[arg-type]
         elif kind == "bzip2":
             out = bz2.BZ2File(source, "rb")  # type: ignore[assignment]
         elif kind == "xz":

@@ -83,9 +83,10 @@ class Screen:
                 self.row += 1
                 self.col = 0
             else:
+                chars = m.group(5)
                 line = self.rows[self.row].ljust(self.col)
-                self.rows[self.row] = line[:self.col] + m.group(5) + line[self.col + len(m.group(5)):]
-                self.col += len(m.group(5))
+                self.rows[self.row] = line[:self.col] + chars + line[self.col + len(chars):]
+                self.col += len(chars)
             while len(self.rows) <= self.row:
                 self.rows.append("")
         return [r.rstrip() for r in self.rows]
@@ -125,10 +126,9 @@ def test_terminal_output_redraws_one_line_per_layer():
     text, _ = render(PULL, tty=True)
     assert "\x1b[2K" in text and "\x1b[1A" in text and "\x1b[2A" in text
     assert text.count("\n") == 5  # the first line, one per layer, digest and status
-    screen = Screen()
     # mid-download the two layers show their bars on their own lines
-    middle = "".join(_chunks(PULL[:5]))
-    rows = screen.feed(middle)
+    middle, _ = render(PULL[:5], tty=True)
+    rows = Screen().feed(middle)
     assert rows[0] == "v1: Pulling from bench/img"
     assert rows[1] == f"{LAYER_A}: Downloading [" + "=" * 12 + ">" + " " * 38 + "]      1MB/4MB"
     assert rows[2] == f"{LAYER_B}: Downloading [" + "=" * 12 + ">" + " " * 38 + "]    500kB/2MB"
@@ -141,12 +141,6 @@ def test_terminal_output_redraws_one_line_per_layer():
         "Status: Downloaded newer image for 127.0.0.1:5000/bench/img:v1",
         "",
     ]
-
-
-def _chunks(messages: list[dict]) -> list[str]:
-    out = io.StringIO()
-    ProgressDisplay(out, tty=True, columns=120).show(messages)
-    return [out.getvalue()]
 
 
 def test_push_on_a_terminal_and_in_a_pipe():
