@@ -260,7 +260,7 @@ class LayerStore:
                 f"storage at {self.root} was created with driver {recorded!r}, not {wanted!r}"
             )
         choice = recorded or wanted
-        options = overlay_options(self._tmp) if choice in ("auto", "overlay") else None
+        options = self._overlay_options() if choice in ("auto", "overlay") else None
         self._overlay_extra = options or ""
         if recorded is not None:
             return recorded  # type: ignore[return-value]
@@ -269,6 +269,27 @@ class LayerStore:
         chosen: Driver = "overlay" if options is not None else "vfs"
         atomic_write(marker, chosen.encode() + b"\n")
         return chosen
+
+    def _overlay_options(self) -> str | None:
+        """:func:`overlay_options`, probed once per kernel: the answer is kept in the
+        root beside the kernel release that gave it (the probe's unmount waits for an
+        RCU grace period, tens of milliseconds of every daemon start otherwise)."""
+        if os.geteuid() != 0:
+            return None
+        cache = self.root / "overlay-probe.json"
+        kernel = os.uname().release
+        try:
+            known = msgspec.json.decode(cache.read_bytes())
+            if known.get("kernel") == kernel:
+                return known.get("options")
+        except (OSError, msgspec.DecodeError, AttributeError):
+            pass
+        options = overlay_options(self._tmp)
+        try:
+            atomic_write(cache, msgspec.json.encode({"kernel": kernel, "options": options}))
+        except OSError:
+            pass
+        return options
 
     # -- layers ------------------------------------------------------------------------
 

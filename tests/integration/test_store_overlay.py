@@ -142,3 +142,24 @@ def test_long_layer_chains_mount(tmp_path, store):
     assert open(f"{merged}/f0").read() == "0"
     layers.unmount("long")
     assert not os.path.ismount(merged)
+
+
+@needs_root
+def test_overlay_probe_is_kept_per_kernel(tmp_path, monkeypatch):
+    from engine.core.store import layers as layers_mod
+
+    first = LayerStore(tmp_path / "root", "overlay")
+    probe = json.loads((tmp_path / "root" / "overlay-probe.json").read_bytes())
+    assert probe["kernel"] == os.uname().release
+    assert probe["options"] == first._overlay_extra
+
+    calls = []
+    real = layers_mod.overlay_options
+    monkeypatch.setattr(layers_mod, "overlay_options", lambda d: calls.append(d) or real(d))
+    again = LayerStore(tmp_path / "root", "overlay")
+    assert calls == [] and again._overlay_extra == first._overlay_extra
+    # another kernel: probed again
+    (tmp_path / "root" / "overlay-probe.json").write_text(
+        json.dumps({"kernel": "0.0.0-other", "options": "bogus"}))
+    third = LayerStore(tmp_path / "root", "overlay")
+    assert len(calls) == 1 and third._overlay_extra == first._overlay_extra
