@@ -331,16 +331,48 @@ class PluginHost:
         rec.drivers = {k: sorted(t) for k, t in tables.items() if t}
         for kind, table in tables.items():
             for name, cls in table.items():
-                ctx = DriverContext(
-                    name=name,
-                    state_dir=str(Path(self.data_root, "drivers", kind, name)),
-                    options=self.driver_options.get(name, {}),
-                    data_root=self.data_root,
-                    exec_root=self.exec_root,
-                )
-                Path(ctx.state_dir).mkdir(parents=True, exist_ok=True)
-                self.drivers[kind][name] = cls(ctx)
-                self._owner[(kind, name)] = rec.name
+                self._instantiate(kind, name, cls, rec.name)
+
+    def _instantiate(self, kind: str, name: str, cls: type, owner: str):
+        """Make driver ``name`` of ``kind`` from its class, with its context, and
+        record which plugin owns it."""
+        ctx = DriverContext(
+            name=name,
+            state_dir=str(Path(self.data_root, "drivers", kind, name)),
+            options=self.driver_options.get(name, {}),
+            data_root=self.data_root,
+            exec_root=self.exec_root,
+        )
+        Path(ctx.state_dir).mkdir(parents=True, exist_ok=True)
+        drv = self.drivers[kind][name] = cls(ctx)
+        self._owner[(kind, name)] = owner
+        return drv
+
+    def _find_late(self, kind: str, name: str):
+        """A driver no plugin registered, made on demand by the first enabled plugin
+        whose ``engine_find_driver`` knows the name (a Docker v1 plugin whose socket
+        appeared after the daemon started). It counts among that plugin's drivers, so
+        disabling the plugin drops it too."""
+        for impl in reversed(self.pm.hook.engine_find_driver.get_hookimpls()):
+            rec = self.plugins.get(impl.plugin_name)
+            if rec is None or not rec.enabled or rec.error:
+                continue
+            try:
+                cls = impl.function(kind=kind, name=name)
+                if cls is None:
+                    continue
+                getattr(Registrar(), f"add_{kind}_driver")(cls)  # the kind's own checks
+            except Exception as e:
+                log.warning("plugin %s: engine_find_driver(%s, %s): %s",
+                            impl.plugin_name, kind, name, e)
+                continue
+            if getattr(cls, "name", None) != name:
+                log.warning("plugin %s answered %s driver %r for %r: ignored",
+                            impl.plugin_name, kind, getattr(cls, "name", None), name)
+                continue
+            rec.drivers.setdefault(kind, []).append(name)
+            return self._instantiate(kind, name, cls, impl.plugin_name)
+        return None
 
     async def start_drivers(self, names: list[tuple[str, str]] | None = None) -> None:
         """Start the drivers (all of them at daemon start, then the enabled managed
@@ -386,6 +418,8 @@ class PluginHost:
 
     def _get(self, kind: str, name: str):
         drv = self.drivers[kind].get(name)
+        if drv is None and kind in KINDS:
+            drv = self._find_late(kind, name)
         if drv is None:
             raise NotFound(f"{kind} driver {name!r} not found (installed: "
                            f"{', '.join(sorted(self.drivers[kind])) or 'none'})")

@@ -229,8 +229,6 @@ def test_network_plugin_plugs_an_interface_into_the_container(plugged):
     assert subprocess.run(["ip", "link", "show", host_end], capture_output=True).returncode != 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs the host to ask engine_find_driver for a "
-                   "driver name it does not know (core/plugins.py PluginHost._get)")
 def test_a_plugin_started_after_the_daemon_is_found_by_name(late_plugin):
     daemon, start = late_plugin
     r = docker(daemon, "volume", "create", "-d", "lateplug", "early")
