@@ -206,8 +206,33 @@ class LogDriver(Driver):
         raise NotImplementedError
         yield  # pragma: no cover
 
+    async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
+                           tail: int = -1, follow: bool = False,
+                           stopped: Callable[[], bool] | None = None,
+                           with_time: bool = True) -> AsyncIterator[list[LogEntry]]:
+        """The entries of :meth:`read`, in order, in lists of what is at hand at once
+        (a chunk of a file, what a follower just found). The daemon reads through
+        this. The default wraps :meth:`read`, an entry per list, so a driver needs only
+        :meth:`read`; one whose logs run to millions of lines overrides this too (and
+        may build :meth:`read` on it with :func:`flatten`)."""
+        kw = dict(since_ns=since_ns, until_ns=until_ns, tail=tail, follow=follow,
+                  stopped=stopped)
+        try:
+            entries = self.read(log, **kw, with_time=with_time)
+        except TypeError:  # a driver written before ``with_time``
+            entries = self.read(log, **kw)
+        async for e in entries:
+            yield [e]
+
     async def remove(self, log: LogContext) -> None:
         """Delete what this driver keeps for the container."""
+
+
+async def flatten(batches: AsyncIterator[list[LogEntry]]) -> AsyncIterator[LogEntry]:
+    """The entries of :meth:`LogDriver.read_batches`, one at a time."""
+    async for batch in batches:
+        for e in batch:
+            yield e
 
 
 class Registrar:

@@ -207,13 +207,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
     args = dict(since_ns=int(since * 1e9), until_ns=int(until * 1e9), tail=tail,
                 follow=follow, stopped=stopped)
-    try:
-        entries = drv.read(cs.log_context(c), **args, with_time=ts)
-    except TypeError:  # a driver written before ``with_time``
-        entries = drv.read(cs.log_context(c), **args)
+    batches = drv.read_batches(cs.log_context(c), **args, with_time=ts)
     # A driver that refuses (no such log, reading disabled) does so on its first entry:
     # wait a moment for it so the refusal is a plain HTTP error, not a broken stream.
-    first = asyncio.ensure_future(entries.__anext__())
+    first = asyncio.ensure_future(batches.__anext__())
     done, _ = await asyncio.wait({first}, timeout=0.2)
     if done and first.exception() is not None and \
             not isinstance(first.exception(), StopAsyncIteration):
@@ -222,47 +219,36 @@ async def logs(request: web.Request) -> web.StreamResponse:
         "Content-Type": "application/vnd.docker.raw-stream" if tty
         else "application/vnd.docker.multiplexed-stream"})
     await resp.prepare(request)
-
-    buf: list[bytes] = []
-    size = 0
     pack = _FRAME.pack
 
-    def add(e) -> None:
-        nonlocal size
-        if e.stream == "stdout":
-            if not want_out:
-                return
-            n = 1
-        else:
-            if not want_err:
-                return
-            n = 2
-        data = e.data
+    def frames(batch: list) -> bytes:
+        """A batch of entries as the stream carries them: one stdcopy frame per entry
+        (as Docker sends them: clients may rely on an entry per frame), raw with a
+        TTY; with the time in front when asked for."""
+        if not (want_out and want_err):
+            batch = [e for e in batch if (e.stream == "stdout") == want_out]
         if ts:
-            data = rfc3339(ns=e.time_ns).encode() + b" " + data
-        if tty:
-            buf.append(data)
+            datas = [rfc3339(ns=e.time_ns).encode() + b" " + e.data for e in batch]
         else:
-            buf.append(pack(n, len(data)))
-            buf.append(data)
-            size += 8
-        size += len(data)
+            datas = [e.data for e in batch]
+        if tty:
+            return b"".join(datas)
+        return b"".join([pack(1 if e.stream == "stdout" else 2, len(d)) + d
+                         for e, d in zip(batch, datas)])
 
     try:
         try:
-            add(await first)
+            batch = await first
         except StopAsyncIteration:
             pass
         else:
-            async for e in entries:
-                add(e)
-                if size >= 65536 or (follow and size):
-                    # a follower wants lines as they come: flush whenever the reader idles
-                    await resp.write(b"".join(buf))
-                    buf.clear()
-                    size = 0
-        if buf:
-            await resp.write(b"".join(buf))
+            chunk = frames(batch)
+            if chunk:
+                await resp.write(chunk)
+            async for batch in batches:
+                chunk = frames(batch)
+                if chunk:
+                    await resp.write(chunk)
     except (ConnectionResetError, asyncio.CancelledError):
         return resp
     await resp.write_eof()

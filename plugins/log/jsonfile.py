@@ -19,7 +19,7 @@ from typing import AsyncIterator, Callable
 import msgspec
 
 from engine.sdk import hookimpl
-from engine.sdk.drivers import LogContext, LogDriver, LogEntry
+from engine.sdk.drivers import LogContext, LogDriver, LogEntry, flatten
 from engine.sdk.errors import InvalidArgument
 
 from ._base import buffer_options
@@ -68,6 +68,15 @@ class JsonFileDriver(LogDriver):
                    tail: int = -1, follow: bool = False,
                    stopped: Callable[[], bool] | None = None,
                    with_time: bool = True) -> AsyncIterator[LogEntry]:
+        async for e in flatten(self.read_batches(
+                log, since_ns=since_ns, until_ns=until_ns, tail=tail, follow=follow,
+                stopped=stopped, with_time=with_time)):
+            yield e
+
+    async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
+                           tail: int = -1, follow: bool = False,
+                           stopped: Callable[[], bool] | None = None,
+                           with_time: bool = True) -> AsyncIterator[list[LogEntry]]:
         decoder = msgspec.json.Decoder(_Line)
         loop = asyncio.get_running_loop()
         need_time = with_time or since_ns or until_ns
@@ -113,10 +122,8 @@ class JsonFileDriver(LogDriver):
                 return list(kept), end, inode
 
             entries, pos, ino = await loop.run_in_executor(None, last_entries)
-            for i in range(0, len(entries), 1000):
-                for e in entries[i:i + 1000]:
-                    yield e
-                await asyncio.sleep(0)
+            for i in range(0, len(entries), 10000):
+                yield entries[i:i + 10000]
         else:
             # a file at a time, a chunk at a time: a 1 GB log never sits in memory
             for path in files:
@@ -126,8 +133,8 @@ class JsonFileDriver(LogDriver):
                     if item is None:
                         break
                     batch, pos, ino = item
-                    for e in batch:
-                        yield e
+                    if batch:
+                        yield batch
         if not follow:
             return
         path = log_file(log.log_dir, log.container_id)
@@ -145,8 +152,9 @@ class JsonFileDriver(LogDriver):
             cut = blob.rfind(b"\n") + 1
             if cut:
                 pos += cut
-                for e in decode(blob[:cut]):
-                    yield e
+                batch = decode(blob[:cut])
+                if batch:
+                    yield batch
             if done:
                 return
             await asyncio.sleep(0.05 if cut else 0.1)

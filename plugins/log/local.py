@@ -14,7 +14,7 @@ import os
 from typing import AsyncIterator, Callable
 
 from engine.sdk import hookimpl
-from engine.sdk.drivers import LogContext, LogDriver, LogEntry
+from engine.sdk.drivers import LogContext, LogDriver, LogEntry, flatten
 from engine.sdk.errors import InvalidArgument
 
 from . import _localfile
@@ -54,8 +54,10 @@ def validate_mode(options: dict[str, str]) -> None:
 
 async def read_records(rot: _localfile.Rotation, *, since_ns: int = 0, until_ns: int = 0,
                        tail: int = -1, follow: bool = False,
-                       stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
-    """Entries of a ``local``-format log, oldest first; file reads run in an executor."""
+                       stopped: Callable[[], bool] | None = None
+                       ) -> AsyncIterator[list[LogEntry]]:
+    """Entries of a ``local``-format log, oldest first, in lists; file reads run in an
+    executor."""
     loop = asyncio.get_running_loop()
 
     def keep(records: list[_localfile.Record]) -> list[LogEntry]:
@@ -69,10 +71,8 @@ async def read_records(rot: _localfile.Rotation, *, since_ns: int = 0, until_ns:
     entries = keep(records)
     if tail >= 0:
         entries = entries[len(entries) - tail:] if tail else []
-    for i in range(0, len(entries), 1000):
-        for e in entries[i:i + 1000]:
-            yield e
-        await asyncio.sleep(0)
+    for i in range(0, len(entries), 10000):
+        yield entries[i:i + 10000]
     if not follow:
         return
     follower = await loop.run_in_executor(None, _localfile.Follower, rot.path, pos, ino)
@@ -80,8 +80,9 @@ async def read_records(rot: _localfile.Rotation, *, since_ns: int = 0, until_ns:
         while True:
             done = stopped() if stopped else False
             records = await loop.run_in_executor(None, follower.poll)
-            for e in keep(records):
-                yield e
+            batch = keep(records)
+            if batch:
+                yield batch
             if done:
                 return
             await asyncio.sleep(0.05 if records else 0.1)
@@ -108,9 +109,18 @@ class LocalLogDriver(LogDriver):
     async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                    tail: int = -1, follow: bool = False,
                    stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
-        async for e in read_records(self.rotation(log), since_ns=since_ns, until_ns=until_ns,
-                                    tail=tail, follow=follow, stopped=stopped):
+        async for e in flatten(self.read_batches(log, since_ns=since_ns, until_ns=until_ns,
+                                                 tail=tail, follow=follow, stopped=stopped)):
             yield e
+
+    async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
+                           tail: int = -1, follow: bool = False,
+                           stopped: Callable[[], bool] | None = None,
+                           with_time: bool = True) -> AsyncIterator[list[LogEntry]]:
+        async for batch in read_records(self.rotation(log), since_ns=since_ns,
+                                        until_ns=until_ns, tail=tail, follow=follow,
+                                        stopped=stopped):
+            yield batch
 
     async def remove(self, log: LogContext) -> None:
         remove_files(self.rotation(log))
@@ -153,12 +163,21 @@ class CachingLogDriver(LogDriver):
     async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                    tail: int = -1, follow: bool = False,
                    stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
+        async for e in flatten(self.read_batches(log, since_ns=since_ns, until_ns=until_ns,
+                                                 tail=tail, follow=follow, stopped=stopped)):
+            yield e
+
+    async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
+                           tail: int = -1, follow: bool = False,
+                           stopped: Callable[[], bool] | None = None,
+                           with_time: bool = True) -> AsyncIterator[list[LogEntry]]:
         if not _localfile.cache_enabled(log.options):
             raise InvalidArgument(f"configured logging driver does not support reading: "
                                   f"{self.name} with cache-disabled=true")
-        async for e in read_records(self._cache(log), since_ns=since_ns, until_ns=until_ns,
-                                    tail=tail, follow=follow, stopped=stopped):
-            yield e
+        async for batch in read_records(self._cache(log), since_ns=since_ns,
+                                        until_ns=until_ns, tail=tail, follow=follow,
+                                        stopped=stopped):
+            yield batch
 
     async def remove(self, log: LogContext) -> None:
         remove_files(self._cache(log))

@@ -32,15 +32,32 @@ class FrameParser:
         self.buf = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self.buf += data
-        frames = []
-        while len(self.buf) >= 8:
-            size = int.from_bytes(self.buf[4:8], "big")
-            if len(self.buf) < 8 + size:
+        """The payloads of the frames completed so far, in order, the payloads of
+        consecutive frames of one stream joined (a log of a million lines comes
+        back as a few large writes, not a million small ones)."""
+        buf = self.buf
+        buf += data
+        n, pos = len(buf), 0
+        out: list[tuple[int, bytes]] = []
+        run: list[bytes] = []
+        run_stream = -1
+        from_bytes = int.from_bytes
+        while pos + 8 <= n:
+            end = pos + 8 + from_bytes(buf[pos + 4:pos + 8], "big")
+            if end > n:
                 break
-            frames.append((self.buf[0], bytes(self.buf[8:8 + size])))
-            del self.buf[:8 + size]
-        return frames
+            stream = buf[pos]
+            if stream != run_stream:
+                if run:
+                    out.append((run_stream, b"".join(run)))
+                    run = []
+                run_stream = stream
+            run.append(buf[pos + 8:end])
+            pos = end
+        if run:
+            out.append((run_stream, b"".join(run)))
+        del buf[:pos]
+        return out
 
 
 def _binary(stream: Any) -> Any:

@@ -172,3 +172,29 @@ def test_escape_detector_releases_broken_sequences():
     assert det.feed(b"c") == (b"\x10c", False)
     assert det.feed(b"\x10\x10\x11rest") == (b"\x10", True)
     assert parse_detach_keys("ctrl-@,ctrl-[,a") == b"\x00\x1ba"
+
+
+def test_frame_parser_joins_runs_of_one_stream_across_arbitrary_pieces():
+    from engine.sdk.cli.attach import FrameParser
+
+    def frame(stream: int, data: bytes) -> bytes:
+        return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+    wire = (frame(1, b"a\n") + frame(1, b"bb\n") + frame(2, b"err\n") + frame(1, b"")
+            + frame(1, b"c\n") + frame(2, b"x" * 70000))
+    for step in (1, 3, 7, 8, 9, 4096, len(wire)):
+        p = FrameParser()
+        got: list[tuple[int, bytes]] = []
+        for i in range(0, len(wire), step):
+            got.extend(p.feed(wire[i:i + step]))
+        assert not p.buf, step  # everything consumed
+        # the same bytes per stream, in the same order
+        merged: list[tuple[int, bytes]] = []
+        for stream, data in got:
+            if merged and merged[-1][0] == stream:
+                merged[-1] = (stream, merged[-1][1] + data)
+            else:
+                merged.append((stream, data))
+        assert merged == [(1, b"a\nbb\n"), (2, b"err\n"), (1, b"c\n"), (2, b"x" * 70000)], step
+    whole = FrameParser().feed(wire)
+    assert whole == [(1, b"a\nbb\n"), (2, b"err\n"), (1, b"c\n"), (2, b"x" * 70000)]
