@@ -91,6 +91,25 @@ class LogDriverSuite:
             assert [e.time_ns for e in got] == [ns for _, _, ns in lines]
         drive(driver, body)
 
+    def test_batches_hold_the_same_entries_as_read(self, driver: LogDriver,
+                                                   tmp_path: Path) -> None:
+        """``read_batches`` (what the daemon reads through) and ``read`` agree, with
+        and without ``tail``; no batch is empty."""
+        self.readable(driver)
+        ctx = self.context(driver, tmp_path)
+        lines = [("stdout" if i % 4 else "stderr", f"entry {i}\n".encode(), T0 + i)
+                 for i in range(200)]
+        self.write_lines(driver, ctx, lines)
+
+        async def body(d: LogDriver) -> None:
+            for kw in ({}, {"tail": 7}, {"since_ns": T0 + 150}):
+                batches = [b async for b in d.read_batches(ctx, **kw)]
+                assert all(batches), kw
+                flat = [(e.stream, e.data, e.time_ns) for b in batches for e in b]
+                assert flat == [(e.stream, e.data, e.time_ns)
+                                for e in await self.collect(d, ctx, **kw)], kw
+        drive(driver, body)
+
     def test_chunks_are_split_into_lines(self, driver: LogDriver, tmp_path: Path) -> None:
         """A chunk may hold several lines, or part of one; the last partial line is
         flushed on close, without a newline."""
