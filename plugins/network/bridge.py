@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import hashlib
 import json
 import logging
@@ -111,6 +112,22 @@ def _ipr(netns: str | None = None) -> Iterator[IPRoute]:
             yield ip
     finally:
         loop.close()
+
+
+@contextmanager
+def netlink_step(what: str) -> Iterator[None]:
+    """Turn the kernel's refusal of a netlink request made inside into a typed error
+    that says which step was refused (``what``) and why: an address or name already
+    taken is a :class:`Conflict`, anything else a :class:`DriverError`. pyroute2's own
+    ``NetlinkError`` is no error of the SDK: the daemon could not tell its kind."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as e:
+        reason = os.strerror(e.code) if e.code else str(e)
+        kind = Conflict if e.code in (errno.EEXIST, errno.EADDRINUSE) else DriverError
+        raise kind(f"{what}: {reason}") from None
 
 
 def _link_index(ip: IPRoute, name: str) -> int | None:
@@ -209,25 +226,29 @@ def plumb_veth(*, bridge: str, host_if: str, netns_path: str, address: str, pref
         kwargs: dict[str, Any] = {"ifname": host_if, "kind": "veth", "peer": {"ifname": peer_tmp}}
         if mtu:
             kwargs["mtu"] = mtu
-        ip.link("add", **kwargs)
+        with netlink_step(f"creating the veth pair {host_if}"):
+            ip.link("add", **kwargs)
         try:
-            host_idx = _link_index(ip, host_if)
-            ip.link("set", index=host_idx, master=br, state="up")
-            peer_idx = _link_index(ip, peer_tmp)
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ip.link("set", index=peer_idx, net_ns_fd=fd)
-            finally:
-                os.close(fd)
+            with netlink_step(f"attaching {host_if} to {bridge}"):
+                host_idx = _link_index(ip, host_if)
+                ip.link("set", index=host_idx, master=br, state="up")
+                peer_idx = _link_index(ip, peer_tmp)
+                fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    ip.link("set", index=peer_idx, net_ns_fd=fd)
+                finally:
+                    os.close(fd)
             with _ipr(netns_path) as ns:
                 names = {lk.get_attr("IFLA_IFNAME") for lk in ns.get_links()}
                 ifname = next(f"eth{i}" for i in range(len(names) + 1) if f"eth{i}" not in names)
                 idx = _link_index(ns, peer_tmp)
-                ns.link("set", index=idx, ifname=ifname, address=mac)
-                ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
-                ns.link("set", index=idx, state="up")
+                with netlink_step(f"configuring {ifname} with {address}/{prefixlen}"):
+                    ns.link("set", index=idx, ifname=ifname, address=mac)
+                    ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
+                    ns.link("set", index=idx, state="up")
                 if default_route:
-                    ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+                    with netlink_step(f"default route via gateway {gateway} on {ifname}"):
+                        ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
             return ifname
         except BaseException:
             try:

@@ -33,7 +33,7 @@ from typing import Any, Callable, ClassVar
 
 from engine.sdk import hookimpl
 from engine.sdk.drivers import DriverContext, EndpointInfo, NetworkDriver, NetworkSpec, Sandbox
-from engine.sdk.errors import DriverError, InvalidArgument
+from engine.sdk.errors import DriverError, EngineError, InvalidArgument
 from engine.sdk.remote import (
     PluginSpec,
     find_remote_driver,
@@ -42,7 +42,7 @@ from engine.sdk.remote import (
     remote_driver_class,
 )
 
-from .bridge import _ipr, _link_index
+from .bridge import _ipr, _link_index, netlink_step
 from .ipam import Pool, mac_for
 
 GENERIC = "com.docker.network.generic"
@@ -56,41 +56,64 @@ ROUTE_NEXTHOP, ROUTE_CONNECTED = 0, 1
 
 def plug_interface(*, src_name: str, netns_path: str, dst_prefix: str, address: str,
                    prefixlen: int, mac: str, gateway: str, routes: list[dict[str, Any]]) -> str:
-    """Move ``src_name`` into the namespace and configure it; return its new name."""
+    """Move ``src_name`` into the namespace and configure it; return its new name.
+
+    A step the kernel refuses (a gateway outside the endpoint's subnet, an address
+    already taken) raises a typed error naming the step (:func:`netlink_step`), after
+    the interface went back to the host namespace under ``src_name``, where the
+    plugin deletes it on ``Leave``."""
     with _ipr() as ip:
         idx = _link_index(ip, src_name)
         if idx is None:
             raise DriverError(f"the plugin's interface {src_name} does not exist")
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ip.link("set", index=idx, state="down")
-            ip.link("set", index=idx, net_ns_fd=fd)
+            with netlink_step(f"moving the plugin's interface {src_name} into the container"):
+                ip.link("set", index=idx, state="down")
+                ip.link("set", index=idx, net_ns_fd=fd)
         finally:
             os.close(fd)
-    with _ipr(netns_path) as ns:
-        idx = _link_index(ns, src_name)
-        names = {lk.get_attr("IFLA_IFNAME") for lk in ns.get_links()}
-        prefix = dst_prefix or "eth"
-        ifname = next(f"{prefix}{i}" for i in range(len(names) + 1)
-                      if f"{prefix}{i}" not in names)
-        attrs: dict[str, Any] = {"ifname": ifname}
-        if mac:
-            attrs["address"] = mac
-        ns.link("set", index=idx, **attrs)
-        if address:
-            ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
-        ns.link("set", index=idx, state="up")
-        for r in routes:
-            dst = r.get("Destination") or ""
-            if not dst:
-                continue
-            if int(r.get("RouteType", ROUTE_NEXTHOP)) == ROUTE_CONNECTED:
-                ns.route("add", dst=dst, oif=idx, scope=253)  # scope link
-            elif r.get("NextHop"):
-                ns.route("add", dst=dst, gateway=r["NextHop"], oif=idx)
-        if gateway:
-            ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
-        return ifname
+    ifname = src_name
+    try:
+        with _ipr(netns_path) as ns:
+            idx = _link_index(ns, src_name)
+            names = {lk.get_attr("IFLA_IFNAME") for lk in ns.get_links()}
+            prefix = dst_prefix or "eth"
+            new_name = next(f"{prefix}{i}" for i in range(len(names) + 1)
+                            if f"{prefix}{i}" not in names)
+            attrs: dict[str, Any] = {"ifname": new_name}
+            if mac:
+                attrs["address"] = mac
+            with netlink_step(f"naming {src_name} {new_name}"
+                              + (f" with MAC address {mac}" if mac else "")):
+                ns.link("set", index=idx, **attrs)
+            ifname = new_name
+            if address:
+                with netlink_step(f"adding address {address}/{prefixlen} to {ifname}"):
+                    ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
+            with netlink_step(f"bringing {ifname} up"):
+                ns.link("set", index=idx, state="up")
+            for r in routes:
+                dst = r.get("Destination") or ""
+                if not dst:
+                    continue
+                if int(r.get("RouteType", ROUTE_NEXTHOP)) == ROUTE_CONNECTED:
+                    with netlink_step(f"static route to {dst} on {ifname}"):
+                        ns.route("add", dst=dst, oif=idx, scope=253)  # scope link
+                elif r.get("NextHop"):
+                    with netlink_step(f"static route to {dst} via {r['NextHop']}"):
+                        ns.route("add", dst=dst, gateway=r["NextHop"], oif=idx)
+            if gateway:
+                with netlink_step(f"default route via gateway {gateway} on {ifname} "
+                                  f"(address {address}/{prefixlen})"):
+                    ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+            return ifname
+    except BaseException:
+        try:
+            unplug_interface(ifname=ifname, src_name=src_name, netns_path=netns_path)
+        except Exception:  # the namespace goes with the failed start: the pair with it
+            pass
+        raise
 
 
 def unplug_interface(*, ifname: str, src_name: str, netns_path: str) -> None:
@@ -317,11 +340,14 @@ class RemoteNetworkDriver(NetworkDriver):
             gateway = joined.get("Gateway") or pool_gw
             default_route = bool(options.get("gateway", True)) and bool(gateway) \
                 and not joined.get("DisableGatewayService")
-            ifname = await self._run(
-                plug_interface, src_name=src, netns_path=sandbox.netns_path,
-                dst_prefix=names.get("DstPrefix") or "eth", address=ip, prefixlen=prefixlen,
-                mac=mac, gateway=gateway if default_route else "",
-                routes=list(joined.get("StaticRoutes") or []))
+            try:
+                ifname = await self._run(
+                    plug_interface, src_name=src, netns_path=sandbox.netns_path,
+                    dst_prefix=names.get("DstPrefix") or "eth", address=ip,
+                    prefixlen=prefixlen, mac=mac, gateway=gateway if default_route else "",
+                    routes=list(joined.get("StaticRoutes") or []))
+            except EngineError as e:  # say whose answer the kernel refused
+                raise type(e)(f"network plugin {self.name}: {e.message}") from None
         except BaseException:
             await self._undo(net_id, endpoint_id, steps)
             await self._release(net_id, ip)

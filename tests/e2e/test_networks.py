@@ -7,6 +7,7 @@ Traffic goes only to loopback and to addresses of networks the tests create.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -311,3 +312,52 @@ def test_failed_start_leaves_no_endpoint_or_port(docker, made, engine_daemon):
     assert mine == []
     ok(docker("network", "rm", n))
     made["networks"].remove(n)
+
+
+PLUGIN_SERVER = str(__import__("pathlib").Path(__file__).parents[1] / "integration"
+                    / "plugin_server.py")
+
+
+def test_remote_network_join_failure_fails_fast_and_leaves_nothing(tmp_path, monkeypatch,
+                                                                   request):
+    """A plugin whose Join answers a gateway outside the network's subnet: the kernel
+    refuses the default route, and ``docker run`` fails at once with the driver's
+    typed error instead of hanging, leaving no interface of the plugin behind."""
+    import sys
+
+    from conftest import DOCKER
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    root = tmp_path / "plugroot"
+    root.mkdir()
+    proc = subprocess.Popen([sys.executable, PLUGIN_SERVER, str(plugins / "gwplug.sock"),
+                             str(root), "--network"], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        monkeypatch.setenv("ENGINE_PLUGIN_PATH", str(plugins))
+        daemon = request.getfixturevalue("fresh_daemon")
+
+        def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+            return subprocess.run([DOCKER, *args], capture_output=True, text=True,
+                                  env=daemon.env, timeout=timeout)
+
+        # the test plugin's Join always answers gateway 10.231.0.1
+        r = run("network", "create", "-d", "gwplug", "--subnet", "10.241.0.0/24", "gwnet")
+        assert r.returncode == 0, r.stderr
+        before = set(os.listdir("/sys/class/net"))
+        t0 = time.monotonic()
+        r = run("run", "--rm", "--network", "gwnet", "busybox", "true", timeout=30)
+        took = time.monotonic() - t0
+        assert r.returncode != 0
+        assert took < 5, f"the failed start took {took:.1f} s"
+        assert "gateway 10.231.0.1" in r.stderr and "unreachable" in r.stderr, r.stderr
+        assert not set(os.listdir("/sys/class/net")) - before  # the plugin's pair is gone
+        netns_dir = os.path.join(daemon.exec_root, "netns")
+        assert not os.path.isdir(netns_dir) or os.listdir(netns_dir) == []
+        with open("/proc/mounts") as f:
+            assert netns_dir not in f.read()
+        assert run("ps", "-aq").stdout.split() == []
+        assert run("network", "rm", "gwnet").returncode == 0
+    finally:
+        proc.kill()
+        proc.wait()
