@@ -34,16 +34,13 @@ does (the plugin's rootfs, or its propagated mount).
 from __future__ import annotations
 
 import asyncio
-import gzip
 import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import tarfile
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -338,6 +335,9 @@ def unpack_rootfs(fileobj: IO[bytes], into: Path) -> None:
     ``..`` and paths through symbolic links leaving the root are refused; device
     nodes are left out (``/dev`` is a tmpfs in the plugin). Owners, modes and times
     are kept. Blocks."""
+    import tarfile
+    import zlib
+
     into.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(fileobj=fileobj, mode="r:*") as tf:
@@ -370,6 +370,9 @@ def pack_rootfs(root: Path, out: IO[bytes]) -> tuple[str, str, int]:
     """Write ``root`` as a gzipped tar to ``out``; return ``(digest of the gzip,
     digest of the tar (the diff id), size of the gzip)``. Entries are sorted and the
     gzip header carries no time, so the same tree gives the same bytes."""
+    import gzip
+    import tarfile
+
     class _Hashing(io.RawIOBase):
         def __init__(self, sink: IO[bytes]) -> None:
             self.sink, self.h, self.n = sink, hashlib.sha256(), 0

@@ -35,8 +35,6 @@ import shutil
 import site
 import subprocess
 import sys
-import sysconfig
-import tarfile
 import tempfile
 import traceback
 from dataclasses import dataclass, field
@@ -185,6 +183,8 @@ class PluginEnv:
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise DriverError(f"creating the plugin environment failed: {proc.stderr.strip()}")
+        import sysconfig
+
         engine_sites = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
         pth = self.site_dir / "_engine.pth"
         # one line, run by site.py (exec'd: a comprehension would not see ``site``)
@@ -1166,6 +1166,8 @@ def _unpack_context(context: bytes, into: Path) -> Path:
     A Python plugin's sources are taken as directories and regular files only; a
     managed plugin's (``config.json`` beside ``rootfs/``) keeps links, modes and
     owners, as its rootfs needs them. Nothing is written outside ``into``."""
+    import tarfile
+
     try:
         with tarfile.open(fileobj=io.BytesIO(context)) as tf:
             names = tf.getnames()

@@ -32,7 +32,6 @@ manifest of a wheel file, a directory or an installed distribution.
 """
 from __future__ import annotations
 
-import configparser
 import json
 import os
 import re
@@ -40,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +134,8 @@ class WheelInfo:
 
 
 def _parse_entry_points(text: str) -> dict[str, str]:
+    import configparser  # here: the daemon reads wheels only when installing
+
     cp = configparser.ConfigParser(delimiters=("=",), interpolation=None)
     cp.optionxform = str  # type: ignore[assignment,method-assign]  # names are case-sensitive
     cp.read_string(text)
@@ -181,6 +181,8 @@ def read_wheel(path: str | os.PathLike[str]) -> WheelInfo:
 
 
 def _pyproject(directory: Path) -> dict:
+    import tomllib  # here: the daemon reads plugin directories only when installing
+
     try:
         with open(directory / "pyproject.toml", "rb") as f:
             return tomllib.load(f)

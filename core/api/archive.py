@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import stat as stat_mod
-import tarfile
 import tempfile
 import time
 from typing import Callable
@@ -149,6 +148,8 @@ def stat_path(cs, c, path: str) -> dict:
 
 
 def tar_path(cs, c, path: str, out) -> None:
+    import tarfile  # here: the daemon needs it only for ``cp``
+
     with container_root(cs, c) as root:
         pfd, name, st = _lookup(root, path)
         try:

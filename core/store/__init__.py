@@ -10,29 +10,6 @@
 * :mod:`.transfer` — ``import``, ``commit``, ``save`` and ``load``.
 
 Everything here is synchronous and blocking: the daemon calls it from an executor.
+Import the modules themselves: the package imports nothing, so a daemon that is only
+running containers never loads the tar and compression code.
 """
-
-from .archive import ExtractStats, changes, extract_layer, tar_dir, write_diff_tar
-from .content import ContentStore
-from .images import Image, ImageLayer, ImageStore
-from .layers import Layer, LayerStore, chain_id
-from .reference import Reference, familiar, normalize, parse
-
-__all__ = [
-    "ContentStore",
-    "ExtractStats",
-    "Image",
-    "ImageLayer",
-    "ImageStore",
-    "Layer",
-    "LayerStore",
-    "Reference",
-    "chain_id",
-    "changes",
-    "extract_layer",
-    "familiar",
-    "normalize",
-    "parse",
-    "tar_dir",
-    "write_diff_tar",
-]

@@ -33,14 +33,15 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import msgspec
 from engine.sdk.errors import Conflict, EngineError, InvalidArgument, NotFound
 
-from . import archive
-from .compression import Source
 from .fsutil import atomic_write, atomic_write_json, fsync_dir, parse_digest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compression import Source
 
 Driver = Literal["overlay", "vfs"]
 
@@ -104,6 +105,7 @@ def build_init_layer(target: Path, lowers: list[Path]) -> list[str]:
     image's attributes; the mtimes of existing directories are kept. Returns the paths
     added.
     """
+    from . import archive
     added: list[str] = []
     touched: dict[str, os.stat_result | None] = {}
     for path, kind in INIT_ENTRIES:
@@ -331,6 +333,7 @@ class LayerStore:
         When ``diff_id`` is given and the layer exists the blob is not read at all;
         otherwise the unpacked diff id must equal it.
         """
+        from . import archive
         if parent is not None:
             self.get(parent)
         if diff_id is not None:
@@ -550,6 +553,7 @@ class LayerStore:
 
     def changes(self, container_id: str) -> builtins.list[tuple[str, int]]:
         """Docker's ContainerChanges: ``(path, kind)`` with 0 modified, 1 added, 2 deleted."""
+        from . import archive
         if self.driver == "vfs":
             meta = self._rw_meta(container_id)
             init = {"/" + path for path in meta.init}
@@ -561,6 +565,7 @@ class LayerStore:
 
     def diff_tar(self, container_id: str, fileobj: BinaryIO) -> None:
         """Write the container's changes as an OCI layer tar (for commit)."""
+        from . import archive
         if self.driver == "vfs":
             found = self.changes(container_id)
             archive.write_changes_tar(self.rw_path(container_id), found, fileobj)
@@ -570,6 +575,7 @@ class LayerStore:
 
     def export(self, container_id: str, fileobj: BinaryIO) -> None:
         """Write the container's merged root filesystem as a tar (mounting it if needed)."""
+        from . import archive
         was_mounted = self.driver == "vfs" or self.is_mounted(container_id)
         path = self.mount(container_id)
         try:
@@ -580,6 +586,7 @@ class LayerStore:
 
     def size_rw(self, container_id: str) -> int:
         """Bytes of the files the container added or changed."""
+        from . import archive
         if self.driver == "vfs":
             root = self.rw_path(container_id)
             total = 0
