@@ -9,8 +9,10 @@ server on the gateway address (see ``dns.py``).
 For each endpoint: a veth pair, the host end on the bridge and the other end moved into
 the container's namespace and renamed ``eth0`` (``eth1``... for more networks), with an
 address from the pool, Docker's MAC (``02:42`` and the address) and, for the endpoint
-that is the container's gateway, a default route. Published ports get a DNAT rule and a
-userland proxy (``portmap.py``).
+that is the container's gateway, a default route. Published ports get DNAT rules (for
+the host's addresses and, where the bridge routes loopback sources, for 127.0.0.1) and
+a userland proxy for what the rules cannot reach (``portmap.py`` says which path serves
+what).
 
 Netlink and iptables calls block, so they run in the default executor. Every step of
 ``create_network`` and ``join`` is undone when a later one fails. State (pools and
@@ -271,6 +273,9 @@ class _Network:
         self.names: dict[str, dict[str, str]] = {}   # endpoint id -> {name: ip}
         self.upstreams: dict[str, list[str]] = {}    # endpoint ip -> its own --dns servers
         self.resolver: dns.Resolver | None = None
+        # the bridge routes loopback sources (127.0.0.1 ports go through the kernel);
+        # None until tried
+        self.localnet: bool | None = None
 
     @property
     def internal(self) -> bool:
@@ -374,6 +379,7 @@ class BridgeNetworkDriver(NetworkDriver):
                 await self._ensure_base()
                 await self._run(create_bridge, net.bridge, net.pool.gateway,
                                 net.pool.prefixlen, net.mtu)
+                await self._run(self._route_localnet, net)
                 await self._run(iptables.add_network, net.bridge, net.pool.subnet,
                                 net.internal, net.masquerade)
                 self.networks[spec.id] = net
@@ -404,6 +410,11 @@ class BridgeNetworkDriver(NetworkDriver):
                 p = portmap.bind(binding, (ep["ip"], binding.port))
                 await p.serve()
                 proxies.append(p)
+                # the rules outlive the daemon; an endpoint joined before 127.0.0.1
+                # went through the kernel gets its loopback rule here
+                await self._run(iptables.add_dnat, net.bridge, binding.proto,
+                                binding.host_ip, binding.host_port, ep["ip"], binding.port,
+                                loopback=bool(net.localnet))
             except Exception as e:
                 log.warning("endpoint %s: proxy for %s not restored: %s", eid[:12], binding.key, e)
         self.proxies[eid] = proxies
@@ -462,6 +473,7 @@ class BridgeNetworkDriver(NetworkDriver):
             elif not net.default_bridge and network.options.get(OPT_BRIDGE_NAME):
                 # a user-named bridge that exists already belongs to someone else
                 raise Conflict(f"bridge {net.bridge} already exists on this host")
+            await self._run(self._route_localnet, net)
             await self._run(iptables.add_network, net.bridge, net.pool.subnet, net.internal,
                             net.masquerade)
             undo.push_async_callback(self._run, iptables.remove_network, net.bridge,
@@ -522,7 +534,7 @@ class BridgeNetworkDriver(NetworkDriver):
             for p in proxies:
                 b = p.binding
                 await self._run(iptables.add_dnat, net.bridge, b.proto, b.host_ip, p.host_port,
-                                ip, b.port)
+                                ip, b.port, loopback=bool(net.localnet))
                 undo.push_async_callback(self._run, iptables.remove_dnat, net.bridge, b.proto,
                                          b.host_ip, p.host_port, ip, b.port)
                 await p.serve()
@@ -568,10 +580,21 @@ class BridgeNetworkDriver(NetworkDriver):
         """Set the bridge and its rules up again if something removed them (another
         daemon sharing the default bridge stopped; an administrator flushed rules)."""
         create_bridge(net.bridge, net.pool.gateway, net.pool.prefixlen, net.mtu)
+        self._route_localnet(net)
         if not iptables.exists("filter", iptables.FORWARD_CHAIN,
                                ["-i", net.bridge, "-o", net.bridge, "-j", "ACCEPT"]):
             iptables.enable_forwarding()
             iptables.add_network(net.bridge, net.pool.subnet, net.internal, net.masquerade)
+
+    @staticmethod
+    def _route_localnet(net: _Network) -> None:
+        """Let the bridge route loopback sources, so that 127.0.0.1 ports use the
+        kernel's DNAT; where that cannot be set, the proxy serves them (logged once)."""
+        ok = iptables.enable_route_localnet(net.bridge)
+        if not ok and net.localnet is not False:
+            log.warning("cannot set route_localnet on %s: ports on 127.0.0.1 of network %s "
+                        "go through the userland proxy", net.bridge, net.spec.name)
+        net.localnet = ok
 
     async def leave(self, network: NetworkSpec, endpoint_id: str, sandbox: Sandbox) -> None:
         f = self._ep_file(endpoint_id)

@@ -12,9 +12,16 @@ Chains (all ours, created at driver start):
   ``ENGINE-ISOLATION2``, which drops it), then per-network accept rules, so that our
   bridges work even where dockerd has set the ``FORWARD`` policy to ``DROP``.
 * nat ``ENGINE``, jumped to from ``PREROUTING`` and ``OUTPUT`` for local destinations
-  (``OUTPUT`` only for non-loopback ones: the userland proxy serves 127.0.0.1): one
-  DNAT rule per published port.
-* nat ``POSTROUTING``: one MASQUERADE rule per non-internal network.
+  (``OUTPUT`` only for non-loopback ones): one DNAT rule per published port, for
+  traffic that reaches one of the host's addresses from outside or from the host.
+* nat ``ENGINE-LOCALHOST``, jumped to from ``OUTPUT`` for ``127.0.0.0/8``: one DNAT
+  rule per port published on 127.0.0.1 (or 0.0.0.0) of a bridge that routes loopback
+  sources (``route_localnet=1``, see :func:`enable_route_localnet`), as Docker does
+  with ``--userland-proxy=false``: the host's connections to 127.0.0.1 go to the
+  container through the kernel, not through the daemon's proxy.
+* nat ``POSTROUTING``: one MASQUERADE rule per non-internal network, and one per
+  network for the loopback sources that ``ENGINE-LOCALHOST`` sends to its bridge (a
+  container cannot answer 127.0.0.1: it gets the bridge's address instead).
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ FORWARD_CHAIN = "ENGINE-FORWARD"
 ISOLATION1 = "ENGINE-ISOLATION"
 ISOLATION2 = "ENGINE-ISOLATION2"
 NAT_CHAIN = "ENGINE"
+LOCALHOST_CHAIN = "ENGINE-LOCALHOST"
+LOOPBACK = "127.0.0.0/8"
 
 Rule = list[str]
 
@@ -106,6 +115,8 @@ def _setup_base() -> None:
     ensure("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN])
     ensure("nat", "OUTPUT", ["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL",
                              "-j", NAT_CHAIN])
+    ensure_chain("nat", LOCALHOST_CHAIN)
+    ensure("nat", "OUTPUT", ["-d", LOOPBACK, "-j", LOCALHOST_CHAIN])
 
 
 def teardown_if_unused() -> bool:
@@ -123,8 +134,9 @@ def _teardown_base() -> None:
     remove("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN])
     remove("nat", "OUTPUT", ["!", "-d", "127.0.0.0/8", "-m", "addrtype", "--dst-type", "LOCAL",
                              "-j", NAT_CHAIN])
+    remove("nat", "OUTPUT", ["-d", LOOPBACK, "-j", LOCALHOST_CHAIN])
     for table, chain in (("filter", FORWARD_CHAIN), ("filter", ISOLATION1),
-                         ("filter", ISOLATION2), ("nat", NAT_CHAIN)):
+                         ("filter", ISOLATION2), ("nat", NAT_CHAIN), ("nat", LOCALHOST_CHAIN)):
         if run(["-t", table, "-n", "-L", chain], check=False).returncode == 0:
             run(["-t", table, "-F", chain], check=False)
             run(["-t", table, "-X", chain], check=False)
@@ -140,7 +152,8 @@ def network_rules(bridge: str, subnet: str, internal: bool,
                   masquerade: bool = True) -> list[tuple[str, str, Rule]]:
     """The (table, chain, rule) triples one network needs, in the order they are added:
     isolation from our other bridges, traffic inside the bridge, and unless the network
-    is internal, outbound traffic (NATed with ``masquerade``) and its replies."""
+    is internal, outbound traffic (NATed with ``masquerade``) and its replies; and the
+    host's loopback connections to published ports, NATed to the bridge's address."""
     rules: list[tuple[str, str, Rule]] = [
         ("filter", ISOLATION1, ["-i", bridge, "!", "-o", bridge, "-j", ISOLATION2]),
         ("filter", ISOLATION2, ["-o", bridge, "-j", "DROP"]),
@@ -160,6 +173,7 @@ def network_rules(bridge: str, subnet: str, internal: bool,
         if masquerade:
             rules.append(("nat", "POSTROUTING",
                           ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]))
+    rules.append(("nat", "POSTROUTING", loopback_masquerade(bridge)))
     return rules
 
 
@@ -189,21 +203,83 @@ def remove_network(bridge: str, subnet: str, internal: bool, masquerade: bool = 
             remove(table, chain, rule)
 
 
-def dnat_rule(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> Rule:
+def dnat_rule(bridge: str, proto: str, host_ip: str, host_port: int, ip: str,
+              port: int) -> Rule | None:
+    """The ``ENGINE`` rule of a port published on ``host_ip``; None for an IPv6 address
+    other than ``::`` (these are IPv4 tables: the proxy alone serves such a port)."""
+    if ":" in host_ip and host_ip != "::":
+        return None
     rule = ["!", "-i", bridge, "-p", proto]
     if host_ip and host_ip not in ("0.0.0.0", "::"):
         rule += ["-d", host_ip]
     return rule + ["--dport", str(host_port), "-j", "DNAT", "--to-destination", f"{ip}:{port}"]
 
 
-def add_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> None:
+def loopback_masquerade(bridge: str) -> Rule:
+    """The POSTROUTING rule that gives loopback-sourced packets DNATed to ``bridge`` the
+    bridge's address as their source (in ``network_rules``; ensured again with every
+    loopback rule, for a network whose rules predate it)."""
+    return ["-s", LOOPBACK, "-o", bridge, "-j", "MASQUERADE"]
+
+
+def loopback_rule(proto: str, host_ip: str, host_port: int, ip: str, port: int) -> Rule | None:
+    """The ``ENGINE-LOCALHOST`` rule of a port published on ``host_ip``: for 127.0.0.1
+    (any 127.x address) that address, for every address (``""``, ``0.0.0.0``, ``::``) all of
+    127.0.0.0/8; None for any other address (the ``ENGINE`` rule serves those) and for
+    IPv6 (no ``route_localnet`` there: the proxy serves ``::1``)."""
+    if host_ip in ("", "0.0.0.0", "::"):  # a socket on :: takes IPv4 as well
+        dst = LOOPBACK
+    elif host_ip.startswith("127."):
+        dst = f"{host_ip}/32"
+    else:
+        return None
+    return ["-d", dst, "-p", proto, "--dport", str(host_port),
+            "-j", "DNAT", "--to-destination", f"{ip}:{port}"]
+
+
+def add_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int,
+             *, loopback: bool = False) -> None:
+    """Add a published port's DNAT rule, and with ``loopback`` (the bridge routes
+    loopback sources) its :func:`loopback_rule`; on failure, remove what was added."""
     with host_lock():
         _setup_base()
-        ensure("nat", NAT_CHAIN, dnat_rule(bridge, proto, host_ip, host_port, ip, port))
+        rule = dnat_rule(bridge, proto, host_ip, host_port, ip, port)
+        if rule is None:
+            return
+        ensure("nat", NAT_CHAIN, rule)
+        lo = loopback_rule(proto, host_ip, host_port, ip, port) if loopback else None
+        if lo is not None:
+            try:
+                ensure("nat", "POSTROUTING", loopback_masquerade(bridge))
+                ensure("nat", LOCALHOST_CHAIN, lo)
+            except BaseException:
+                remove("nat", NAT_CHAIN, rule)
+                raise
 
 
 def remove_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> None:
-    remove("nat", NAT_CHAIN, dnat_rule(bridge, proto, host_ip, host_port, ip, port))
+    """Remove a published port's rules (both, whichever exist)."""
+    lo = loopback_rule(proto, host_ip, host_port, ip, port)
+    if lo is not None:
+        remove("nat", LOCALHOST_CHAIN, lo)
+    rule = dnat_rule(bridge, proto, host_ip, host_port, ip, port)
+    if rule is not None:
+        remove("nat", NAT_CHAIN, rule)
+
+
+def enable_route_localnet(bridge: str) -> bool:
+    """Let ``bridge`` route packets with a loopback source (``route_localnet=1``), which
+    the ``ENGINE-LOCALHOST`` rules need; False where it cannot be set (a read-only
+    ``/proc/sys``, the bridge gone): the userland proxy then serves 127.0.0.1."""
+    path = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+    try:
+        with open(path, "r+") as f:
+            if f.read().strip() != "1":
+                f.seek(0)
+                f.write("1")
+    except OSError:
+        return False
+    return True
 
 
 def enable_forwarding() -> None:

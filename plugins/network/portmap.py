@@ -1,11 +1,21 @@
 """Published ports: parsing Docker's port bindings and the userland proxy.
 
-A published port is served two ways, as in Docker: a DNAT rule (see ``iptables.py``)
-for traffic that reaches one of the host's addresses from outside or from the host
-itself, and an asyncio proxy in the daemon process, bound to the host address and
-port, for what the DNAT rule cannot catch (connections to 127.0.0.1). Binding the
-proxy's socket first also reserves the host port: a port in use fails there, before
-any rule exists.
+Which path serves a published port's traffic (rules in ``iptables.py``):
+
+* from outside the host, and from the host itself to one of its non-loopback
+  addresses: the kernel, a DNAT rule in nat ``ENGINE`` (``PREROUTING``/``OUTPUT``);
+* from the host to 127.0.0.1 (a port on 127.0.0.1 or on every address, TCP and UDP):
+  the kernel too, a DNAT rule in nat ``ENGINE-LOCALHOST`` (``OUTPUT``), when the
+  network's bridge routes loopback sources (``route_localnet=1``; Docker's
+  ``--userland-proxy=false``);
+* and the asyncio proxy in this module, in the daemon process, for the rest: a
+  container reaching a port through a host address from its own bridge (hairpin: the
+  DNAT rules skip traffic coming in on the bridge), IPv6 (``::1``, ``[::]:P``: the
+  rules are IPv4's), and 127.0.0.1 where ``route_localnet`` cannot be set.
+
+The proxy's socket is bound for every binding, first: that reserves the host port, so a
+port in use fails there at once (``Conflict``, Docker's wording), before any rule
+exists, and ``0`` gets a free port from the kernel.
 """
 from __future__ import annotations
 

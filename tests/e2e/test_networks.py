@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -312,6 +313,159 @@ def test_failed_start_leaves_no_endpoint_or_port(docker, made, engine_daemon):
     assert mine == []
     ok(docker("network", "rm", n))
     made["networks"].remove(n)
+
+
+# ---------------------------------------------------------------- 127.0.0.1 through the kernel
+
+
+def nat_rules(port: int) -> list[str]:
+    """The nat table's rules (``iptables -t nat -S``) that mention host port ``port``."""
+    out = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True,
+                         text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if f"--dport {port} " in ln]
+
+
+def loopback_hits(port: int) -> int:
+    """Packets that the ENGINE-LOCALHOST DNAT rule of ``port`` has sent to a container."""
+    out = subprocess.run(["iptables", "-w", "-t", "nat", "-L", "ENGINE-LOCALHOST", "-n", "-v",
+                          "-x"], capture_output=True, text=True, check=True).stdout
+    return sum(int(ln.split()[0]) for ln in out.splitlines() if f"dpt:{port} " in ln + " ")
+
+
+def http_get(host: str, port: int, timeout: float = 10.0) -> bytes:
+    """The body of ``GET /`` (a new connection per try, until one answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=3) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            if data:
+                return data.partition(b"\r\n\r\n")[2]
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return b""
+        time.sleep(0.1)
+
+
+HTTPD = ["sh", "-c", "echo hello-$0 > /tmp/index.html; exec httpd -f -p 80 -h /tmp"]
+
+
+def test_loopback_port_goes_through_kernel_dnat_and_rules_follow_the_container(docker, made):
+    port = free_port()
+    web, second = uid("kweb"), uid("kweb2")
+    made["containers"] += [web, second]
+    ok(docker("run", "-d", "--name", web, "-p", f"127.0.0.1:{port}:80", "busybox", *HTTPD, web))
+    ip = json.loads(ok(docker("inspect", web)))[0]["NetworkSettings"]["IPAddress"]
+    rules = nat_rules(port)
+    assert any("-A ENGINE-LOCALHOST -d 127.0.0.1/32 -p tcp" in r
+               and f"--to-destination {ip}:80" in r for r in rules), rules
+    before = loopback_hits(port)
+    assert http_get("127.0.0.1", port) == f"hello-{web}\n".encode()
+    curl = shutil.which("curl")
+    if curl:
+        p = subprocess.run([curl, "-sS", "-m", "10", f"http://127.0.0.1:{port}/"],
+                           capture_output=True, timeout=20)
+        assert p.stdout == f"hello-{web}\n".encode(), p.stderr
+    # the kernel carried it, not the daemon's proxy
+    assert loopback_hits(port) > before
+    # the port is held: a second container asking for it fails at once, clearly
+    t0 = time.monotonic()
+    p = docker("run", "-d", "--name", second, "-p", f"127.0.0.1:{port}:80", "busybox", *HTTPD,
+               second)
+    assert p.returncode != 0 and b"port is already allocated" in p.stderr, p.stderr
+    assert time.monotonic() - t0 < 10
+    assert not json.loads(ok(docker("inspect", second)))[0]["State"]["Running"]
+    assert len(nat_rules(port)) == len(rules)       # nothing of the second one
+    assert http_get("127.0.0.1", port) == f"hello-{web}\n".encode()
+    ok(docker("rm", "-f", web))
+    assert nat_rules(port) == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_random_loopback_port_and_every_address_port(docker, made):
+    web = uid("rweb")
+    made["containers"].append(web)
+    any_port = free_port()
+    ok(docker("run", "-d", "--name", web, "-p", "127.0.0.1::80", "-p", f"{any_port}:80",
+              "busybox", *HTTPD, web))
+    out = ok(docker("port", web, "80/tcp")).split()
+    lo = next(int(x.rsplit(":", 1)[1]) for x in out if x.startswith("127.0.0.1:"))
+    assert lo > 0 and lo != any_port
+    for port in (lo, any_port):
+        before = loopback_hits(port)
+        assert http_get("127.0.0.1", port) == f"hello-{web}\n".encode()
+        assert loopback_hits(port) > before
+    # a 0.0.0.0 port takes all of 127.0.0.0/8, like a socket bound there
+    assert any("-d 127.0.0.0/8" in r for r in nat_rules(any_port))
+    assert http_get("127.0.0.2", any_port) == f"hello-{web}\n".encode()
+    ok(docker("rm", "-f", web))
+    assert nat_rules(lo) == [] and nat_rules(any_port) == []
+
+
+UDP_PONG = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(b"pong:" + data, peer)
+"""
+
+
+def test_udp_loopback_port(docker, made):
+    """busybox has no UDP server: a Python one runs in the container's network
+    namespace (entered from the host), behind the container's published UDP port."""
+    import sys
+
+    port = free_port()
+    c = uid("udp")
+    made["containers"].append(c)
+    ok(docker("run", "-d", "--name", c, "-p", f"127.0.0.1:{port}:5353/udp", "busybox",
+              "sleep", "300"))
+    assert any("-p udp" in r and "ENGINE-LOCALHOST" in r for r in nat_rules(port))
+    pid = json.loads(ok(docker("inspect", c)))[0]["State"]["Pid"]
+    server = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c",
+                               UDP_PONG], stdout=subprocess.PIPE)
+    try:
+        assert server.stdout.readline().strip() == b"ready"
+        before = loopback_hits(port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            s.send(b"ping")
+            assert s.recv(100) == b"pong:ping"
+        assert loopback_hits(port) > before
+    finally:
+        server.kill()
+        server.wait()
+    ok(docker("rm", "-f", c))
+    assert nat_rules(port) == []
+
+
+def test_hairpin_through_the_host_address(docker, made):
+    """A container reaches a published port (its own, a neighbour's) through the
+    bridge's address of the host: the DNAT rules skip the bridge, the proxy serves it."""
+    n, port = uid("hp"), free_port()
+    web, client = uid("hweb"), uid("hcli")
+    made["networks"].append(n)
+    made["containers"] += [web, client]
+    ok(docker("network", "create", n))
+    ok(docker("run", "-d", "--name", web, "--network", n, "-p", f"{port}:80", "busybox",
+              *HTTPD, web))
+    gw = json.loads(ok(docker("network", "inspect", n)))[0]["IPAM"]["Config"][0]["Gateway"]
+    assert http_get("127.0.0.1", port) == f"hello-{web}\n".encode()
+    fetch = (f"for i in $(seq 50); do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc {gw} {port} "
+             "| tail -n1 | grep . && exit 0; sleep 0.2; done; exit 1")
+    p = docker("run", "--name", client, "--network", n, "busybox", "sh", "-c", fetch)
+    assert ok(p).strip() == f"hello-{web}", p.stderr
+    p = docker("exec", web, "sh", "-c", fetch)
+    assert ok(p).strip() == f"hello-{web}"
 
 
 PLUGIN_SERVER = str(__import__("pathlib").Path(__file__).parents[1] / "integration"
