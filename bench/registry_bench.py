@@ -6,17 +6,19 @@ Run as root: ``python bench/registry_bench.py [-n 3] [--registry engine|referenc
 
 For each engine (and each repetition) a daemon of its own loads the image, the docker
 CLI pushes it to a registry on loopback, then a second, empty daemon of the same engine
-pulls it back: both transfers are timed end to end (``docker push`` / ``docker pull``
-against that daemon, so the client is the same for both engines). The image's layers are
-random bytes, so compression gains nothing and every byte crosses the wire.
+pulls it back (once it has been up for :data:`SETTLE` seconds): both transfers are timed
+end to end (``docker push`` / ``docker pull`` against that daemon, so the client is the
+same for both engines). The image's layers are random bytes, so compression gains
+nothing and every byte crosses the wire.
 
 The registry is ``engine registry serve`` by default, or Debian's ``docker-registry``
 (``--registry reference``). Everything runs under a temporary directory that is removed
 at the end; daemons are stopped by PID through :mod:`bench.targets`.
 
-The serving comparison starts each registry in turn, has skopeo copy the image into it
-(from the same ``docker save`` archive) and then times ``skopeo copy
-docker://127.0.0.1:PORT/bench/img:v1 dir:DIR`` into an empty directory, ``-n`` times.
+The serving comparison starts both registries, has skopeo copy the image into each (from
+the same ``docker save`` archive), then times ``skopeo copy
+docker://127.0.0.1:PORT/bench/img:v1 dir:DIR`` into an empty directory, ``-n`` times
+from each, the two taking turns.
 """
 from __future__ import annotations
 
@@ -53,6 +55,10 @@ from bench.targets import (  # noqa: E402
 
 LAYERS = 4
 LAYER_BYTES = 30_000_000
+#: seconds an empty daemon is left alone between its start and the timed pull: what is
+#: measured is the transfer, not the end of the daemon's start-up (engine's fork server
+#: and dockerd's containerd still start in the background when they answer /_ping)
+SETTLE = 1.0
 
 
 def layer_tar(index: int) -> bytes:
@@ -212,6 +218,7 @@ def measure(name: str, base: Path, venv_bin: Path, archive: Path, port: int,
     puller = make_target(name, base / f"{name}-pull{rep}", venv_bin)
     try:
         puller.start_daemon()
+        time.sleep(SETTLE)
         pull = docker(puller, "pull", repo)
     finally:
         puller.cleanup()

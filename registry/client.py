@@ -33,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import io
 import ipaddress
 import json
 import logging
@@ -461,6 +462,7 @@ class _Spool:
     is returned. At most :data:`_SPOOL_CHUNKS` chunks wait in between."""
 
     def __init__(self, partial: Path, have: int) -> None:
+        self.partial = partial
         self._queue: queue.Queue[bytes | Exception | None] = queue.Queue(_SPOOL_CHUNKS)
         self._prefix = open(partial, "rb") if have else None
         self._prefix_left = have
@@ -469,6 +471,9 @@ class _Spool:
         self._eof = False
         #: set once the reader stopped (done, failed or closed): puts are dropped
         self.stopped = False
+        # what the partial file holds, for followers (see follow())
+        self._grown = threading.Condition()
+        self._written = have
 
     # event loop side
 
@@ -505,6 +510,10 @@ class _Spool:
             if isinstance(item, Exception):
                 raise item
             self._out.write(item)
+            self._out.flush()
+            with self._grown:
+                self._written += len(item)
+                self._grown.notify_all()
             self._buf = item
         if n < 0 or n >= len(self._buf):
             data, self._buf = self._buf, b""
@@ -517,6 +526,43 @@ class _Spool:
         for f in (self._prefix, self._out):
             if f is not None:
                 f.close()
+        with self._grown:
+            self._grown.notify_all()
+
+    def follow(self) -> _Follower:
+        """A reader of the partial file from its start that waits for the bytes still
+        to come, until the download ends (FileNotFoundError once it is gone)."""
+        return _Follower(self)
+
+
+class _Follower(io.RawIOBase):
+    """Reads a growing partial file (see :meth:`_Spool.follow`): at its current end it
+    waits until the spool appends more or stops; then the end is the end."""
+
+    def __init__(self, spool: _Spool) -> None:
+        self._spool = spool
+        self._file = open(spool.partial, "rb", buffering=0)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        spool = self._spool
+        while True:
+            n = self._file.readinto(buf)
+            if n:
+                self._pos += n
+                return n
+            with spool._grown:
+                if self._pos >= spool._written:
+                    if spool.stopped:
+                        return 0
+                    spool._grown.wait(0.5)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class _Pipe:
@@ -749,19 +795,31 @@ class RegistryClient:
             await progress({"status": status, "progressDetail": {}, "id": _short(d["digest"])})
         sem = asyncio.Semaphore(self._concurrency)
 
+        loop = asyncio.get_running_loop()
+        # each download's spool once it runs (None when it runs elsewhere): the layer
+        # next to unpack reads its partial file as it grows
+        spools: dict[str, asyncio.Future[_Spool | None]] = {
+            d["digest"]: loop.create_future() for d in missing}
+
         async def one(desc: dict[str, Any]) -> None:
-            if sem.locked():
-                await progress({"status": "Waiting", "progressDetail": {},
-                                "id": _short(desc["digest"])})
-            async with sem:
-                await self._download(conn, resolved.ref.path, desc, progress)
+            slot = spools[desc["digest"]]
+            try:
+                if sem.locked():
+                    await progress({"status": "Waiting", "progressDetail": {},
+                                    "id": _short(desc["digest"])})
+                async with sem:
+                    await self._download(conn, resolved.ref.path, desc, progress, slot)
+            finally:
+                if not slot.done():
+                    slot.set_result(None)
 
         downloads = {d["digest"]: asyncio.ensure_future(one(d)) for d in missing}
         unpacked: list[str] = []
         blobs = [(d["digest"], str(d.get("mediaType") or spec.MT_OCI_LAYER_GZIP))
                  for d in layers]
         try:
-            await self._unpack(layers, _diff_ids(config_bytes), downloads, progress, unpacked)
+            await self._unpack(layers, _diff_ids(config_bytes), downloads, spools, progress,
+                               unpacked)
             await asyncio.gather(*downloads.values())
             img = await self._run(self.images.create, config_bytes, blobs)
         except BaseException:
@@ -774,14 +832,17 @@ class RegistryClient:
         return img, True
 
     async def _unpack(self, layers: list[dict[str, Any]], diff_ids: list[str] | None,
-                      downloads: dict[str, asyncio.Future[None]], progress: Progress,
+                      downloads: dict[str, asyncio.Future[None]],
+                      spools: dict[str, asyncio.Future[_Spool | None]], progress: Progress,
                       unpacked: list[str]) -> None:
-        """Unpack each layer as soon as it and the layers below it are in the content
-        store, while the others download; ``unpacked`` collects the chain ids.
+        """Unpack the layers in order while they download; ``unpacked`` collects the
+        chain ids.
 
-        The layer store checks every layer against its diff id (the config, verified
-        by digest, lists them) before it becomes visible, and the blob it reads was
-        verified by the content store. :meth:`ImageStore.create` then finds the layers
+        A layer whose turn comes while it still downloads is read from its partial file
+        as it grows; one downloaded already, from the content store. The layer store
+        checks every layer against its diff id (the config, verified by digest, lists
+        them) before it becomes visible, and the layer is reported complete only once
+        its blob matched its digest too. :meth:`ImageStore.create` then finds the layers
         ready. Without usable diff ids nothing is unpacked here: ``create`` reports it.
         """
         if diff_ids is None or len(diff_ids) != len(layers):
@@ -789,17 +850,38 @@ class RegistryClient:
         parent: str | None = None
         for desc, diff_id in zip(layers, diff_ids, strict=True):
             digest = desc["digest"]
-            fetched = digest in downloads
-            if fetched:
-                await downloads[digest]
-                await progress({"status": "Extracting", "progressDetail": {},
-                                "id": _short(digest)})
-            layer = await self._run(functools.partial(
-                self.images.layers.register, self.content.path(digest), parent,
-                diff_id=diff_id))
+            download = downloads.get(digest)
+            source: Path | _Follower = self.content.path(digest)
+            if download is not None:
+                slot = spools[digest]
+                await asyncio.wait([download, slot], return_when=asyncio.FIRST_COMPLETED)
+                spool = slot.result() if slot.done() and not download.done() else None
+                if spool is not None:
+                    try:
+                        source = await self._run(spool.follow)
+                    except FileNotFoundError:  # finished meanwhile
+                        pass
+                if not isinstance(source, _Follower):
+                    await download
+                    await progress({"status": "Extracting", "progressDetail": {},
+                                    "id": _short(digest)})
+            try:
+                layer = await self._run(functools.partial(
+                    self.images.layers.register, source, parent, diff_id=diff_id))
+            except Exception:
+                if download is not None and isinstance(source, _Follower):
+                    await download  # a failed download explains a cut stream best
+                raise
+            finally:
+                if isinstance(source, _Follower):
+                    source.close()
             parent = layer.chain_id
             unpacked.append(parent)
-            if fetched:
+            if download is not None:
+                if isinstance(source, _Follower):
+                    await download
+                    await progress({"status": "Extracting", "progressDetail": {},
+                                    "id": _short(digest)})
                 await progress({"status": "Pull complete", "progressDetail": {},
                                 "id": _short(digest)})
 
@@ -816,8 +898,10 @@ class RegistryClient:
         return data
 
     async def _download(self, conn: _Conn, path: str, desc: dict[str, Any],
-                        progress: Progress) -> None:
-        """One layer into the content store; concurrent pulls of a blob share one download."""
+                        progress: Progress,
+                        slot: asyncio.Future[_Spool | None] | None = None) -> None:
+        """One layer into the content store; concurrent pulls of a blob share one download.
+        ``slot`` receives the download's spool once it runs here."""
         digest = desc["digest"]
         running = self._inflight.get(digest)
         if running is not None:
@@ -828,7 +912,8 @@ class RegistryClient:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[digest] = fut
         try:
-            await self._download_blob(conn, path, digest, int(desc.get("size") or 0), progress)
+            await self._download_blob(conn, path, digest, int(desc.get("size") or 0), progress,
+                                      slot)
             fut.set_result(None)
         except BaseException as exc:
             fut.set_exception(exc if isinstance(exc, Exception) else RegistryError("cancelled"))
@@ -838,7 +923,8 @@ class RegistryClient:
             del self._inflight[digest]
 
     async def _download_blob(self, conn: _Conn, path: str, digest: str, size: int,
-                             progress: Progress) -> None:
+                             progress: Progress,
+                             slot: asyncio.Future[_Spool | None] | None = None) -> None:
         """Download one blob, stored and verified as it arrives.
 
         The chunks go to a :class:`_Spool` that a worker thread drains into
@@ -870,6 +956,8 @@ class RegistryClient:
                 resp.release()
             raise
         stored = asyncio.ensure_future(self._run(self._ingest, spool, digest, size))
+        if slot is not None and not slot.done():
+            slot.set_result(spool)
         try:
             if resp is not None:
                 async with resp:

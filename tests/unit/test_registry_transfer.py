@@ -263,6 +263,72 @@ def test_pull_unpacks_each_layer_after_its_download_and_reports_it(tmp_path):
     asyncio.run(go())
 
 
+def slow_blob(target: dict[str, Any]) -> Any:
+    """Serve the blob ``target["digest"]`` in 16 pieces, 20 ms apart (``tamper``: with
+    its last byte changed)."""
+
+    @web.middleware
+    async def mw(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and request.path.endswith(f"/blobs/{target.get('digest')}"):
+            data = bytearray(target["data"])
+            if target.get("tamper"):
+                data[-1] ^= 0xFF
+            resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+            await resp.prepare(request)
+            step = -(-len(data) // 16)
+            for i in range(0, len(data), step):
+                await resp.write(bytes(data[i:i + step]))
+                await asyncio.sleep(0.02)
+            return resp
+        return await handler(request)
+
+    return mw
+
+
+@pytest.mark.parametrize("tamper", [False, True], ids=["intact", "tampered"])
+def test_layer_is_unpacked_from_its_download_as_it_arrives(tmp_path, monkeypatch, tamper):
+    """The bottom layer, slow to come, is unpacked from the growing partial file while
+    it downloads; a tampered blob still fails the pull (the blob's digest) and leaves
+    nothing behind."""
+    from engine.core.store.layers import LayerStore
+
+    sources: list[str] = []
+    real = LayerStore.register
+
+    def register(self: LayerStore, src: Any, *args: Any, **kw: Any) -> Any:
+        sources.append(type(src).__name__)
+        return real(self, src, *args, **kw)
+
+    monkeypatch.setattr(LayerStore, "register", register)
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+    settings = Settings(tmp_path / "reg")
+    target: dict[str, Any] = {"tamper": tamper}
+    app = make_app(settings)
+    app.middlewares.append(slow_blob(target))
+
+    async def go() -> None:
+        async with serving(app) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(3 * GZIP_PIECE, 5000))
+            await a.push(f"{reg}/app:v1")
+            sources.clear()
+            bottom = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            target.update(digest=bottom["digest"], data=a.content.read(bottom["digest"]))
+            if tamper:
+                with pytest.raises(RegistryError, match="failed verification"):
+                    await b.pull(f"{reg}/app:v1")
+                assert b.images.list() == [] and b.images.layers.list() == []
+                assert not b.content.has(bottom["digest"])
+            else:
+                img = await b.pull(f"{reg}/app:v1")
+                assert [layer.chain_id for layer in img.layers] == \
+                    [layer.chain_id for layer in a.images.get(img.id).layers]
+                assert b.content.read(bottom["digest"]) == target["data"]
+            assert sources[0] == "_Follower"
+            assert not list(b.downloads.iterdir())
+
+    asyncio.run(go())
+
+
 def test_failed_pull_drops_the_layers_it_unpacked(tmp_path):
     """The top layer fails verification after the ones below were unpacked: the pull
     fails and leaves neither layers, blob of the bad layer nor an image behind."""
