@@ -282,7 +282,10 @@ def test_restart_restores_proxies_and_releases_dead_endpoints(env):
     e_live, e_dead = secrets.token_hex(32), secrets.token_hex(32)
     info = env.run(env.drv.join(spec, e_live, live, {"port_bindings": {
         "80/tcp": [{"HostIp": "127.0.0.1"}]}}))
-    dead_info = env.run(env.drv.join(spec, e_dead, dead, {}))
+    dead_info = env.run(env.drv.join(spec, e_dead, dead, {"port_bindings": {
+        "81/udp": [{"HostIp": "127.0.0.1"}]}}))
+    dead_port = int(dead_info.ports["81/udp"][0]["HostPort"])
+    assert any("ENGINE-LOCALHOST" in r for r in iptables_lines(f"--dport {dead_port} "))
     env.run(env.drv.stop())                      # the daemon stops; containers keep running
     netns.delete(dead.netns_path)                # one container dies meanwhile
     drv2 = BridgeNetworkDriver(env.drv.ctx)
@@ -293,6 +296,44 @@ def test_restart_restores_proxies_and_releases_dead_endpoints(env):
     assert not link_exists(veth_name(e_dead))
     port = int(info.ports["80/tcp"][0]["HostPort"])
     assert [p.host_port for p in drv2.proxies[e_live]] == [port]
+    # the dead endpoint's rules went with it; the live one keeps its loopback DNAT
+    assert iptables_lines(f"--dport {dead_port} ") == []
+    assert any("ENGINE-LOCALHOST" in r for r in iptables_lines(f"--dport {port} "))
+
+
+def test_without_route_localnet_the_proxy_serves_loopback(env, monkeypatch):
+    """Where the bridge cannot route loopback sources, 127.0.0.1 gets no kernel rule and
+    the daemon's proxy carries the connection."""
+    monkeypatch.setattr(iptables, "enable_route_localnet", lambda bridge: False)
+    spec = env.network()
+    assert env.drv.networks[spec.id].localnet is False
+    sb = env.sandbox()
+    server = subprocess.Popen(["nsenter", f"--net={sb.netns_path}", BUSYBOX, "nc", "-ll", "-p",
+                               "8080", "-e", "echo", "proxied"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        eid = secrets.token_hex(32)
+        info = env.run(env.drv.join(spec, eid, sb, {"port_bindings": {
+            "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}}))
+        port = int(info.ports["8080/tcp"][0]["HostPort"])
+        rules = iptables_lines(f"--dport {port} ")
+        assert rules and not any("ENGINE-LOCALHOST" in r for r in rules), rules
+        assert len(env.drv.proxies[eid]) == 1
+        data = b""
+        deadline = time.monotonic() + 5
+        while not data and time.monotonic() < deadline:
+            async def fetch():
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                out = await asyncio.wait_for(r.read(100), 3)
+                w.close()
+                return out
+            data = env.run(fetch())
+        assert data == b"proxied\n"
+        env.run(env.drv.leave(spec, eid, sb))
+        assert iptables_lines(f"--dport {port} ") == []
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_a_named_bridge_that_exists_is_not_taken_over(env):
