@@ -25,14 +25,19 @@ Chains (all ours, created at driver start):
 """
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
 import shutil
+import socket
 import subprocess
 from contextlib import contextmanager
 from typing import Iterator
 
 from engine.sdk.errors import DriverError
+
+log = logging.getLogger("engine.driver.bridge.iptables")
 
 COMMENT = ["-m", "comment", "--comment", "engine"]
 
@@ -255,16 +260,55 @@ def add_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, por
             except BaseException:
                 remove("nat", NAT_CHAIN, rule)
                 raise
+    if proto == "udp":  # flows made before the rule (through the proxy) would bypass it
+        forget_udp_flows(host_ip, host_port)
 
 
 def remove_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, port: int) -> None:
-    """Remove a published port's rules (both, whichever exist)."""
+    """Remove a published port's rules (both, whichever exist), and for UDP the flows
+    the kernel keeps translating to the container (see :func:`forget_udp_flows`)."""
     lo = loopback_rule(proto, host_ip, host_port, ip, port)
     if lo is not None:
         remove("nat", LOCALHOST_CHAIN, lo)
     rule = dnat_rule(bridge, proto, host_ip, host_port, ip, port)
     if rule is not None:
         remove("nat", NAT_CHAIN, rule)
+    if proto == "udp":
+        forget_udp_flows(host_ip, host_port)
+
+
+def forget_udp_flows(host_ip: str, host_port: int) -> int:
+    """Delete the conntrack entries of UDP flows to ``host_ip:host_port`` (every address
+    for ``""``/``0.0.0.0``); return how many. A UDP "connection" has no end: without
+    this, a client that keeps sending (a DNS or metrics client) stays translated to a
+    removed container's address until the entry times out, even after another
+    container publishes the port, or to the proxy after a rule is added. Best effort:
+    a failure is only logged, the entries then time out as they would."""
+    async def clear() -> int:
+        from pyroute2.conntrack import AsyncConntrack, NFCTAttrTuple
+
+        ct = AsyncConntrack()
+        try:
+            want = NFCTAttrTuple(proto=socket.IPPROTO_UDP, dport=host_port)
+            found = [e async for e in await ct.dump_entries(tuple_orig=want)]
+            if host_ip not in ("", "0.0.0.0", "::"):
+                found = [e for e in found if e.tuple_orig.daddr == host_ip]
+            for entry in found:
+                await ct.delete(entry)
+            return len(found)
+        finally:
+            ct.close()
+
+    # pyroute2 drives its socket from an event loop: a plain one of our own (the
+    # daemon's uvloop cannot), in the calling worker thread
+    loop = asyncio.SelectorEventLoop()
+    try:
+        return loop.run_until_complete(clear())
+    except Exception as e:  # noqa: BLE001 - conntrack support missing, an entry gone
+        log.warning("UDP flows to %s:%d not forgotten: %s", host_ip or "*", host_port, e)
+        return 0
+    finally:
+        loop.close()
 
 
 def enable_route_localnet(bridge: str) -> bool:

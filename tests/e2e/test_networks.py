@@ -414,38 +414,40 @@ s.bind(("0.0.0.0", 5353))
 print("ready", flush=True)
 while True:
     data, peer = s.recvfrom(100)
-    s.sendto(b"pong:" + data, peer)
+    s.sendto(sys.argv[1].encode() + b":" + data, peer)
 """
 
 
-def test_udp_loopback_port(docker, made):
+def test_udp_loopback_port_and_its_flows_follow_the_container(docker, made):
     """busybox has no UDP server: a Python one runs in the container's network
-    namespace (entered from the host), behind the container's published UDP port."""
+    namespace (entered from the host), behind the container's published UDP port. A
+    client that keeps its socket reaches the next container on that port at once (the
+    first container's tracked flow went with it)."""
     import sys
 
     port = free_port()
-    c = uid("udp")
-    made["containers"].append(c)
-    ok(docker("run", "-d", "--name", c, "-p", f"127.0.0.1:{port}:5353/udp", "busybox",
-              "sleep", "300"))
-    assert any("-p udp" in r and "ENGINE-LOCALHOST" in r for r in nat_rules(port))
-    pid = json.loads(ok(docker("inspect", c)))[0]["State"]["Pid"]
-    server = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c",
-                               UDP_PONG], stdout=subprocess.PIPE)
-    try:
-        assert server.stdout.readline().strip() == b"ready"
-        before = loopback_hits(port)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(5)
-            s.connect(("127.0.0.1", port))
-            s.send(b"ping")
-            assert s.recv(100) == b"pong:ping"
-        assert loopback_hits(port) > before
-    finally:
-        server.kill()
-        server.wait()
-    ok(docker("rm", "-f", c))
-    assert nat_rules(port) == []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+        client.connect(("127.0.0.1", port))
+        for name in (uid("udp"), uid("udp2")):
+            made["containers"].append(name)
+            ok(docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5353/udp",
+                      "busybox", "sleep", "300"))
+            assert any("-p udp" in r and "ENGINE-LOCALHOST" in r for r in nat_rules(port))
+            pid = json.loads(ok(docker("inspect", name)))[0]["State"]["Pid"]
+            server = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable,
+                                       "-c", UDP_PONG, name], stdout=subprocess.PIPE)
+            try:
+                assert server.stdout.readline().strip() == b"ready"
+                before = loopback_hits(port)
+                client.send(b"ping")
+                assert client.recv(100) == f"{name}:ping".encode()
+                assert loopback_hits(port) > before
+            finally:
+                server.kill()
+                server.wait()
+            ok(docker("rm", "-f", name))
+            assert nat_rules(port) == []
 
 
 def test_hairpin_through_the_host_address(docker, made):

@@ -19,6 +19,7 @@ class FakeTables:
     def __init__(self) -> None:
         self.chains: dict[tuple[str, str], list[list[str]]] = {}
         self.fail_on: str = ""   # a word that makes adding a rule that has it fail
+        self.forgotten: list[tuple[str, int]] = []   # forget_udp_flows calls
 
     def run(self, args: list[str], *, check: bool = True):
         args = [a for a in args if a != "-n"]
@@ -59,6 +60,9 @@ def tables(monkeypatch) -> FakeTables:
         yield
 
     monkeypatch.setattr(iptables, "host_lock", no_lock)
+    fake.forgotten = []
+    monkeypatch.setattr(iptables, "forget_udp_flows",
+                        lambda host_ip, port: fake.forgotten.append((host_ip, port)))
     return fake
 
 
@@ -108,6 +112,8 @@ def test_add_and_remove_dnat_with_and_without_loopback(tables):
     assert len(tables.rules("nat", "ENGINE")) == 1
     iptables.remove_dnat("br0", "udp", "", 53, "10.0.0.2", 53)
     assert tables.rules("nat", "ENGINE") == []
+    # UDP flows tracked before the rule and after it are dropped; TCP has none to drop
+    assert tables.forgotten == [("", 53), ("", 53)]
 
     iptables.add_dnat("br0", "tcp", "::1", 8080, "10.0.0.2", 80, loopback=True)
     assert tables.rules("nat", "ENGINE") == [] and tables.rules("nat", "ENGINE-LOCALHOST") == []
