@@ -379,9 +379,9 @@ class BridgeNetworkDriver(NetworkDriver):
                 await self._ensure_base()
                 await self._run(create_bridge, net.bridge, net.pool.gateway,
                                 net.pool.prefixlen, net.mtu)
-                await self._run(self._route_localnet, net)
                 await self._run(iptables.add_network, net.bridge, net.pool.subnet,
                                 net.internal, net.masquerade)
+                await self._run(self._route_localnet, net)   # after its guard rule
                 self.networks[spec.id] = net
                 await self._start_dns(net)
             except Exception as e:
@@ -473,11 +473,11 @@ class BridgeNetworkDriver(NetworkDriver):
             elif not net.default_bridge and network.options.get(OPT_BRIDGE_NAME):
                 # a user-named bridge that exists already belongs to someone else
                 raise Conflict(f"bridge {net.bridge} already exists on this host")
-            await self._run(self._route_localnet, net)
             await self._run(iptables.add_network, net.bridge, net.pool.subnet, net.internal,
                             net.masquerade)
             undo.push_async_callback(self._run, iptables.remove_network, net.bridge,
                                      net.pool.subnet, net.internal, net.masquerade)
+            await self._run(self._route_localnet, net)   # after its guard rule
             await self._start_dns(net)
             await self._run(self._save_net, net)
             self.networks[network.id] = net
@@ -580,11 +580,11 @@ class BridgeNetworkDriver(NetworkDriver):
         """Set the bridge and its rules up again if something removed them (another
         daemon sharing the default bridge stopped; an administrator flushed rules)."""
         create_bridge(net.bridge, net.pool.gateway, net.pool.prefixlen, net.mtu)
-        self._route_localnet(net)
         if not iptables.exists("filter", iptables.FORWARD_CHAIN,
                                ["-i", net.bridge, "-o", net.bridge, "-j", "ACCEPT"]):
             iptables.enable_forwarding()
             iptables.add_network(net.bridge, net.pool.subnet, net.internal, net.masquerade)
+        self._route_localnet(net)   # after the network's guard rule
 
     @staticmethod
     def _route_localnet(net: _Network) -> None:

@@ -22,6 +22,11 @@ Chains (all ours, created at driver start):
 * nat ``POSTROUTING``: one MASQUERADE rule per non-internal network, and one per
   network for the loopback sources that ``ENGINE-LOCALHOST`` sends to its bridge (a
   container cannot answer 127.0.0.1: it gets the bridge's address instead).
+* raw ``PREROUTING``: per network, a DROP of what comes in on the bridge for
+  127.0.0.0/8. ``route_localnet`` would otherwise let a container reach the host's
+  loopback-only services by routing such packets to its gateway (CVE-2020-8558 in
+  kube-proxy). The raw table runs before conntrack undoes the MASQUERADE, so replies
+  to the host's own connections, addressed to the bridge, pass.
 """
 from __future__ import annotations
 
@@ -179,6 +184,7 @@ def network_rules(bridge: str, subnet: str, internal: bool,
             rules.append(("nat", "POSTROUTING",
                           ["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]))
     rules.append(("nat", "POSTROUTING", loopback_masquerade(bridge)))
+    rules.append(("raw", "PREROUTING", loopback_guard(bridge)))
     return rules
 
 
@@ -227,6 +233,12 @@ def loopback_masquerade(bridge: str) -> Rule:
     return ["-s", LOOPBACK, "-o", bridge, "-j", "MASQUERADE"]
 
 
+def loopback_guard(bridge: str) -> Rule:
+    """The raw PREROUTING rule that drops packets for 127.0.0.0/8 coming in on
+    ``bridge`` (in ``network_rules``; ensured again with every loopback rule)."""
+    return ["-i", bridge, "-d", LOOPBACK, "-j", "DROP"]
+
+
 def loopback_rule(proto: str, host_ip: str, host_port: int, ip: str, port: int) -> Rule | None:
     """The ``ENGINE-LOCALHOST`` rule of a port published on ``host_ip``: for 127.0.0.1
     (any 127.x address) that address, for every address (``""``, ``0.0.0.0``, ``::``) all of
@@ -255,6 +267,7 @@ def add_dnat(bridge: str, proto: str, host_ip: str, host_port: int, ip: str, por
         lo = loopback_rule(proto, host_ip, host_port, ip, port) if loopback else None
         if lo is not None:
             try:
+                ensure("raw", "PREROUTING", loopback_guard(bridge))
                 ensure("nat", "POSTROUTING", loopback_masquerade(bridge))
                 ensure("nat", LOCALHOST_CHAIN, lo)
             except BaseException:

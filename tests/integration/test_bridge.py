@@ -412,3 +412,52 @@ def test_forward_policy_drop_and_outbound_nat(tmp_path):
     p = subprocess.run(["unshare", "--net", sys.executable, "-c", _ISOLATED, str(tmp_path),
                         BUSYBOX], capture_output=True, text=True, timeout=60)
     assert "PING 0 OUT outside" in p.stdout, p.stdout + p.stderr
+
+
+def test_containers_cannot_reach_the_hosts_loopback_services(env):
+    """route_localnet on the bridge would let a container that routes 127.0.0.0/8 to
+    its gateway reach what the host serves on loopback only; the raw-table guard drops
+    it (and without the guard the same container does get through)."""
+    spec = env.network()
+    sb = env.sandbox()
+    info = env.run(env.drv.join(spec, secrets.token_hex(32), sb, {}))
+    assert env.drv.networks[spec.id].localnet
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.1.2.3", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    # the "container" steers 127.1.2.3 to its gateway (root in its namespace can)
+    for cmd in (["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet"],
+                ["ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local"],
+                ["ip", "route", "add", "127.1.2.3/32", "via", info.gateway, "dev", "eth0"]):
+        p = in_ns(sb.netns_path, *cmd)
+        assert p.returncode == 0, p.stderr
+
+    def reached() -> bool:
+        p = subprocess.Popen(["nsenter", f"--net={sb.netns_path}", BUSYBOX, "nc", "-w", "2",
+                              "127.1.2.3", str(port)], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        got = False
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not got:
+            try:
+                conn, _ = listener.accept()
+                conn.close()
+                got = True
+            except OSError:
+                pass
+        p.kill()
+        p.wait()
+        return got
+
+    guard = iptables.loopback_guard(bridge_name(spec))
+    try:
+        assert iptables.exists("raw", "PREROUTING", guard)
+        assert not reached()
+        iptables.remove("raw", "PREROUTING", guard)   # the control: the hole it closes
+        assert reached()
+    finally:
+        iptables.ensure("raw", "PREROUTING", guard)
+        listener.close()

@@ -86,11 +86,13 @@ def test_ipv6_addresses_get_no_ipv4_dnat_rule():
         ["!", "-i", "br0", "-p", "tcp"]
 
 
-def test_every_network_masquerades_loopback_sources_to_its_bridge():
+def test_every_network_masquerades_loopback_sources_and_guards_its_bridge():
     for internal in (False, True):
         rules = iptables.network_rules("br0", "10.0.0.0/24", internal)
         assert ("nat", "POSTROUTING",
                 ["-s", "127.0.0.0/8", "-o", "br0", "-j", "MASQUERADE"]) in rules
+        # and nothing for 127.0.0.0/8 comes in on the bridge (route_localnet's hole)
+        assert ("raw", "PREROUTING", ["-i", "br0", "-d", "127.0.0.0/8", "-j", "DROP"]) in rules
 
 
 def test_add_and_remove_dnat_with_and_without_loopback(tables):
@@ -101,6 +103,7 @@ def test_add_and_remove_dnat_with_and_without_loopback(tables):
     assert tables.rules("nat", "ENGINE") == [
         iptables.dnat_rule("br0", "tcp", "127.0.0.1", 8080, "10.0.0.2", 80)]
     assert iptables.loopback_masquerade("br0") in tables.rules("nat", "POSTROUTING")
+    assert iptables.loopback_guard("br0") in tables.rules("raw", "PREROUTING")
     iptables.add_dnat("br0", "tcp", "127.0.0.1", 8080, "10.0.0.2", 80, loopback=True)
     assert len(tables.rules("nat", "ENGINE-LOCALHOST")) == 1   # idempotent
     iptables.remove_dnat("br0", "tcp", "127.0.0.1", 8080, "10.0.0.2", 80)
