@@ -177,14 +177,16 @@ def create_bridge(name: str, gateway: str, prefixlen: int, mtu: int = 0) -> bool
             kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
             if mtu:
                 kwargs["mtu"] = mtu
-            ip.link("add", **kwargs)
+            with netlink_step(f"creating bridge {name}"):
+                ip.link("add", **kwargs)
             made = True
             idx = _link_index(ip, name)
         try:
             have = {a.get_attr("IFA_ADDRESS") for a in ip.get_addr(index=idx, family=2)}
-            if gateway not in have:
-                ip.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
-            ip.link("set", index=idx, state="up")
+            with netlink_step(f"giving bridge {name} the gateway {gateway}/{prefixlen}"):
+                if gateway not in have:
+                    ip.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+                ip.link("set", index=idx, state="up")
         except BaseException:
             if made:
                 ip.link("del", index=idx)

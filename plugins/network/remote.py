@@ -20,7 +20,11 @@ remote driver does it:
   (so the plugin can delete it), then ``Leave`` and ``DeleteEndpoint``.
 
 Calls time out like the volume driver's (:mod:`engine.sdk.remote`); netlink work runs
-in an executor.
+in an executor. A step the kernel refuses while plugging the interface (a gateway
+outside the endpoint's subnet, an address already taken) fails the join at once with
+a typed error that names the plugin and the step (:func:`.bridge.netlink_step`); the
+interface goes back to the host namespace, and ``Leave`` and ``DeleteEndpoint`` tell
+the plugin to delete it.
 """
 from __future__ import annotations
 
