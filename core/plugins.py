@@ -38,7 +38,6 @@ import sys
 import tempfile
 import traceback
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,6 +65,7 @@ from engine.sdk.packaging import (
     build_wheel,
     installed_manifest,
     normalize_name,
+    parse_entry_points,
     privileges_match,
     read_wheel,
     validate_plugin_dir,
@@ -79,6 +79,59 @@ log = logging.getLogger("engine.plugins")
 
 GROUP = "engine.plugins"
 KINDS = ("network", "volume", "log")
+
+
+@dataclass(frozen=True)
+class InstalledDist:
+    """An installed distribution as discovery sees it: its ``.dist-info`` (or
+    ``.egg-info``) directory. Its full metadata is read only when asked for."""
+
+    name: str            # as the directory spells it
+    path: Path
+
+    def metadata(self):  # -> importlib.metadata.Distribution
+        from importlib.metadata import PathDistribution
+
+        return PathDistribution(self.path)
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    name: str
+    value: str           # "module" or "module:attr"
+    dist: InstalledDist
+
+
+def entry_points_on_path(group: str = GROUP, paths: list[str] | None = None
+                         ) -> list[EntryPoint]:
+    """The entry points of ``group`` declared by the distributions on ``sys.path`` (or
+    ``paths``), in path order, the first distribution of a name hiding later ones —
+    what ``importlib.metadata.entry_points(group=...)`` answers, read straight from
+    the ``entry_points.txt`` files: importing importlib.metadata (zipfile, csv,
+    importlib.resources) would cost the daemon almost 1 MB for good."""
+    seen: set[str] = set()
+    found: list[EntryPoint] = []
+    for entry in sys.path if paths is None else paths:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            project = name.rsplit(".", 1)[0].partition("-")[0]
+            key = normalize_name(project)
+            if key in seen:
+                continue
+            seen.add(key)
+            path = Path(entry or ".", name)
+            try:
+                text = (path / "entry_points.txt").read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            dist = InstalledDist(project, path)
+            found.extend(EntryPoint(n, v, dist) for n, v in parse_entry_points(text, group).items())
+    return found
 #: Failed starts in a row after which an exited managed plugin stays down.
 RESTART_ATTEMPTS = 3
 
@@ -279,7 +332,7 @@ class PluginHost:
                 self.managed.setdefault(p.name, p)
         disabled = self._disabled()
         installed = self._installed()
-        for ep in entry_points(group=GROUP) if eps is None else eps:
+        for ep in entry_points_on_path(GROUP) if eps is None else eps:
             dist = getattr(ep, "dist", None)
             meta = installed.get(normalize_name(dist.name)) if dist is not None else None
             name = (meta or {}).get("aliases", {}).get(ep.name, ep.name)
@@ -294,6 +347,8 @@ class PluginHost:
             rec = PluginRecord(name=name, module=ep.value, builtin=builtin, entry=ep.name,
                                enabled=name not in disabled)
             if meta is not None and dist is not None:
+                if isinstance(dist, InstalledDist):
+                    dist = dist.metadata()
                 rec.dist, rec.version, rec.source = dist.name, dist.version, meta.get("source", "")
                 rec.manifest = installed_manifest(dist)
             self.plugins[name] = rec
@@ -902,10 +957,10 @@ class PluginHost:
         rec = self.plugins.get(entry)
         module = rec.module_obj if rec is not None and rec.module_obj is not None else None
         if module is None:
-            found = [ep for ep in entry_points(group=GROUP) if ep.name == entry]
+            found = [ep for ep in entry_points_on_path(GROUP) if ep.name == entry]
             if not found:
                 raise NotSupported(f"no remote {kind} driver is installed ({entry})")
-            module = found[0].load()
+            module = importlib.import_module(found[0].value.partition(":")[0])
         spec = PluginSpec(name=managed_mod.driver_name(p.name),
                           address=f"unix://{self.runner.socket_path(p)}",
                           source=f"managed plugin {p.name}")

@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,17 +132,30 @@ class WheelInfo:
     manifest: Manifest | None
 
 
-def _parse_entry_points(text: str) -> dict[str, str]:
-    import configparser  # here: the daemon reads wheels only when installing
-
-    cp = configparser.ConfigParser(delimiters=("=",), interpolation=None)
-    cp.optionxform = str  # type: ignore[assignment,method-assign]  # names are case-sensitive
-    cp.read_string(text)
-    return dict(cp.items(GROUP)) if cp.has_section(GROUP) else {}
+def parse_entry_points(text: str, group: str = GROUP) -> dict[str, str]:
+    """The ``group`` section of an ``entry_points.txt`` (an INI file: ``[group]``, then
+    ``name = module:attr`` lines; ``#`` and ``;`` start comments), name -> value. The
+    first of a repeated name wins. Read by hand: the daemon discovers plugins with it
+    at every start and configparser is not worth its weight there."""
+    out: dict[str, str] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group:
+            name, sep, value = line.partition("=")
+            if sep and name.strip():
+                out.setdefault(name.strip(), value.strip())
+    return out
 
 
 def read_wheel(path: str | os.PathLike[str]) -> WheelInfo:
     """Name, version, ``engine.plugins`` entry points and manifest of a wheel file."""
+    import zipfile  # here: the daemon reads wheels only when installing
+
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
@@ -164,7 +176,7 @@ def read_wheel(path: str | os.PathLike[str]) -> WheelInfo:
             k, _, v = line.partition(":")
             fields.setdefault(k.strip().lower(), v.strip())
         eps_name = f"{info}/entry_points.txt"
-        eps = _parse_entry_points(zf.read(eps_name).decode()) if eps_name in names else {}
+        eps = parse_entry_points(zf.read(eps_name).decode()) if eps_name in names else {}
         found = [n for n in names if n.count("/") == 1 and n.endswith("/" + MANIFEST)
                  and not n.startswith(info)]
         if len(found) > 1:

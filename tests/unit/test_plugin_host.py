@@ -93,3 +93,39 @@ def test_plugins_have_docker_like_ids_that_find_them(tmp_path):
     assert h.get("vol-bind").enabled is False
     asyncio.run(h.enable(api["Id"]))
     assert h.volume("local").name == "local"
+
+
+def test_entry_points_on_path_agree_with_importlib_metadata(tmp_path):
+    from importlib.metadata import entry_points
+
+    from engine.core.plugins import entry_points_on_path
+
+    ours = sorted((e.name, e.value) for e in entry_points_on_path(GROUP))
+    theirs = sorted((e.name, e.value) for e in entry_points(group=GROUP))
+    assert ours == theirs and ("log-json-file", "engine.plugins.log.jsonfile") in ours
+
+
+def test_entry_points_on_path_first_distribution_of_a_name_wins(tmp_path):
+    from engine.core.plugins import entry_points_on_path
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d, value in ((first, "one"), (second, "two")):
+        info = d / "demo_pkg-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "entry_points.txt").write_text(
+            f"[console_scripts]\nx = y\n\n# a comment\n[{GROUP}]\ndemo = {value}:hook\n")
+    (second / "other-2.0.dist-info").mkdir()   # no entry_points.txt: skipped
+    (second / "not-a-dist").mkdir()
+    found = entry_points_on_path(GROUP, [str(first), str(second), str(tmp_path / "missing")])
+    assert [(e.name, e.value, e.dist.name) for e in found] == [("demo", "one:hook", "demo_pkg")]
+    assert found[0].dist.metadata().read_text("entry_points.txt").startswith("[console")
+
+
+def test_parse_entry_points_reads_one_section():
+    from engine.sdk.packaging import parse_entry_points
+
+    text = ("; head\n[engine.plugins]\n a = m.a \nb=m.b:x\n# c = no\na = again\n"
+            "[other]\nz = q\n")
+    assert parse_entry_points(text) == {"a": "m.a", "b": "m.b:x"}
+    assert parse_entry_points(text, "other") == {"z": "q"}
+    assert parse_entry_points("") == {}
