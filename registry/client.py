@@ -534,6 +534,17 @@ class _Spool:
         to come, until the download ends (FileNotFoundError once it is gone)."""
         return _Follower(self)
 
+    def wait_beyond(self, size: int, timeout: float = 0.5) -> bool:
+        """Wait until the partial file holds more than ``size`` bytes; False once it
+        never will (the download stopped), True when there may be more to read."""
+        with self._grown:
+            if size < self._written:
+                return True
+            if self.stopped:
+                return False
+            self._grown.wait(timeout)
+            return size < self._written or not self.stopped
+
 
 class _Follower(io.RawIOBase):
     """Reads a growing partial file (see :meth:`_Spool.follow`): at its current end it
@@ -548,17 +559,16 @@ class _Follower(io.RawIOBase):
         return True
 
     def readinto(self, buf) -> int:  # type: ignore[override]
-        spool = self._spool
         while True:
             n = self._file.readinto(buf)
             if n:
                 self._pos += n
                 return n
-            with spool._grown:
-                if self._pos >= spool._written:
-                    if spool.stopped:
-                        return 0
-                    spool._grown.wait(0.5)
+            if not self._spool.wait_beyond(self._pos):
+                # stopped: what the file holds now is all there will be
+                n = self._file.readinto(buf)
+                self._pos += n
+                return n
 
     def close(self) -> None:
         self._file.close()
