@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import io
@@ -664,12 +665,21 @@ class RegistryClient:
         #: zlib level for layers stored uncompressed and compressed on their first push
         self.gzip_level = gzip_level
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        # threads that store downloads and compress uploads as the bytes flow: they wait
+        # on the network for as long as a transfer lasts, so they get threads of their
+        # own rather than the default executor's few, which the rest of the daemon uses
+        self._streams = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4 * max(1, concurrency), thread_name_prefix="registry-stream")
 
     # -- plumbing ------------------------------------------------------------------------
 
     @staticmethod
     async def _run(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _stream(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on a stream thread (one that follows a transfer to its end)."""
+        return await asyncio.get_running_loop().run_in_executor(self._streams, fn, *args)
 
     def _creds(self, domain: str, creds: Credentials | None) -> Credentials | None:
         if creds is not None and not creds.empty:
@@ -965,7 +975,7 @@ class RegistryClient:
             if resp is not None:
                 resp.release()
             raise
-        stored = asyncio.ensure_future(self._run(self._ingest, spool, digest, size))
+        stored = asyncio.ensure_future(self._stream(self._ingest, spool, digest, size))
         if slot is not None and not slot.done():
             slot.set_result(spool)
         try:
@@ -1171,7 +1181,7 @@ class RegistryClient:
         if not location:
             raise RegistryError("registry started an upload without a Location")
         pipe = _Pipe(asyncio.get_running_loop())
-        job = asyncio.ensure_future(self._run(self._compress, digest, pipe))
+        job = asyncio.ensure_future(self._stream(self._compress, digest, pipe))
 
         async def body() -> AsyncIterator[bytes]:
             sent, last = 0, 0.0

@@ -329,6 +329,46 @@ def test_layer_is_unpacked_from_its_download_as_it_arrives(tmp_path, monkeypatch
     asyncio.run(go())
 
 
+def test_transfers_leave_the_default_executor_to_the_rest_of_the_daemon(tmp_path,
+                                                                        monkeypatch):
+    """Downloads are stored, and uploads compressed, on stream threads of the client's
+    own: with a single default executor thread a push of new layers completes, and a
+    pull unpacks its bottom layer before that layer is even stored (the store's thread
+    is not the executor's)."""
+    import concurrent.futures
+
+    from engine.core.store.layers import LayerStore
+
+    a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
+    settings = Settings(tmp_path / "reg")
+    target: dict[str, Any] = {}
+    app = make_app(settings)
+    app.middlewares.append(slow_blob(target))
+    stored_when_unpacked: list[bool] = []
+    real = LayerStore.register
+
+    def register(self: LayerStore, src: Any, *args: Any, **kw: Any) -> Any:
+        if self is b.images.layers and target.get("digest"):
+            stored_when_unpacked.append(b.content.has(target["digest"]))
+        return real(self, src, *args, **kw)
+
+    monkeypatch.setattr(LayerStore, "register", register)
+
+    async def go() -> None:
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        async with serving(app) as reg:
+            add_image(a.images, f"{reg}/app:v1", sizes=(2 * GZIP_PIECE, 3000, 4000))
+            await asyncio.wait_for(a.push(f"{reg}/app:v1"), 30)
+            bottom = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            target.update(digest=bottom["digest"], data=a.content.read(bottom["digest"]))
+            img = await asyncio.wait_for(b.pull(f"{reg}/app:v1"), 30)
+            assert len(img.layers) == 3
+            assert stored_when_unpacked[0] is False
+
+    asyncio.run(go())
+
+
 def test_failed_pull_drops_the_layers_it_unpacked(tmp_path):
     """The top layer fails verification after the ones below were unpacked: the pull
     fails and leaves neither layers, blob of the bad layer nor an image behind."""
