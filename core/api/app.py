@@ -14,7 +14,7 @@ from engine.sdk.errors import EngineError
 
 from . import containers, distribution, execs, images, networks, plugins, system, volumes
 from .keys import API_VERSION, MIN_API_VERSION
-from .util import json_response
+from .util import json_response, path_version
 
 log = logging.getLogger("engine.api")
 
@@ -43,9 +43,13 @@ async def errors(request: web.Request, handler):
         return json_response({"message": f"{type(e).__name__}: {e}"}, status=500)
 
 
+#: every route starts with an optional ``v<API version>/``
+VERSION_PREFIX = "/{version:(?:v[0-9.]+/)?}"
+
+
 @web.middleware
 async def version(request: web.Request, handler):
-    v = request.match_info.get("version")
+    v = path_version(request)
     if v is not None:
         try:
             tup = tuple(int(x) for x in v.split("."))
@@ -72,6 +76,8 @@ def make_app(services) -> web.Application:
     for mod in (system, containers, execs, images, distribution, volumes, networks, plugins):
         table.extend(mod.ROUTES)
     for method, path, handler in table:
-        app.router.add_route(method, path, handler)
-        app.router.add_route(method, "/v{version:[0-9.]+}" + path, handler)
+        # one route for both /v1.41/containers/json and /containers/json: half the
+        # routes to build and keep, and the versioned ones (what clients send) are
+        # matched exactly as before
+        app.router.add_route(method, VERSION_PREFIX + path[1:], handler)
     return app

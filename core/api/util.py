@@ -18,6 +18,13 @@ from .keys import API_VERSION, SERVICES
 _enc = msgspec.json.Encoder()
 
 
+def path_version(request: web.Request) -> str | None:
+    """The API version in the request's path (``/v1.41/...`` -> ``"1.41"``), or None
+    for an unversioned path."""
+    v = request.match_info.get("version")
+    return v.strip("v/") if v else None
+
+
 def svc(request: web.Request):
     return request.app[SERVICES]
 

@@ -6,7 +6,7 @@ from aiohttp import web
 from engine.sdk.errors import Conflict, NotFound
 
 from .keys import API_VERSION
-from .util import body_json, json_response, qbool, qfilters, svc
+from .util import body_json, json_response, path_version, qbool, qfilters, svc
 
 
 def _in_use(s, name: str) -> list[str]:
@@ -110,7 +110,7 @@ async def prune(request: web.Request) -> web.Response:
     s = svc(request)
     filters = qfilters(request)
     # Before API 1.42 a prune removed named volumes too; "all" asks for it since.
-    version = request.match_info.get("version") or API_VERSION
+    version = path_version(request) or API_VERSION
     old_api = tuple(int(x) for x in version.split(".")) < (1, 42)
     all_ = old_api or ("all" in filters and list(filters["all"])[0] in ("true", "1"))
     deleted = []
