@@ -27,6 +27,9 @@ class Config(msgspec.Struct, kw_only=True, rename="kebab"):
     default_network: str = ""
     #: where short plugin names resolve (``127.0.0.1:5000/plugins``); Docker Hub if empty
     plugin_registry: str = ""
+    #: registries reached over plain HTTP (or TLS without verification), as dockerd's
+    #: ``insecure-registries``: ``host[:port]`` or CIDR networks; loopback always is
+    insecure_registries: list[str] = []
 
     @property
     def socket_paths(self) -> list[str]:
@@ -60,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--default-network", help=argparse.SUPPRESS)
     p.add_argument("--plugin-registry", help="registry (and path) short plugin names "
                    "resolve against, e.g. 127.0.0.1:5000/plugins (default: Docker Hub)")
+    p.add_argument("--insecure-registry", action="append", default=None,
+                   help="registry (host[:port] or CIDR) to reach without verified TLS "
+                        "(repeatable)")
     a = p.parse_args(argv)
     cfg = Config()
     path = a.config_file or ("/etc/engine/daemon.json" if os.path.exists("/etc/engine/daemon.json") else None)
@@ -82,9 +88,31 @@ def parse_args(argv: list[str] | None = None) -> Config:
         for kv in a.log_opt:
             k, _, v = kv.partition("=")
             cfg.log_opts[k] = v
+    if a.insecure_registry:
+        cfg.insecure_registries = [*cfg.insecure_registries, *a.insecure_registry]
+    for entry in cfg.insecure_registries:
+        if not _registry_entry_ok(entry):
+            raise SystemExit(f"engined: invalid insecure registry {entry!r}: "
+                             "give host[:port] or a CIDR network")
     cfg.data_root = os.path.abspath(cfg.data_root)
     cfg.exec_root = os.path.abspath(cfg.exec_root)
     return cfg
+
+
+def _registry_entry_ok(entry: str) -> bool:
+    """``host[:port]`` (an ``http(s)://`` prefix tolerated, as dockerd does) or a CIDR
+    network."""
+    host = entry.split("://", 1)[-1]
+    if not host or any(c.isspace() for c in host) or host.count("/") > 1:
+        return False
+    if "/" in host:
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            return False
+    return True
 
 
 def dump(cfg: Config) -> str:

@@ -78,8 +78,7 @@ async def info(request: web.Request) -> web.Response:
         "CgroupVersion": cgv, "NEventsListener": len(s.events.subscribers),
         "KernelVersion": os.uname().release, "OperatingSystem": _os_name(), "OSVersion": "",
         "OSType": "linux", "Architecture": os.uname().machine, "IndexServerAddress":
-        "https://index.docker.io/v1/", "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"],
-                                                         "IndexConfigs": {}, "Mirrors": []},
+        "https://index.docker.io/v1/", "RegistryConfig": registry_config(s.config),
         "NCPU": os.cpu_count() or 1, "MemTotal": mem, "GenericResources": None,
         "DockerRootDir": s.config.data_root, "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
         "Name": os.uname().nodename, "Labels": [], "ExperimentalBuild": False,
@@ -244,3 +243,21 @@ ROUTES = [
     ("GET", "/events", events),
     ("GET", "/system/df", system_df),
 ]
+
+
+def registry_config(cfg) -> dict:
+    """``/info``'s RegistryConfig as dockerd fills it: loopback and the configured
+    networks as insecure CIDRs, the configured hosts as insecure index configs beside
+    Docker Hub's."""
+    cidrs, hosts = ["127.0.0.0/8"], []
+    for entry in getattr(cfg, "insecure_registries", None) or ():
+        host = entry.split("://", 1)[-1]
+        (cidrs if "/" in host else hosts).append(host)
+    index = {"docker.io": {"Name": "docker.io", "Mirrors": [], "Secure": True,
+                           "Official": True}}
+    for host in hosts:
+        index[host] = {"Name": host, "Mirrors": [], "Secure": False, "Official": False}
+    return {"AllowNondistributableArtifactsCIDRs": [],
+            "AllowNondistributableArtifactsHostnames": [],
+            "InsecureRegistryCIDRs": list(dict.fromkeys(cidrs)), "IndexConfigs": index,
+            "Mirrors": []}

@@ -341,3 +341,27 @@ def _try_pull(daemon, repo: str):
         return daemon.request("POST", f"/images/create?fromImage={repo}&tag=v1", timeout=60)
     except OSError as exc:
         return exc
+
+
+@needs_root
+def test_insecure_registries_from_flags_and_config_file_reach_docker_info(tmp_path):
+    docker = shutil.which("docker")
+    if not docker:
+        pytest.skip("the docker CLI is not installed")
+    conf = tmp_path / "daemon.json"
+    conf.write_text(json.dumps({"insecure-registries": ["10.77.0.0/16"]}))
+    d = Daemon(new_daemon_dir()).start("--config-file", str(conf),
+                                       "--insecure-registry", "reg.test:5000")
+    try:
+        p = subprocess.run([docker, "info", "--format", "{{json .RegistryConfig}}"],
+                           env=d.env, capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        rc = json.loads(p.stdout)
+        assert rc["InsecureRegistryCIDRs"] == ["127.0.0.0/8", "10.77.0.0/16"]
+        assert rc["IndexConfigs"]["reg.test:5000"]["Secure"] is False
+    finally:
+        d.cleanup()
+    bad = Daemon(new_daemon_dir())
+    with pytest.raises(RuntimeError, match="invalid insecure registry"):
+        bad.start("--insecure-registry", "not a host")
+    bad.cleanup()
