@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from engine.core.store import reference
 from engine.registry import auth
-from engine.registry.client import RegistryClient, RegistryHosts
 from engine.sdk.errors import EngineError, InvalidArgument, NotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.registry.client import RegistryClient
 
 from .util import body_json, encode, json_response, json_stream, svc
 
@@ -28,6 +30,9 @@ def registry_client(s: Any) -> RegistryClient:
     """The daemon's registry client, made on first use."""
     entry = _clients.get(id(s))
     if entry is None or entry[0] is not s:
+        # imported here: a daemon that never pulls or pushes never loads the client
+        from engine.registry.client import RegistryClient, RegistryHosts
+
         hosts = RegistryHosts(insecure=getattr(s.config, "insecure_registries", None) or ())
         client = RegistryClient(s.content, s.images,
                                 os.path.join(s.config.data_root, "registry"), hosts)
