@@ -10,6 +10,7 @@ Leftover temp files are removed when the store is opened.
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import io
 import os
@@ -120,6 +121,44 @@ class ContentStore:
             except FileNotFoundError:
                 pass
             raise
+
+    def adopt(self, path: str | Path, expected: str, *, hashed: str | None = None) -> str:
+        """Move the complete file at ``path`` into the store as blob ``expected``.
+
+        The file is renamed into place, not copied, so it must be on the store's
+        filesystem (else it is copied through :meth:`ingest`). ``hashed`` is the digest
+        the caller computed over the bytes as it wrote them; without it the file is read
+        and hashed here. The file is fsynced before the rename, so the blob appears
+        complete or not at all. A mismatch raises InvalidArgument and leaves the file
+        where it is; once the blob is in (or was already), ``path`` is gone.
+        """
+        parse_digest(expected)
+        source = Path(path)
+        with open(source, "rb") as f:
+            if hashed is None:
+                h = hashlib.sha256()
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+                hashed = "sha256:" + h.hexdigest()
+            if hashed != expected:
+                raise InvalidArgument(f"digest mismatch: expected {expected}, got {hashed}")
+            final = self.path(expected)
+            if final.is_file():
+                source.unlink()
+                return expected
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+            try:
+                os.rename(source, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                f.seek(0)
+                self.ingest(f, expected=expected)
+                source.unlink()
+                return expected
+        fsync_dir(self._blobs)
+        return expected
 
     def delete(self, digest: str) -> None:
         try:

@@ -61,6 +61,21 @@ class Layer(msgspec.Struct, frozen=True):
     link: str = ""
 
 
+class Unpacked:
+    """A layer unpacked into the store's scratch space, not yet a layer: see
+    :meth:`LayerStore.unpack` and :meth:`LayerStore.commit`. :meth:`discard` drops it
+    (a daemon restart drops any left over)."""
+
+    def __init__(self, work: Path, diff_id: str, size: int) -> None:
+        self.work = work
+        self.diff_id = diff_id
+        self.size = size
+
+    def discard(self) -> None:
+        """Delete what is left of it (nothing once committed)."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 class _RwMeta(msgspec.Struct):
     container_id: str
     parent: str | None
@@ -333,13 +348,35 @@ class LayerStore:
         When ``diff_id`` is given and the layer exists the blob is not read at all;
         otherwise the unpacked diff id must equal it.
         """
-        from . import archive
         if parent is not None:
             self.get(parent)
         if diff_id is not None:
             known = self._layers.get(chain_id(parent, diff_id))
             if known is not None:
                 return known
+        return self.commit(self._unpack(src, parent, diff_id), parent)
+
+    @property
+    def unpacks_alone(self) -> bool:
+        """Whether a layer can be unpacked without its parent (:meth:`unpack`): true
+        with overlay, where a layer's directory holds its own files and whiteouts only;
+        false with vfs, where it starts as a copy of its parent's."""
+        return self.driver == "overlay"
+
+    def unpack(self, src: Source, *, diff_id: str | None = None) -> Unpacked:
+        """Unpack a layer blob into the store's scratch space, before its parent is known.
+
+        Only where :attr:`unpacks_alone` holds. Nothing is visible until
+        :meth:`commit` puts the result in place on top of its parent; the layers of an
+        image can so be unpacked at the same time, in any order, and committed in order.
+        The diff id is checked here as in :meth:`register`.
+        """
+        if not self.unpacks_alone:
+            raise InvalidArgument(f"the {self.driver} driver unpacks a layer onto its parent")
+        return self._unpack(src, None, diff_id)
+
+    def _unpack(self, src: Source, parent: str | None, diff_id: str | None) -> Unpacked:
+        from . import archive
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self._tmp))
         try:
             diff = work / "diff"
@@ -352,9 +389,22 @@ class LayerStore:
                     f"layer content does not match its diff id: expected {diff_id},"
                     f" got {stats.diff_id}"
                 )
-            chain = chain_id(parent, stats.diff_id)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return Unpacked(work, stats.diff_id, stats.size)
+
+    def commit(self, unpacked: Unpacked, parent: str | None) -> Layer:
+        """Make an unpacked layer visible on top of ``parent`` and return its Layer (the
+        existing one when its chain id is known already). ``unpacked`` is used up,
+        whatever happens."""
+        try:
+            if parent is not None:
+                self.get(parent)
+            chain = chain_id(parent, unpacked.diff_id)
             link = parse_digest(chain)[:16]
-            layer = Layer(chain, stats.diff_id, parent, stats.size, link)
+            layer = Layer(chain, unpacked.diff_id, parent, unpacked.size, link)
+            work = unpacked.work
             with self._lock:
                 if chain in self._layers:
                     return self._layers[chain]
@@ -369,7 +419,7 @@ class LayerStore:
                 self._layers[chain] = layer
                 return layer
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            unpacked.discard()
 
     def _users(self, chain: str) -> builtins.list[str]:
         """Child layers and containers built directly on ``chain``."""

@@ -163,3 +163,35 @@ def test_overlay_probe_is_kept_per_kernel(tmp_path, monkeypatch):
         json.dumps({"kernel": "0.0.0-other", "options": "bogus"}))
     third = LayerStore(tmp_path / "root", "overlay")
     assert len(calls) == 1 and third._overlay_extra == first._overlay_extra
+
+
+def test_layers_unpacked_out_of_order_commit_in_order(tmp_path, store):
+    """overlay: layers unpack on their own (any order, no parent) and become visible
+    only when committed; the result is the chain ``register`` builds."""
+    images, made = store
+    layers = images.layers
+    assert layers.unpacks_alone
+    base = layer_tar([("etc", None), ("etc/os", b"base"), ("etc/keep", b"k")])
+    top = layer_tar([("etc", None), ("etc/.wh.os", b""), ("app", b"app")])
+    top_unpacked = layers.unpack(io.BytesIO(top))
+    base_unpacked = layers.unpack(io.BytesIO(base))
+    assert layers.list() == []  # nothing visible before commit
+    with pytest.raises(Exception, match="not found"):
+        layers.commit(layers.unpack(io.BytesIO(top)), "sha256:" + "0" * 64)
+    first = layers.commit(base_unpacked, None)
+    second = layers.commit(top_unpacked, first.chain_id)
+    assert os.listdir(layers.root / "tmp") == []
+    assert [layer.chain_id for layer in layers.ancestry(second.chain_id)] == [
+        second.chain_id, first.chain_id]
+    diff = layers.diff_path(second.chain_id)
+    assert stat.S_ISCHR(os.lstat(diff / "etc" / "os").st_mode)  # an overlay whiteout
+    layers.create_rw("ordered", second.chain_id, init=False)
+    made.append("ordered")
+    merged = layers.mount("ordered")
+    assert sorted(os.listdir(f"{merged}/etc")) == ["keep"]
+    assert open(f"{merged}/app").read() == "app"
+    layers.unmount("ordered")
+    # a wrong diff id is refused before anything is visible, and leaves no scratch
+    with pytest.raises(Exception, match="diff id"):
+        layers.unpack(io.BytesIO(base), diff_id="sha256:" + "1" * 64)
+    assert os.listdir(layers.root / "tmp") == [] and len(layers.list()) == 2

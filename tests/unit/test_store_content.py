@@ -103,3 +103,33 @@ def test_kill_during_ingest_leaves_no_visible_blob(tmp_path):
     store = ContentStore(tmp_path)
     assert store.list() == []
     assert os.listdir(tmp_path / "tmp") == []  # ...and reopening the store removes it
+
+
+def test_adopt_moves_a_verified_file_in_by_rename(tmp_path):
+    store = ContentStore(tmp_path / "store")
+    src = tmp_path / "download.partial"
+    src.write_bytes(b"layer bytes")
+    inode = src.stat().st_ino
+    d = digest(b"layer bytes")
+    assert store.adopt(src, d) == d
+    assert not src.exists()
+    assert store.read(d) == b"layer bytes"
+    assert store.path(d).stat().st_ino == inode  # renamed, not copied
+    assert store.path(d).stat().st_mode & 0o777 == 0o644
+    # already there: the new file is dropped, the blob kept
+    src.write_bytes(b"layer bytes")
+    assert store.adopt(src, d, hashed=d) == d
+    assert not src.exists() and store.read(d) == b"layer bytes"
+
+
+def test_adopt_refuses_a_mismatch_and_leaves_the_file(tmp_path):
+    store = ContentStore(tmp_path / "store")
+    src = tmp_path / "download.partial"
+    src.write_bytes(b"tampered")
+    with pytest.raises(InvalidArgument, match="digest mismatch"):
+        store.adopt(src, digest(b"original"))
+    # the caller's own hash of what it wrote is checked against the expected digest too
+    with pytest.raises(InvalidArgument, match="digest mismatch"):
+        store.adopt(src, digest(b"original"), hashed=digest(b"tampered"))
+    assert src.read_bytes() == b"tampered"
+    assert store.list() == []

@@ -138,3 +138,10 @@ def test_init_layer_adds_only_what_the_image_lacks(layers):
     assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
     assert layers.changes("c1") == []
     layers.remove_rw("c1")
+
+
+def test_vfs_does_not_unpack_a_layer_without_its_parent(tmp_path, layers):
+    assert not layers.unpacks_alone
+    with pytest.raises(InvalidArgument, match="onto its parent"):
+        layers.unpack(io.BytesIO(BASE))
+    assert os.listdir(tmp_path / "layers" / "tmp") == []
