@@ -858,7 +858,7 @@ class ContainerService:
             await self.run(self.layers.unmount, c.id)
         except Exception as e:
             log.warning("container %s: rootfs unmount failed: %s", c.id[:12], e)
-        shutil.rmtree(self.state_dir(c.id), ignore_errors=True)
+        await self.run(_remove_dirs, self.state_dir(c.id))
 
     def _should_restart(self, c: Container, code: int) -> bool:
         pol = c.host_config.get("RestartPolicy") or {}
