@@ -202,19 +202,30 @@ class LogDriver(Driver):
         With ``follow``, keep waiting for new entries; once ``stopped()`` returns True
         (the container has exited and its output is all written), yield what is left
         and return. ``with_time=False`` says the caller shows no times (and asks no
-        since/until): a driver may then leave ``time_ns`` at 0 and save the parsing."""
-        raise NotImplementedError
-        yield  # pragma: no cover
+        since/until): a driver may then leave ``time_ns`` at 0 and save the parsing.
+
+        A readable driver implements this or :meth:`read_batches` (or both); each
+        has a default built on the other."""
+        if type(self).read_batches is LogDriver.read_batches:
+            raise NotImplementedError(f"log driver {self.name} implements neither read "
+                                      "nor read_batches")
+        async for batch in self.read_batches(log, since_ns=since_ns, until_ns=until_ns,
+                                             tail=tail, follow=follow, stopped=stopped,
+                                             with_time=with_time):
+            for e in batch:
+                yield e
 
     async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                            tail: int = -1, follow: bool = False,
                            stopped: Callable[[], bool] | None = None,
                            with_time: bool = True) -> AsyncIterator[list[LogEntry]]:
         """The entries of :meth:`read`, in order, in lists of what is at hand at once
-        (a chunk of a file, what a follower just found). The daemon reads through
-        this. The default wraps :meth:`read`, an entry per list, so a driver needs only
-        :meth:`read`; one whose logs run to millions of lines overrides this too (and
-        may build :meth:`read` on it with :func:`flatten`)."""
+        (a chunk of a file, what a follower just found); no list is empty. The daemon
+        reads through this. The default wraps :meth:`read`, an entry per list; a driver
+        whose logs run to millions of lines implements this instead."""
+        if type(self).read is LogDriver.read:
+            raise NotImplementedError(f"log driver {self.name} implements neither read "
+                                      "nor read_batches")
         kw = dict(since_ns=since_ns, until_ns=until_ns, tail=tail, follow=follow,
                   stopped=stopped)
         try:
@@ -226,13 +237,6 @@ class LogDriver(Driver):
 
     async def remove(self, log: LogContext) -> None:
         """Delete what this driver keeps for the container."""
-
-
-async def flatten(batches: AsyncIterator[list[LogEntry]]) -> AsyncIterator[LogEntry]:
-    """The entries of :meth:`LogDriver.read_batches`, one at a time."""
-    async for batch in batches:
-        for e in batch:
-            yield e
 
 
 class Registrar:

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Callable
 import msgspec
 
 from engine.sdk import hookimpl
-from engine.sdk.drivers import LogContext, LogDriver, LogEntry, flatten
+from engine.sdk.drivers import LogContext, LogDriver, LogEntry
 from engine.sdk.errors import InvalidArgument
 
 from ._base import buffer_options
@@ -63,15 +63,6 @@ class JsonFileDriver(LogDriver):
                     break
         files.append(path)
         return files
-
-    async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
-                   tail: int = -1, follow: bool = False,
-                   stopped: Callable[[], bool] | None = None,
-                   with_time: bool = True) -> AsyncIterator[LogEntry]:
-        async for e in flatten(self.read_batches(
-                log, since_ns=since_ns, until_ns=until_ns, tail=tail, follow=follow,
-                stopped=stopped, with_time=with_time)):
-            yield e
 
     async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                            tail: int = -1, follow: bool = False,

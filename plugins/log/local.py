@@ -14,7 +14,7 @@ import os
 from typing import AsyncIterator, Callable
 
 from engine.sdk import hookimpl
-from engine.sdk.drivers import LogContext, LogDriver, LogEntry, flatten
+from engine.sdk.drivers import LogContext, LogDriver, LogEntry
 from engine.sdk.errors import InvalidArgument
 
 from . import _localfile
@@ -106,13 +106,6 @@ class LocalLogDriver(LogDriver):
     def rotation(self, log: LogContext) -> _localfile.Rotation:
         return _localfile.Rotation(log_path(log.log_dir), log.options)
 
-    async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
-                   tail: int = -1, follow: bool = False,
-                   stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
-        async for e in flatten(self.read_batches(log, since_ns=since_ns, until_ns=until_ns,
-                                                 tail=tail, follow=follow, stopped=stopped)):
-            yield e
-
     async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                            tail: int = -1, follow: bool = False,
                            stopped: Callable[[], bool] | None = None,
@@ -159,13 +152,6 @@ class CachingLogDriver(LogDriver):
 
     def _cache(self, log: LogContext) -> _localfile.Rotation:
         return _localfile.cache_rotation(log.log_dir, log.options)
-
-    async def read(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
-                   tail: int = -1, follow: bool = False,
-                   stopped: Callable[[], bool] | None = None) -> AsyncIterator[LogEntry]:
-        async for e in flatten(self.read_batches(log, since_ns=since_ns, until_ns=until_ns,
-                                                 tail=tail, follow=follow, stopped=stopped)):
-            yield e
 
     async def read_batches(self, log: LogContext, *, since_ns: int = 0, until_ns: int = 0,
                            tail: int = -1, follow: bool = False,

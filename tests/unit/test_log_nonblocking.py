@@ -132,3 +132,40 @@ def test_file_writers_honour_the_mode(tmp_path, module):
     assert w.dropped == 0
     blob = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert blob.count(b"499\\n" if module == "jsonfile_writer" else b"499\n") == 1
+
+
+def test_a_log_driver_needs_read_or_read_batches_and_gets_the_other():
+    import asyncio
+
+    from engine.sdk.drivers import DriverContext, LogContext, LogDriver, LogEntry
+
+    ctx = DriverContext(name="x", state_dir="/nonexistent", options={})
+    log = LogContext(container_id="c", container_name="/c", image="i", log_dir="/nonexistent")
+
+    class ByEntry(LogDriver):
+        name = "by-entry"
+
+        async def read(self, log, **kw):
+            for i in range(3):
+                yield LogEntry("stdout", b"%d\n" % i, i)
+
+    class ByBatch(LogDriver):
+        name = "by-batch"
+
+        async def read_batches(self, log, **kw):
+            yield [LogEntry("stdout", b"0\n", 0), LogEntry("stderr", b"1\n", 1)]
+            yield [LogEntry("stdout", b"2\n", 2)]
+
+    class Neither(LogDriver):
+        name = "neither"
+
+    async def main():
+        a = [b async for b in ByEntry(ctx).read_batches(log)]
+        b = [e async for e in ByBatch(ctx).read(log)]
+        assert [len(x) for x in a] == [1, 1, 1]
+        assert [e.data for e in b] == [b"0\n", b"1\n", b"2\n"]
+        for call in (Neither(ctx).read, Neither(ctx).read_batches):
+            with pytest.raises(NotImplementedError):
+                await call(log).__anext__()
+
+    asyncio.run(main())
