@@ -34,10 +34,12 @@ import base64
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import io
 import ipaddress
 import json
 import logging
+import os
 import platform as _platform
 import queue
 import ssl
@@ -53,6 +55,7 @@ from engine.core.store import reference
 from engine.core.store.compression import GZIP_LEVEL, GzipEncoder, detect
 from engine.core.store.content import ContentStore
 from engine.core.store.images import Image, ImageStore
+from engine.core.store.layers import Unpacked, chain_id
 from engine.sdk.errors import EngineError, Forbidden, InvalidArgument, NotFound
 
 from . import spec
@@ -78,6 +81,8 @@ CHUNK = 16 << 20
 _READ = 1 << 20
 #: Chunks a download may queue ahead of the thread storing it (each up to ``_READ``).
 _SPOOL_CHUNKS = 16
+#: Layers of one pull unpacked at the same time where the layer store allows it.
+UNPACKERS = max(2, os.cpu_count() or 1)
 
 
 class RegistryError(EngineError):
@@ -522,6 +527,11 @@ class _Spool:
             data, self._buf = self._buf[:n], self._buf[n:]
         return data
 
+    def sync(self) -> None:
+        """Flush the partial file to disk (before it is moved into the content store)."""
+        self._out.flush()
+        os.fsync(self._out.fileno())
+
     def close(self) -> None:
         self.stopped = True
         for f in (self._prefix, self._out):
@@ -855,55 +865,127 @@ class RegistryClient:
                       downloads: dict[str, asyncio.Future[None]],
                       spools: dict[str, asyncio.Future[_Spool | None]], progress: Progress,
                       unpacked: list[str]) -> None:
-        """Unpack the layers in order while they download; ``unpacked`` collects the
-        chain ids.
+        """Unpack the layers while they download; ``unpacked`` collects the chain ids.
 
         A layer whose turn comes while it still downloads is read from its partial file
-        as it grows; one downloaded already, from the content store. The layer store
-        checks every layer against its diff id (the config, verified by digest, lists
-        them) before it becomes visible, and the layer is reported complete only once
-        its blob matched its digest too. :meth:`ImageStore.create` then finds the layers
-        ready. Without usable diff ids nothing is unpacked here: ``create`` reports it.
+        as it grows; one downloaded already, from the content store. Where the layer
+        store can unpack a layer without its parent (overlay), all layers unpack at the
+        same time, up to :data:`UNPACKERS` at once, and are committed in order;
+        otherwise (vfs) each waits for the one below it. The layer store checks every
+        layer against its diff id (the config, verified by digest, lists them) before it
+        becomes visible, and the layer is reported complete only once its blob matched
+        its digest too. :meth:`ImageStore.create` then finds the layers ready. Without
+        usable diff ids nothing is unpacked here: ``create`` reports it.
         """
         if diff_ids is None or len(diff_ids) != len(layers):
             return
-        parent: str | None = None
-        for desc, diff_id in zip(layers, diff_ids, strict=True):
-            digest = desc["digest"]
-            download = downloads.get(digest)
-            source: Path | _Follower = self.content.path(digest)
-            if download is not None:
-                slot = spools[digest]
-                await asyncio.wait([download, slot], return_when=asyncio.FIRST_COMPLETED)
-                spool = slot.result() if slot.done() and not download.done() else None
-                if spool is not None:
-                    try:
-                        source = await self._run(spool.follow)
-                    except FileNotFoundError:  # finished meanwhile
-                        pass
-                if not isinstance(source, _Follower):
-                    await download
-                    await progress({"status": "Extracting", "progressDetail": {},
-                                    "id": _short(digest)})
+        store = self.images.layers
+        if not store.unpacks_alone:
+            parent: str | None = None
+            for desc, diff_id in zip(layers, diff_ids, strict=True):
+                source = await self._layer_source(desc["digest"], downloads, spools, progress)
+                layer = await self._unpack_job(
+                    desc["digest"], downloads, source,
+                    functools.partial(store.register, source, parent, diff_id=diff_id))
+                parent = layer.chain_id
+                unpacked.append(parent)
+                await self._unpacked(desc["digest"], downloads,
+                                     isinstance(source, _Follower), progress)
+            return
+        chains: list[str] = []
+        for diff_id in diff_ids:
+            chains.append(chain_id(chains[-1] if chains else None, diff_id))
+        slots = asyncio.Semaphore(UNPACKERS)
+
+        async def alone(digest: str, diff_id: str, chain: str) -> tuple[Unpacked | None, bool]:
+            """The layer unpacked (None when it exists), and whether it was followed."""
+            if store.exists(chain):
+                return None, False
+            async with slots:
+                source = await self._layer_source(digest, downloads, spools, progress)
+                job = functools.partial(store.unpack, source, diff_id=diff_id)
+                return (await self._unpack_job(digest, downloads, source, job),
+                        isinstance(source, _Follower))
+
+        jobs = [asyncio.ensure_future(alone(desc["digest"], diff_id, chain))
+                for desc, diff_id, chain in zip(layers, diff_ids, chains, strict=True)]
+        try:
+            parent = None
+            for desc, diff_id, job in zip(layers, diff_ids, jobs, strict=True):
+                ready, followed = await job
+                if ready is None:  # known already: register finds it without reading
+                    layer = await self._run(functools.partial(
+                        store.register, self.content.path(desc["digest"]), parent,
+                        diff_id=diff_id))
+                else:
+                    layer = await self._run(store.commit, ready, parent)
+                parent = layer.chain_id
+                unpacked.append(parent)
+                await self._unpacked(desc["digest"], downloads, followed, progress)
+        except BaseException:
+            for job in jobs:
+                job.cancel()
+            for result in await asyncio.gather(*jobs, return_exceptions=True):
+                if isinstance(result, tuple) and result[0] is not None:
+                    result[0].discard()  # unpacked, never committed
+            raise
+
+    async def _layer_source(self, digest: str, downloads: dict[str, asyncio.Future[None]],
+                            spools: dict[str, asyncio.Future[_Spool | None]],
+                            progress: Progress) -> Path | _Follower:
+        """Where to read a layer from: its blob, or its partial file while it downloads.
+        Reports "Extracting" for a layer read from its blob."""
+        download = downloads.get(digest)
+        if download is None:
+            return self.content.path(digest)
+        slot = spools[digest]
+        await asyncio.wait([download, slot], return_when=asyncio.FIRST_COMPLETED)
+        spool = slot.result() if slot.done() and not download.done() else None
+        if spool is not None:
             try:
-                layer = await self._run(functools.partial(
-                    self.images.layers.register, source, parent, diff_id=diff_id))
-            except Exception:
-                if download is not None and isinstance(source, _Follower):
-                    await download  # a failed download explains a cut stream best
-                raise
+                return await self._run(spool.follow)
+            except FileNotFoundError:  # finished meanwhile
+                pass
+        await download
+        await progress({"status": "Extracting", "progressDetail": {}, "id": _short(digest)})
+        return self.content.path(digest)
+
+    async def _unpack_job(self, digest: str, downloads: dict[str, asyncio.Future[None]],
+                          source: Path | _Follower, job: Callable[[], Any]) -> Any:
+        """Run ``job`` (unpacking ``source``) on a stream thread, closing a follower
+        after it. Cancelled, it lets the job run to its end and discards an
+        :class:`~engine.core.store.layers.Unpacked` result."""
+
+        def run() -> Any:
+            try:
+                return job()
             finally:
                 if isinstance(source, _Follower):
                     source.close()
-            parent = layer.chain_id
-            unpacked.append(parent)
-            if download is not None:
-                if isinstance(source, _Follower):
-                    await download
-                    await progress({"status": "Extracting", "progressDetail": {},
-                                    "id": _short(digest)})
-                await progress({"status": "Pull complete", "progressDetail": {},
-                                "id": _short(digest)})
+
+        fut = asyncio.get_running_loop().run_in_executor(self._streams, run)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(_discard_unpacked)
+            raise
+        except Exception:
+            download = downloads.get(digest)
+            if download is not None and isinstance(source, _Follower):
+                await download  # a failed download explains a cut stream best
+            raise
+
+    async def _unpacked(self, digest: str, downloads: dict[str, asyncio.Future[None]],
+                        followed: bool, progress: Progress) -> None:
+        """Report a layer unpacked and in place, once its download is verified too."""
+        download = downloads.get(digest)
+        if download is None:
+            return
+        if followed:
+            await download
+            await progress({"status": "Extracting", "progressDetail": {},
+                            "id": _short(digest)})
+        await progress({"status": "Pull complete", "progressDetail": {}, "id": _short(digest)})
 
     async def _blob_bytes(self, conn: _Conn, path: str, digest: str) -> bytes:
         """A small blob (a config), verified; kept in memory."""
@@ -1025,8 +1107,19 @@ class RegistryClient:
                                 ) from None
 
     def _ingest(self, spool: _Spool, digest: str, size: int) -> None:
+        """Drain ``spool`` (which appends to the partial file), hashing as it goes, then
+        move the partial file into the content store once complete and verified: every
+        byte is written once on its way to the store, not twice."""
         try:
-            self.content.ingest(spool, expected=digest, size=size or None)
+            h = hashlib.sha256()
+            total = 0
+            while chunk := spool.read(_READ):
+                h.update(chunk)
+                total += len(chunk)
+            if size and total != size:
+                raise InvalidArgument(f"short blob: expected {size} bytes, got {total}")
+            spool.sync()
+            self.content.adopt(spool.partial, digest, hashed="sha256:" + h.hexdigest())
         finally:
             spool.close()
 
@@ -1312,6 +1405,12 @@ class RegistryClient:
                                   if cfg.get(k)})
         return {"Descriptor": {"mediaType": media_type, "digest": digest, "size": len(data)},
                 "Platforms": platforms}
+
+
+def _discard_unpacked(fut: asyncio.Future[Any]) -> None:
+    """Drop the scratch directory of an unpack whose pull gave up on it."""
+    if not fut.cancelled() and fut.exception() is None and isinstance(fut.result(), Unpacked):
+        fut.result().discard()
 
 
 def _diff_ids(config: bytes) -> list[str] | None:
