@@ -7,12 +7,13 @@ compressing, creating the image) runs in the default executor.
 * Pull: resolve the reference (``busybox`` -> ``registry-1.docker.io/library/busybox:
   latest``), fetch the manifest (Docker schema 2, OCI, manifest list or OCI index), pick
   the platform, then fetch the config and the layers not yet in the content store, three
-  at a time. Each layer is hashed and stored by a worker thread as it arrives, and kept
-  in a partial file that survives a daemon kill and is resumed with a ``Range`` request;
-  it enters the content store only complete and verified against its digest. Each layer
-  is unpacked (and checked against its diff id) as soon as it and the layers below it
-  are in, while the others still download. Tags are set only once the image exists; a
-  failed pull drops the layers it unpacked.
+  at a time. Each layer is written to a partial file (which survives a daemon kill and
+  is resumed with a ``Range`` request) and hashed by a worker thread as it arrives; the
+  file is moved into the content store only complete and verified against its digest.
+  Each layer is unpacked (and checked against its diff id) while it downloads; with
+  the overlay driver all layers at the same time, each made visible once the layers
+  below it are, with vfs each after the one below it. Tags are set only once the image
+  exists; a failed pull drops the layers it unpacked.
 * Push: upload each layer unless the registry has it (``HEAD``), mounting it from another
   repository of the same registry when we know one holds it. A layer stored
   uncompressed is gzip-compressed (in parallel pieces, see
@@ -462,8 +463,8 @@ class _State:
 
 
 class _Spool:
-    """The reading side of a download, for :meth:`ContentStore.ingest` on a worker
-    thread: the partial file's bytes from an earlier attempt first, then the chunks the
+    """The reading side of a download, for the worker thread that hashes it: the
+    partial file's bytes from an earlier attempt first, then the chunks the
     event loop hands over with :meth:`put`, each appended to the partial file before it
     is returned. At most :data:`_SPOOL_CHUNKS` chunks wait in between."""
 
@@ -1029,10 +1030,10 @@ class RegistryClient:
                              slot: asyncio.Future[_Spool | None] | None = None) -> None:
         """Download one blob, stored and verified as it arrives.
 
-        The chunks go to a :class:`_Spool` that a worker thread drains into
-        :meth:`ContentStore.ingest` (hashing and writing the blob) after appending each to
-        the partial file, which keeps what arrived for a resume after a kill. The blob
-        becomes visible only once its digest matched.
+        The chunks go to a :class:`_Spool` that a worker thread drains (see
+        :meth:`_ingest`), appending each to the partial file, which keeps what arrived for
+        a resume after a kill, and hashing it. The partial file becomes the blob, by
+        rename, only once its digest matched.
         """
         ident = _short(digest)
         partial = self.downloads / (digest.removeprefix("sha256:") + ".partial")
