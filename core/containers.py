@@ -608,8 +608,9 @@ class ContainerService:
             c.manual_stop = False
             try:
                 await self._start(c, rt)
-            except EngineError as e:
-                c.state.error = e.message
+            except Exception as e:  # a driver's raw error too: the record must say so
+                c.state.error = (e.message if isinstance(e, EngineError)
+                                 else f"{type(e).__name__}: {e}")
                 code = getattr(e, "exit_code", 0)
                 if code:
                     c.state.exit_code = code

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from engine.sdk.drivers import NetworkSpec, Sandbox
-from engine.sdk.errors import Conflict, Forbidden, InvalidArgument, NotFound
+from engine.sdk.errors import (
+    Conflict,
+    DriverError,
+    EngineError,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+)
 
 from . import netns as netns_mod
 from .util import atomic_write, new_id, parse_since, parse_time, rfc3339
@@ -520,7 +527,12 @@ class NetworkService:
         ep_id = new_id()
         sandbox = Sandbox(container_id=c.id, netns_path=ns_path,
                           hostname=c.config.get("Hostname") or "")
-        info = await drv.join(n.spec(), ep_id, sandbox, options)
+        try:
+            info = await drv.join(n.spec(), ep_id, sandbox, options)
+        except EngineError:
+            raise
+        except Exception as e:  # a driver's raw error, named for the user
+            raise DriverError(f"network driver {drv.name}: {type(e).__name__}: {e}") from e
         if user_net and c.id[:12] not in aliases:
             aliases.append(c.id[:12])
         ep = dict(cfg)

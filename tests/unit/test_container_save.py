@@ -110,3 +110,46 @@ def test_a_record_whose_directory_vanished_is_skipped_but_other_errors_raise(svc
     with pytest.raises(OSError):
         asyncio.run(svc.save(c))
     assert _ENC.encode(c)  # the record itself is intact in memory
+
+
+class _Layers:
+    def remove_rw(self, cid: str) -> None:
+        pass
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def emit(self, kind, action, ident, attrs=None) -> None:
+        self.seen.append((kind, action))
+
+
+@pytest.mark.parametrize("auto_remove", [False, True])
+def test_a_start_failing_with_a_raw_error_is_recorded_and_auto_removed(tmp_path, auto_remove):
+    """A driver that raises something other than an engine error (a raw netlink error,
+    say) still fails the start cleanly: the record says why, and a --rm container is
+    removed, so a client waiting for its removal is not left hanging."""
+    events = _Events()
+    svc = ContainerService(data_root=str(tmp_path / "data"), exec_root=str(tmp_path / "exec"),
+                           images=None, layers=_Layers(), plugins=None, events=events)
+    c = record(svc)
+    c.host_config = {"AutoRemove": auto_remove}
+    svc.names["x"] = c.id
+
+    async def boom(c, rt):
+        raise OSError(101, "Network is unreachable")
+
+    svc._start = boom
+
+    async def main():
+        with pytest.raises(OSError):
+            await svc.start(c.id)
+
+    asyncio.run(main())
+    if auto_remove:
+        assert c.id not in svc.containers and not svc.dir(c.id).exists()
+        assert ("container", "destroy") in events.seen
+    else:
+        assert c.state.error == "OSError: [Errno 101] Network is unreachable"
+        assert on_disk(svc, c)["state"]["error"] == c.state.error
