@@ -899,11 +899,15 @@ class RegistryClient:
         slots = asyncio.Semaphore(UNPACKERS)
 
         async def alone(digest: str, diff_id: str, chain: str) -> tuple[Unpacked | None, bool]:
-            """The layer unpacked (None when it exists), and whether it was followed."""
-            if store.exists(chain):
-                return None, False
+            """The layer unpacked (None when it exists), and whether it was read from its
+            download as it arrived."""
             async with slots:
                 source = await self._layer_source(digest, downloads, spools, progress)
+                if store.exists(chain):
+                    if isinstance(source, _Follower):
+                        source.close()
+                        return None, True
+                    return None, False
                 job = functools.partial(store.unpack, source, diff_id=diff_id)
                 return (await self._unpack_job(digest, downloads, source, job),
                         isinstance(source, _Follower))
@@ -915,6 +919,8 @@ class RegistryClient:
             for desc, diff_id, job in zip(layers, diff_ids, jobs, strict=True):
                 ready, followed = await job
                 if ready is None:  # known already: register finds it without reading
+                    if desc["digest"] in downloads:
+                        await downloads[desc["digest"]]
                     layer = await self._run(functools.partial(
                         store.register, self.content.path(desc["digest"]), parent,
                         diff_id=diff_id))

@@ -101,10 +101,12 @@ def leftovers(client: RegistryClient) -> list[str]:
 def test_layers_unpack_together_and_commit_in_order(tmp_path, monkeypatch):
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
     running, most = [0], [0]
+    calls: list[str | None] = []
     lock = threading.Lock()
     real = LayerStore.unpack
 
     def unpack(self: LayerStore, src: Any, **kw: Any) -> Any:
+        calls.append(kw.get("diff_id"))
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -142,6 +144,16 @@ def test_layers_unpack_together_and_commit_in_order(tmp_path, monkeypatch):
                 b.images.layers.remove_rw("c")
             assert leftovers(b) == []
             assert most[0] >= 2  # layers were unpacking at the same time
+            # a layer whose blob is gone is downloaded again, not unpacked again
+            b.content.delete(img.layers[0].digest)
+            calls.clear()
+            messages.clear()
+            again = await b.pull(f"{reg}/app:v1", progress=progress)
+            assert again.id == img.id and calls == []
+            assert b.content.has(img.layers[0].digest)
+            statuses = [m["status"] for m in messages if m.get("id") == img.layers[0].digest[7:19]]
+            assert statuses[-1] == "Pull complete" and "Downloading" in statuses
+            assert leftovers(b) == []
 
     asyncio.run(go())
 
