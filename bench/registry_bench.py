@@ -75,9 +75,20 @@ def layer_tar(index: int) -> bytes:
     return buf.getvalue()
 
 
-def image_archive(path: Path, tag: str) -> Path:
-    """A ``docker save`` archive of a 4-layer image named ``tag``."""
-    layers = [layer_tar(i) for i in range(LAYERS)]
+def warm_layer_tar() -> bytes:
+    """The one small layer of the warm-up image."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("warm")
+        info.size, info.mode = 4096, 0o644
+        tf.addfile(info, io.BytesIO(b"w" * 4096))
+    return buf.getvalue()
+
+
+def image_archive(path: Path, tag: str, layers: list[bytes] | None = None) -> Path:
+    """A ``docker save`` archive of an image named ``tag``: the 4 benchmark layers, or
+    the ``layers`` given."""
+    layers = [layer_tar(i) for i in range(LAYERS)] if layers is None else layers
     diff_ids = ["sha256:" + hashlib.sha256(t).hexdigest() for t in layers]
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Cmd": ["sh"]}, "created": "2024-01-01T00:00:00Z",
@@ -205,12 +216,21 @@ def make_target(name: str, base: Path, venv_bin: Path) -> Target:
 
 def measure(name: str, base: Path, venv_bin: Path, archive: Path, port: int,
             rep: int) -> tuple[float, float]:
-    """One push (from a daemon with the image) and one pull (into an empty daemon)."""
+    """One push (from a daemon with the image) and one pull (into an empty daemon).
+
+    Each daemon first moves a small image of its own the same way, untimed: what is
+    measured is a transfer by a daemon that has done one before (a daemon runs for
+    months; its first pull's one-time costs — loading the registry code, the first
+    TLS context, containerd's first content write — are not the transfer)."""
     repo = f"127.0.0.1:{port}/bench/{name}{rep}:v1"
+    warm = f"127.0.0.1:{port}/bench/warm-{name}{rep}:v1"
     pusher = make_target(name, base / f"{name}-push{rep}", venv_bin)
     try:
         pusher.start_daemon()
-        run_cmd([DOCKER or "docker", "load", "-i", str(archive)], pusher.env(), timeout=600)
+        for tar in (archive, archive.with_name("warm.tar")):
+            run_cmd([DOCKER or "docker", "load", "-i", str(tar)], pusher.env(), timeout=600)
+        docker(pusher, "tag", "warm:v1", warm)
+        docker(pusher, "push", warm)
         docker(pusher, "tag", "bench:v1", repo)
         push = docker(pusher, "push", repo)
     finally:
@@ -218,6 +238,7 @@ def measure(name: str, base: Path, venv_bin: Path, archive: Path, port: int,
     puller = make_target(name, base / f"{name}-pull{rep}", venv_bin)
     try:
         puller.start_daemon()
+        docker(puller, "pull", warm)
         time.sleep(SETTLE)
         pull = docker(puller, "pull", repo)
     finally:
@@ -250,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = None
     try:
         archive = image_archive(base / "image.tar", "bench:v1")
+        image_archive(base / "warm.tar", "warm:v1", [warm_layer_tar()])
         if not args.serve_only:
             registry, port = start_registry(args.registry, base / "registry", args.venv_bin)
             names = []
