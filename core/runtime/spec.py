@@ -383,8 +383,10 @@ def build_spec(
 
 
 def write_bundle(bundle_dir: str, spec: dict) -> str:
-    """Write ``spec`` as ``bundle_dir/config.json`` atomically (temp file, fsync,
-    rename, fsync of the directory) and return the file's path."""
+    """Write ``spec`` as ``bundle_dir/config.json`` atomically (temp file, rename) and
+    return the file's path. Not fsynced: a bundle is runtime state, written again at
+    every start and worthless after a reboot, so a crash may lose it but a reader
+    never sees half of one."""
     os.makedirs(bundle_dir, 0o711, exist_ok=True)
     final = os.path.join(bundle_dir, "config.json")
     tmp = os.path.join(bundle_dir, f".config.json.{os.getpid()}.tmp")
@@ -394,13 +396,7 @@ def write_bundle(bundle_dir: str, spec: dict) -> str:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, final)
-    dir_fd = os.open(bundle_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
     return final
