@@ -268,11 +268,20 @@ def apply_settings(cfg: dict[str, Any], settings: list[str]) -> dict[str, Any]:
     return out
 
 
+#: served by the plugin's own network driver: the remote network driver asks a plugin
+#: that implements ``IpamDriver`` for its pools and addresses (weaveworks/net-plugin
+#: declares both); an IPAM plugin on its own is not served
+IPAM_TYPE = "docker.ipamdriver/1.0"
+
+
 def driver_kinds(cfg: dict[str, Any]) -> list[str]:
     """The engine driver kinds the plugin provides; an interface the engine cannot
     serve is refused with a clear "not supported"."""
     kinds = []
-    for t in cfg["Interface"]["Types"]:
+    types = cfg["Interface"]["Types"]
+    for t in types:
+        if t == IPAM_TYPE and "docker.networkdriver/1.0" in types:
+            continue
         kind = DRIVER_KINDS.get(t)
         if kind is None:
             what = UNSUPPORTED_TYPES.get(t)

@@ -239,7 +239,10 @@ def test_managed_network_plugin(daemon, tmp_path):
         "entrypoint": ["/bin/sh", "-c", "trap 'kill $!; exit 0' TERM; /usr/bin/python3.11 "
                        "-I -S /plugin/plugin_server.py /run/docker/plugins/net.sock /state "
                        "--network & wait"],
-        "interface": {"types": ["docker.networkdriver/1.0"], "socket": "net.sock"},
+        # both, as weaveworks/net-plugin declares them: the IPAM interface is served
+        # through the network driver (here the subnet is given, so it is not asked)
+        "interface": {"types": ["docker.networkdriver/1.0", "docker.ipamdriver/1.0"],
+                      "socket": "net.sock"},
         "network": {"type": "host"},
         "linux": {"capabilities": ["CAP_NET_ADMIN"]},
     }

@@ -115,6 +115,11 @@ def test_interfaces_map_to_driver_kinds_or_are_refused():
                                                 "types": ["docker.ipamdriver/1.0"]}})
     with pytest.raises(NotSupported, match="docker.ipamdriver/1.0 is not supported"):
         driver_kinds(ipam)
+    # a network plugin with its own IPAM (weaveworks/net-plugin): the network driver
+    # asks the plugin for pools and addresses
+    weave = parse_config({**SSHFS, "interface": {"socket": "weave.sock", "types": [
+        "docker.networkdriver/1.0", "docker.ipamdriver/1.0"]}})
+    assert driver_kinds(weave) == ["network"]
 
 
 def test_names():
