@@ -253,17 +253,20 @@ class NetworkService:
         if body.get("EnableIPv6"):
             raise InvalidArgument("IPv6 networks are not supported")
         ipam = body.get("IPAM") or {}
-        if (ipam.get("Driver") or "default") != "default":
+        ipam_driver = ipam.get("Driver") or "default"
+        # a network plugin may be its own IPAM driver (--ipam-driver weave with -d weave):
+        # the remote network driver then asks the plugin for pools and addresses
+        if ipam_driver != "default" and (ipam_driver != driver or driver == "bridge"):
             raise NotFound(f"IPAM driver {ipam['Driver']!r} not found")
         configs = [dict(c) for c in ipam.get("Config") or []]
-        n = await self._create(name, driver, ipam_config=configs,
+        n = await self._create(name, driver, ipam_config=configs, ipam_driver=ipam_driver,
                                internal=bool(body.get("Internal")),
                                attachable=bool(body.get("Attachable")),
                                options=body.get("Options") or {}, labels=body.get("Labels") or {})
         return {"Id": n.id, "Warning": ""}
 
     async def _create(self, name: str, driver: str, *, ipam_config: list[dict] | None = None,
-                      internal: bool = False, attachable: bool = False,
+                      ipam_driver: str = "default", internal: bool = False, attachable: bool = False,
                       options: dict[str, str] | None = None,
                       labels: dict[str, str] | None = None) -> NetworkRecord:
         async with self.lock:
@@ -276,7 +279,8 @@ class NetworkService:
             n = NetworkRecord(id=new_id(), name=name, driver=drv.name,
                               created=rfc3339(), scope=drv.scope, internal=internal,
                               attachable=attachable,
-                              ipam={"Driver": "default", "Options": None, "Config": configs},
+                              ipam={"Driver": ipam_driver, "Options": None,
+                                    "Config": configs},
                               options={str(k): str(v) for k, v in (options or {}).items()},
                               labels=dict(labels or {}))
             await drv.create_network(n.spec())

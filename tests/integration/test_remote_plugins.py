@@ -229,6 +229,24 @@ def test_network_plugin_plugs_an_interface_into_the_container(plugged):
     assert subprocess.run(["ip", "link", "show", host_end], capture_output=True).returncode != 0
 
 
+@pytest.mark.parametrize("plugged", [True], ids=["network"], indirect=True)
+def test_a_network_plugin_may_be_its_own_ipam_driver(plugged):
+    daemon, _plugin = plugged
+    r = docker(daemon, "network", "create", "-d", "testplug", "--ipam-driver", "testplug",
+               "--subnet", "10.233.0.0/24", "tpipam")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = docker(daemon, "network", "inspect", "-f", "{{.IPAM.Driver}}", "tpipam")
+        assert r.stdout.strip() == "testplug", r.stderr
+    finally:
+        docker(daemon, "network", "rm", "tpipam")
+    r = docker(daemon, "network", "create", "-d", "testplug", "--ipam-driver", "other",
+               "tpother")
+    assert r.returncode != 0 and "IPAM driver 'other' not found" in r.stderr
+    r = docker(daemon, "network", "create", "--ipam-driver", "bridge", "tpbridge")
+    assert r.returncode != 0 and "not found" in r.stderr
+
+
 def test_a_plugin_started_after_the_daemon_is_found_by_name(late_plugin):
     daemon, start = late_plugin
     r = docker(daemon, "volume", "create", "-d", "lateplug", "early")
