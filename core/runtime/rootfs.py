@@ -191,18 +191,28 @@ def open_in_root(root: str, path: str, flags: int = os.O_RDONLY) -> int:
     Uses ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)``; on kernels without
     openat2, falls back to :func:`secure_join` plus ``O_NOFOLLOW`` on the last component.
     """
-    global _openat2_missing
-    if not _openat2_missing:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            return openat2(root_fd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise
-            _openat2_missing = True
-        finally:
-            os.close(root_fd)
+    fd = _openat2_below(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    if fd is not None:
+        return fd
     return os.open(secure_join(root, path), flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _openat2_below(root: str, path: str, flags: int, resolve: int) -> int | None:
+    """``openat2`` of ``path`` relative to ``root``; None on a kernel without openat2
+    (remembered, so the callers' fallbacks are taken at once from then on)."""
+    global _openat2_missing
+    if _openat2_missing:
+        return None
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return openat2(root_fd, path, flags, resolve)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+        _openat2_missing = True
+        return None
+    finally:
+        os.close(root_fd)
 
 
 def read_in_root(root: str, path: str, limit: int = 16 << 20) -> bytes | None:
@@ -242,7 +252,6 @@ def make_target(root: str, dest: str, *, is_dir: bool = True) -> tuple[int, str]
     rel = os.path.relpath(full, root)
     parts = [] if rel == "." else rel.split("/")
     current = root
-    global _openat2_missing
     for i, comp in enumerate(parts):
         current = os.path.join(current, comp)
         try:
@@ -252,17 +261,9 @@ def make_target(root: str, dest: str, *, is_dir: bool = True) -> tuple[int, str]
                 _touch(current)
         except FileExistsError:
             pass
-    if not _openat2_missing:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fd = openat2(root_fd, rel, os.O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)
-            return fd, full
-        except OSError as exc:
-            if exc.errno != errno.ENOSYS:
-                raise
-            _openat2_missing = True
-        finally:
-            os.close(root_fd)
+    fd = _openat2_below(root, rel, os.O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)
+    if fd is not None:
+        return fd, full
     return os.open(full, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC), full
 
 
