@@ -319,14 +319,24 @@ def cmd_start(cli: Cli, argv: list[str]) -> int:
         raise StatusError(1, "you cannot start and attach multiple containers at once")
     info = cli.api.get(f"/containers/{args[0]}/json").json()
     cid, config = info["Id"], info.get("Config") or {}
-    tty = bool(config.get("Tty"))
     use_stdin = bool(opts.interactive and config.get("OpenStdin"))
+    return attach_and_wait(cli, cid, config, use_stdin, opts.detach_keys, sig_proxy=True,
+                           start=True)
+
+
+def attach_and_wait(cli: Cli, cid: str, config: dict, use_stdin: bool,
+                    detach_keys: str | None, sig_proxy: bool, start: bool = False) -> int:
+    """``attach`` and ``start -a``: attach the streams (then start the container, with
+    ``start``), copy them until the container exits or the client detaches, and
+    return the container's exit status (0 on detach)."""
+    tty = bool(config.get("Tty"))
     check_tty(cli, use_stdin, tty)
-    sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
+    sock = attach_stream(cli, cid, use_stdin, True, True, detach_keys)
     waiter = send_wait(cli, cid, "next-exit")
     try:
-        cli.api.post(f"/containers/{cid}/start")
-        detached = interact(cli, cid, sock, tty, use_stdin, opts.detach_keys, sig_proxy=True)
+        if start:
+            cli.api.post(f"/containers/{cid}/start")
+        detached = interact(cli, cid, sock, tty, use_stdin, detach_keys, sig_proxy)
     except BaseException:
         waiter.close()
         raise
@@ -385,22 +395,8 @@ def cmd_attach(cli: Cli, argv: list[str]) -> int:
         raise StatusError(1, "You cannot attach to a stopped container, start it first")
     if state.get("Paused"):
         raise StatusError(1, "You cannot attach to a paused container, unpause it first")
-    tty = bool(config.get("Tty"))
     use_stdin = bool(not opts.no_stdin and config.get("OpenStdin"))
-    check_tty(cli, use_stdin, tty)
-    sock = attach_stream(cli, cid, use_stdin, True, True, opts.detach_keys)
-    waiter = send_wait(cli, cid, "next-exit")
-    try:
-        detached = interact(cli, cid, sock, tty, use_stdin, opts.detach_keys, opts.sig_proxy)
-    except BaseException:
-        waiter.close()
-        raise
-    finally:
-        sock.close()
-    if detached:
-        waiter.close()
-        return 0
-    return wait_status(cli, waiter)
+    return attach_and_wait(cli, cid, config, use_stdin, opts.detach_keys, opts.sig_proxy)
 
 
 # -- exec ------------------------------------------------------------------------------
