@@ -31,6 +31,35 @@ def log_file(log_dir: str, container_id: str) -> str:
     return os.path.join(log_dir, f"{container_id}-json.log")
 
 
+def rotate_files(path: str, keep: int, compress: bool, compresslevel: int = 9) -> None:
+    """Shift ``path.1`` .. ``path.N`` (each plain or ``.gz``) up by one so that with the
+    live file at most ``keep`` files remain, then move the closed live file to
+    ``path.1`` (gzipped through a temporary file when ``compress``, so a crash leaves
+    no half-written ``.1.gz``). With ``keep`` at most 1 the live file is only
+    truncated. The caller reopens ``path``."""
+    if keep <= 1:
+        open(path, "wb").close()
+        return
+    for ext in (".gz", ""):
+        if os.path.exists(f"{path}.{keep - 1}{ext}"):
+            os.unlink(f"{path}.{keep - 1}{ext}")
+    for i in range(keep - 2, 0, -1):
+        for ext in (".gz", ""):
+            if os.path.exists(f"{path}.{i}{ext}"):
+                os.rename(f"{path}.{i}{ext}", f"{path}.{i + 1}{ext}")
+    if compress:
+        import gzip
+
+        tmp = f"{path}.1.gz.tmp"
+        with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=compresslevel) as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        os.rename(tmp, f"{path}.1.gz")
+        os.unlink(path)
+    else:
+        os.rename(path, f"{path}.1")
+
+
 _last_sec = -1
 _last_prefix = ""
 

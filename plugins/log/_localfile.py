@@ -25,7 +25,7 @@ from typing import Any, Iterator
 from engine.sdk.logwriter import LogWriter
 
 from ._base import LineBuffer, parse_bool
-from ._common import parse_size
+from ._common import parse_size, rotate_files
 
 VERSION = 1
 PARTIAL = 0x01
@@ -122,27 +122,7 @@ class LocalFileWriter(LogWriter):
 
     def _rotate(self) -> None:
         self.f.close()
-        keep = self.rot.max_file
-        if keep <= 1:
-            self.f = open(self.path, "wb")
-            self.size = 0
-            return
-        for cand in self.rot.rotated(keep - 1):
-            if os.path.exists(cand):
-                os.unlink(cand)
-        for i in range(keep - 2, 0, -1):
-            for ext in (".gz", ""):
-                if os.path.exists(f"{self.path}.{i}{ext}"):
-                    os.rename(f"{self.path}.{i}{ext}", f"{self.path}.{i + 1}{ext}")
-        if self.rot.compress:
-            tmp = f"{self.path}.1.gz.tmp"
-            with open(self.path, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            os.rename(tmp, f"{self.path}.1.gz")
-            os.unlink(self.path)
-        else:
-            os.rename(self.path, f"{self.path}.1")
+        rotate_files(self.path, self.rot.max_file, self.rot.compress, compresslevel=1)
         self.f = open(self.path, "ab")
         self.size = 0
 

@@ -4,15 +4,13 @@ Standard library only. Lines are ``{"log":"text\\n","stream":"stdout","time":"..
 """
 from __future__ import annotations
 
-import gzip
-import os
 import time
 from json.encoder import encode_basestring
 
 from engine.sdk.logwriter import LogWriter
 
 from ._base import with_mode
-from ._common import format_time, log_file, parse_size
+from ._common import format_time, log_file, parse_size, rotate_files
 
 PARTIAL_MAX = 16 * 1024  # Docker splits lines longer than this
 
@@ -62,25 +60,7 @@ class JsonFileWriter(LogWriter):
 
     def _rotate(self) -> None:
         self.f.close()
-        if self.max_file <= 1:
-            self.f = open(self.path, "wb")
-            self.size = 0
-            return
-        ext = ".gz" if self.compress else ""
-        last = f"{self.path}.{self.max_file - 1}{ext}"
-        if os.path.exists(last):
-            os.unlink(last)
-        for i in range(self.max_file - 2, 0, -1):
-            src = f"{self.path}.{i}{ext}"
-            if os.path.exists(src):
-                os.rename(src, f"{self.path}.{i + 1}{ext}")
-        if self.compress:
-            with open(self.path, "rb") as src, gzip.open(f"{self.path}.1.gz", "wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            os.unlink(self.path)
-        else:
-            os.rename(self.path, f"{self.path}.1")
+        rotate_files(self.path, self.max_file, self.compress)
         self.f = open(self.path, "ab")
         self.size = 0
 

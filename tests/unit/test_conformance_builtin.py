@@ -63,6 +63,16 @@ class TestJsonFileLogsRotated(LogDriverSuite):
         return JsonFileDriver(ctx(tmp_path, "json-file"))
 
 
+class TestJsonFileLogsRotatedCompressed(LogDriverSuite):
+    """The same with the rotated files gzipped."""
+
+    log_options = {"max-size": "1k", "max-file": "10", "compress": "true"}
+
+    @pytest.fixture
+    def driver(self, tmp_path):
+        return JsonFileDriver(ctx(tmp_path, "json-file"))
+
+
 class TestLocalLogs(LogDriverSuite):
     @pytest.fixture
     def driver(self, tmp_path):

@@ -187,3 +187,22 @@ def test_follow_across_rotations_loses_nothing(tmp_path, compress):
 
     got = asyncio.run(asyncio.wait_for(go(), 20))
     assert got == list(range(600))
+
+
+def test_rotate_files_keeps_at_most_keep_files_whatever_their_compression(tmp_path):
+    import gzip
+
+    from engine.plugins.log._common import rotate_files
+
+    path = str(tmp_path / "c.log")
+    # an older run rotated without compression, this one compresses
+    for name, data in (("c.log.1", b"one"), ("c.log.2.gz", gzip.compress(b"two"))):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "c.log").write_bytes(b"live")
+    rotate_files(path, 3, compress=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.log.1.gz", "c.log.2"]
+    assert gzip.decompress((tmp_path / "c.log.1.gz").read_bytes()) == b"live"
+    assert (tmp_path / "c.log.2").read_bytes() == b"one"
+    (tmp_path / "c.log").write_bytes(b"again")
+    rotate_files(path, 1, compress=False)
+    assert (tmp_path / "c.log").read_bytes() == b""
