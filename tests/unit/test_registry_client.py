@@ -218,18 +218,32 @@ def blob_middleware(target: dict[str, Any]) -> Any:
     return mw
 
 
+def registry_app(tmp_path: Path, middleware: Any = None,
+                 target: dict[str, Any] | None = None
+                 ) -> tuple[Settings, web.Application, dict[str, Any]]:
+    """A registry app with its storage in ``tmp_path / "reg"``, whose blob GETs the
+    test may disturb through ``target`` (see :func:`blob_middleware`, the default)."""
+    settings = Settings(tmp_path / "reg")
+    target = {} if target is None else target
+    app = make_app(settings)
+    app.middlewares.append((middleware or blob_middleware)(target))
+    return settings, app, target
+
+
+def pushed_layers(settings: Settings, repo: str = "app", tag: str = "v1") -> list[dict]:
+    """The layer descriptors of the manifest stored for ``repo:tag``."""
+    return json.loads(settings.storage.get_manifest(repo, tag)[0])["layers"]
+
+
 def test_interrupted_pull_resumes_with_a_range_request(tmp_path):
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {}
-    app = make_app(settings)
-    app.middlewares.append(blob_middleware(target))
+    settings, app, target = registry_app(tmp_path)
 
     async def go() -> None:
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1", sizes=(1000, 400_000))
             await a.push(f"{reg}/app:v1")
-            big = max(json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"],
+            big = max(pushed_layers(settings),
                       key=lambda layer: layer["size"])
             target.update(digest=big["digest"], data=a.content.read(big["digest"]), cut=1)
             with pytest.raises(RegistryError, match="interrupted"):
@@ -253,16 +267,13 @@ def test_interrupted_pull_resumes_with_a_range_request(tmp_path):
 
 def test_tampered_layer_is_rejected_and_nothing_is_stored(tmp_path):
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {}
-    app = make_app(settings)
-    app.middlewares.append(blob_middleware(target))
+    settings, app, target = registry_app(tmp_path)
 
     async def go() -> None:
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1", sizes=(5000,))
             await a.push(f"{reg}/app:v1")
-            layer = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            layer = pushed_layers(settings)[0]
             target.update(digest=layer["digest"], data=a.content.read(layer["digest"]),
                           tamper=True)
             with pytest.raises(RegistryError, match="failed verification"):

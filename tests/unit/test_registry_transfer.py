@@ -21,7 +21,8 @@ from engine.core.store.compression import GZIP_PIECE, GzipEncoder, decompressed,
 from engine.registry.client import RegistryError
 from engine.registry.server import Settings, make_app
 from engine.sdk.errors import InvalidArgument
-from test_registry_client import Recorder, add_image, blob_middleware, client_for, serving
+from test_registry_client import (Recorder, add_image, client_for, pushed_layers,
+                                  registry_app, serving)
 
 RANDOM = random.Random(7).randbytes(3 * GZIP_PIECE + 12345)
 TEXT = b"".join(b"%d: the quick brown fox jumps over the lazy dog\n" % i
@@ -301,17 +302,14 @@ def test_layer_is_unpacked_from_its_download_as_it_arrives(tmp_path, monkeypatch
 
     monkeypatch.setattr(LayerStore, "register", register)
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {"tamper": tamper}
-    app = make_app(settings)
-    app.middlewares.append(slow_blob(target))
+    settings, app, target = registry_app(tmp_path, slow_blob, {"tamper": tamper})
 
     async def go() -> None:
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1", sizes=(3 * GZIP_PIECE, 5000))
             await a.push(f"{reg}/app:v1")
             sources.clear()
-            bottom = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            bottom = pushed_layers(settings)[0]
             target.update(digest=bottom["digest"], data=a.content.read(bottom["digest"]))
             if tamper:
                 with pytest.raises(RegistryError, match="failed verification"):
@@ -340,10 +338,7 @@ def test_transfers_leave_the_default_executor_to_the_rest_of_the_daemon(tmp_path
     from engine.core.store.layers import LayerStore
 
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {}
-    app = make_app(settings)
-    app.middlewares.append(slow_blob(target))
+    settings, app, target = registry_app(tmp_path, slow_blob)
     stored_when_unpacked: list[bool] = []
     real = LayerStore.register
 
@@ -360,7 +355,7 @@ def test_transfers_leave_the_default_executor_to_the_rest_of_the_daemon(tmp_path
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1", sizes=(2 * GZIP_PIECE, 3000, 4000))
             await asyncio.wait_for(a.push(f"{reg}/app:v1"), 30)
-            bottom = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            bottom = pushed_layers(settings)[0]
             target.update(digest=bottom["digest"], data=a.content.read(bottom["digest"]))
             img = await asyncio.wait_for(b.pull(f"{reg}/app:v1"), 30)
             assert len(img.layers) == 3
@@ -373,16 +368,13 @@ def test_failed_pull_drops_the_layers_it_unpacked(tmp_path):
     """The top layer fails verification after the ones below were unpacked: the pull
     fails and leaves neither layers, blob of the bad layer nor an image behind."""
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {}
-    app = make_app(settings)
-    app.middlewares.append(blob_middleware(target))
+    settings, app, target = registry_app(tmp_path)
 
     async def go() -> None:
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1", sizes=(1000, 2000, 3000))
             await a.push(f"{reg}/app:v1")
-            top = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][-1]
+            top = pushed_layers(settings)[-1]
             target.update(digest=top["digest"], data=a.content.read(top["digest"]),
                           tamper=True)
             with pytest.raises(RegistryError, match="failed verification"):
@@ -399,16 +391,13 @@ def test_complete_partial_download_is_stored_without_a_request(tmp_path):
     """A partial file that already holds the whole blob (the daemon died before storing
     it) is verified and stored; the registry is not asked for it again."""
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {}
-    app = make_app(settings)
-    app.middlewares.append(blob_middleware(target))
+    settings, app, target = registry_app(tmp_path)
 
     async def go() -> None:
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1", sizes=(100_000,))
             await a.push(f"{reg}/app:v1")
-            layer = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][0]
+            layer = pushed_layers(settings)[0]
             target.update(digest=layer["digest"], data=a.content.read(layer["digest"]))
             partial = b.downloads / (layer["digest"][7:] + ".partial")
             partial.write_bytes(a.content.read(layer["digest"]))
