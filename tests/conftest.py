@@ -200,9 +200,8 @@ def import_busybox(daemon: Daemon, tar: Path, ref: str = "busybox:latest") -> st
     return _json.loads(body.splitlines()[-1])["status"]
 
 
-@pytest.fixture(scope="session")
-def engine_daemon(busybox_tar):
-    """A daemon for the whole session, with ``busybox:latest`` imported."""
+def _daemon_with_busybox(busybox_tar: Path):
+    """Start a daemon of its own, import ``busybox:latest``, yield it, clean it up."""
     if not is_root():
         pytest.skip("needs root and a real kernel")
     d = Daemon(new_daemon_dir()).start()
@@ -211,19 +210,18 @@ def engine_daemon(busybox_tar):
         yield d
     finally:
         d.cleanup()
+
+
+@pytest.fixture(scope="session")
+def engine_daemon(busybox_tar):
+    """A daemon for the whole session, with ``busybox:latest`` imported."""
+    yield from _daemon_with_busybox(busybox_tar)
 
 
 @pytest.fixture
 def fresh_daemon(busybox_tar):
     """A daemon of the test's own (for restart and kill tests), with busybox imported."""
-    if not is_root():
-        pytest.skip("needs root and a real kernel")
-    d = Daemon(new_daemon_dir()).start()
-    try:
-        import_busybox(d, busybox_tar)
-        yield d
-    finally:
-        d.cleanup()
+    yield from _daemon_with_busybox(busybox_tar)
 
 
 DOCKER = shutil.which("docker")
