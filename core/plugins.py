@@ -533,10 +533,7 @@ class PluginHost:
             return
         for kind, names in rec.drivers.items():
             for drv in names:
-                user = in_use(kind, drv)
-                if user:
-                    raise Conflict(f"plugin {name} is in use: {kind} driver {drv} "
-                                   f"is used by {user}")
+                _refuse_if_used(name, kind, drv, in_use)
         for kind, names in rec.drivers.items():
             for drv in names:
                 inst = self.drivers[kind].pop(drv, None)
@@ -1114,10 +1111,7 @@ class PluginHost:
         false) a volume created through its volume driver still exists."""
         for kind, names in p.drivers.items():
             for drv in names:
-                user = in_use(kind, drv)
-                if user:
-                    raise Conflict(f"plugin {p.name} is in use: {kind} driver {drv} is "
-                                   f"used by {user}")
+                _refuse_if_used(p.name, kind, drv, in_use)
                 inst = self.drivers[kind].get(drv)
                 if volumes and kind == "volume" and inst is not None:
                     vols = [v.name for v in await inst.list()]
@@ -1212,6 +1206,14 @@ def _context_root(names: list[str]) -> str:
                 top not in ("rootfs",):
             return top
     return ""
+
+
+def _refuse_if_used(plugin: str, kind: str, driver: str,
+                    in_use: Callable[[str, str], str]) -> None:
+    """Conflict when ``in_use`` names something that uses ``plugin``'s ``kind`` driver."""
+    user = in_use(kind, driver)
+    if user:
+        raise Conflict(f"plugin {plugin} is in use: {kind} driver {driver} is used by {user}")
 
 
 def _unpack_context(context: bytes, into: Path) -> Path:
