@@ -8,6 +8,7 @@ next daemon picks them up again (live restore).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import grp
 import logging
@@ -93,11 +94,12 @@ async def build(cfg: Config) -> Services:
                     networks=networks)
 
 
-def _import_web():
-    """Import aiohttp's server without the system CA store.
+@contextlib.contextmanager
+def _without_ca_store():
+    """Hide the system CA store, and frozenlist's C++ extension, while aiohttp loads.
 
-    Importing aiohttp builds two default client TLS contexts, and each loads every
-    certificate of the system store: 40 ms of start-up and 2 MB that the daemon never
+    Importing aiohttp's client side builds two default client TLS contexts, and each
+    loads every certificate of the system store: 40 ms and 2 MB that the daemon never
     uses (the registry client passes a context of its own with every request, see
     ``engine.registry.client.RegistryHosts.ssl_context``). OpenSSL reads the store's
     location from the environment when a context loads it, so the location is hidden
@@ -111,15 +113,71 @@ def _import_web():
     os.environ["SSL_CERT_DIR"] = os.devnull
     os.environ["FROZENLIST_NO_EXTENSIONS"] = "1"
     try:
-        from aiohttp import web
-
-        from .api.app import make_app
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _defer_aiohttp_client() -> None:
+    """Load the aiohttp package without running its ``__init__`` until it is needed.
+
+    ``aiohttp/__init__.py`` imports the whole client (sessions, connector, cookie jar,
+    digest auth, form data...): 4 MB of the idle daemon, which serves the API with
+    ``aiohttp.web`` alone and uses the client only to pull, push or install a plugin.
+    So the package goes into ``sys.modules`` bare (its path, spec and version, which
+    is all ``aiohttp.web`` and its submodules take from it), and the first lookup of
+    any other name on it (``aiohttp.ClientSession``, ``from aiohttp import
+    ClientTimeout``) runs the real ``__init__`` in that same module, once, under a lock,
+    before answering. Nothing changes for code that uses aiohttp: it only pays later.
+    Whatever does not look like the package we know is left to the normal import.
+    """
+    if "aiohttp" in sys.modules:
+        return
+    import importlib.machinery
+    import importlib.util
+    import re
+    import threading
+
+    spec = importlib.util.find_spec("aiohttp")
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return
+    try:
+        with open(spec.origin, encoding="utf-8") as f:
+            version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
+    except OSError:
+        return
+    if version is None:
+        return
+    pkg = importlib.util.module_from_spec(spec)
+    pkg.__version__ = version.group(1)
+    lock = threading.Lock()
+
+    def __getattr__(name: str):
+        if (name.startswith("__") and name.endswith("__")
+                or importlib.machinery.PathFinder.find_spec(name, pkg.__path__)):
+            raise AttributeError(name)  # a submodule: the import system loads it
+        with lock:
+            if pkg.__dict__.get("__getattr__") is __getattr__:
+                del pkg.__getattr__  # the real __init__ runs once, and may define its own
+                with _without_ca_store():
+                    spec.loader.exec_module(pkg)
+        return getattr(pkg, name)
+
+    pkg.__getattr__ = __getattr__
+    sys.modules["aiohttp"] = pkg
+
+
+def _import_web():
+    """Import aiohttp's server, and only its server (see the two helpers above)."""
+    with _without_ca_store():
+        _defer_aiohttp_client()
+        from aiohttp import web
+
+        from .api.app import make_app
     return web, make_app
 
 
