@@ -63,23 +63,94 @@ class _Unsafe(Exception):
     """An entry would write outside the destination or through a symlink."""
 
 
-class _HashingReader:
-    """A read-only stream that hashes and counts what passes through it."""
+class _LayerReader:
+    """The uncompressed layer, read forward once, for :mod:`tarfile`'s random-access
+    mode, hashing and counting every byte on the way (the diff id).
+
+    tarfile's stream mode reads its source 10 KB at a time and joins and slices the
+    pieces again for every read; here the source is read a megabyte at a time, tarfile
+    gets exact slices for its headers, and a regular file's content goes from the
+    decoded pieces to the file without a copy (:meth:`pieces`). Seeking forward skips
+    (padding, or content tarfile does not read); seeking back is refused, so a tar that
+    would need it fails instead of being read twice.
+    """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
+        self._piece = b""
+        self._at = 0  # offset in the piece
+        self._pos = 0  # offset in the stream
         self.hash = hashlib.sha256()
         self.count = 0
 
+    def _next_piece(self) -> bool:
+        piece = self._raw.read(CHUNK)
+        if not piece:
+            return False
+        self.hash.update(piece)
+        self.count += len(piece)
+        self._piece, self._at = piece, 0
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or pos < self._pos:
+            raise tarfile.ReadError("the layer is read forward only")
+        skip = pos - self._pos
+        while skip:
+            left = len(self._piece) - self._at
+            if not left:
+                if not self._next_piece():
+                    break  # past the end: the next read says so
+                continue
+            step = min(left, skip)
+            self._at += step
+            self._pos += step
+            skip -= step
+        return self._pos
+
     def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        self.count += len(data)
-        return data
+        parts = []
+        while n:
+            left = len(self._piece) - self._at
+            if not left:
+                if not self._next_piece():
+                    break
+                continue
+            step = left if n < 0 else min(left, n)
+            parts.append(self._piece if step == len(self._piece)
+                         else self._piece[self._at:self._at + step])
+            self._at += step
+            self._pos += step
+            if n > 0:
+                n -= step
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pieces(self, offset: int, size: int) -> Iterable[memoryview]:
+        """``size`` bytes from ``offset`` (at or after the current one), as views of
+        the decoded pieces; ``tarfile.ReadError`` when the stream ends first."""
+        self.seek(offset)
+        while size:
+            left = len(self._piece) - self._at
+            if not left:
+                if not self._next_piece():
+                    raise tarfile.ReadError("unexpected end of data")
+                continue
+            step = min(left, size)
+            yield memoryview(self._piece)[self._at:self._at + step]
+            self._at += step
+            self._pos += step
+            size -= step
 
     def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
+        while self._next_piece():
+            self._pos += len(self._piece)
+        self._at = len(self._piece)
 
 
 def split_path(name: str) -> list[str]:
@@ -154,6 +225,8 @@ class _Extractor:
         self.size = 0
         # the last parent directory opened: tars list a directory's entries together
         self._cached: tuple[tuple[str, ...], int] | None = None
+        # where regular files' content is read from, when not through tarfile
+        self.reader: _LayerReader | None = None
 
     def close(self) -> None:
         self._forget_parent()
@@ -238,11 +311,16 @@ class _Extractor:
                 dir_fd=pfd,
             )
             try:
-                src = tf.extractfile(m)
-                assert src is not None
-                with os.fdopen(os.dup(fd), "wb", buffering=0) as out:
-                    while chunk := src.read(CHUNK):
-                        out.write(chunk)
+                if self.reader is not None and not m.issparse():
+                    for piece in self.reader.pieces(m.offset_data, m.size):
+                        while piece:
+                            piece = piece[os.write(fd, piece):]
+                else:
+                    src = tf.extractfile(m)
+                    assert src is not None
+                    with os.fdopen(os.dup(fd), "wb", buffering=0) as out:
+                        while chunk := src.read(CHUNK):
+                            out.write(chunk)
                 self.size += m.size
                 self._set_meta(fd, m)
                 os.utime(fd, ns=(_mtime_ns(m), _mtime_ns(m)))
@@ -365,9 +443,9 @@ def extract_layer(
     ex = _Extractor(dest_dir, whiteout_format)
     try:
         with decompressed(src) as raw:
-            reader = _HashingReader(raw)
+            reader = ex.reader = _LayerReader(raw)
             try:
-                tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+                tf = tarfile.open(fileobj=reader, mode="r:")  # type: ignore[call-overload]
             except tarfile.TarError as exc:
                 raise InvalidArgument(f"invalid layer tar: {exc}") from exc
             while True:

@@ -108,28 +108,44 @@ class _GzipStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        """Up to ``size`` decoded bytes (all that is left when negative), as zlib
+        returns them: no copy on the way. b"" at the end."""
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        if size == 0:
+            return b""  # (zlib would read a max_length of 0 as no limit)
         while True:
             if self._decoder.eof:
-                rest = self._decoder.unused_data + self._input
-                rest = rest.lstrip(b"\0")
+                # what follows the member (zlib may leave a stale copy in the tail)
+                rest = self._decoder.unused_data.lstrip(b"\0")
                 while not rest:
                     more = self._source.read(CHUNK)
                     if not more:
-                        return 0  # the end, after a complete member
+                        return b""  # the end, after a complete member
                     rest = more.lstrip(b"\0")
                 self._decoder = zlib.decompressobj(31)
                 self._input = rest
             if not self._input:
+                # zlib may hold decoded bytes back for want of room in the last answer
+                out = self._decoder.decompress(b"", size)
+                if out:
+                    return out
+                if self._decoder.eof:
+                    continue
                 self._input = self._source.read(CHUNK)
                 if not self._input:
                     raise EOFError("compressed stream ended before the end of its last member")
-            out = self._decoder.decompress(self._input, len(buf))
+            out = self._decoder.decompress(self._input, size)
             self._input = self._decoder.unconsumed_tail
             if out:
-                n = len(out)
-                buf[:n] = out
-                return n
+                return out
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        out = self.read(len(buf))
+        n = len(out)
+        buf[:n] = out
+        return n
 
 
 class _ZstdProcess(io.RawIOBase):
@@ -210,7 +226,9 @@ def _zstd_reader(source: BinaryIO) -> tuple[BinaryIO, _ZstdProcess | None]:
 
 @contextlib.contextmanager
 def decompressed(src: Source) -> Iterator[BinaryIO]:
-    """Yield the uncompressed bytes of ``src`` (a path or a readable binary stream)."""
+    """Yield the uncompressed bytes of ``src`` (a path or a readable binary stream).
+
+    A read may return fewer bytes than it asked for: read until ``b""``."""
     with contextlib.ExitStack() as stack:
         if isinstance(src, (str, Path)):
             raw: BinaryIO = stack.enter_context(open(src, "rb"))
@@ -220,9 +238,9 @@ def decompressed(src: Source) -> Iterator[BinaryIO]:
         source: BinaryIO = io.BufferedReader(_Prefixed(prefix, raw), CHUNK)  # type: ignore[arg-type]
         kind = detect(prefix)
         proc: _ZstdProcess | None = None
-        if kind == "gzip":  # zlib reads megabytes from the source itself: no buffer between
-            gz = _GzipStream(raw, prefix)
-            out: BinaryIO = io.BufferedReader(gz, CHUNK)  # type: ignore[arg-type]
+        if kind == "gzip":  # zlib reads megabytes from the source itself, and the reader
+            # gets what zlib returns: no buffer in between on either side
+            out: BinaryIO = _GzipStream(raw, prefix)  # type: ignore[assignment]
         elif kind == "bzip2":
             out = bz2.BZ2File(source, "rb")  # type: ignore[assignment]
         elif kind == "xz":
