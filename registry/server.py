@@ -15,8 +15,10 @@ import argparse
 import asyncio
 import base64
 import binascii
+import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import ssl
@@ -26,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import spec
 from .htpasswd import Access, Htpasswd
@@ -38,6 +40,8 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
+#: what a blob sent by copying is read in
+_COPY_CHUNK = 256 << 10
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/\d+|/\*)?$")
 _ROUTES = [
     ("tags", re.compile(r"^(?P<name>.+)/tags/list$")),
@@ -196,7 +200,51 @@ async def get_blob(request: web.Request, name: str, m: dict[str, str]) -> web.St
     if request.method == "HEAD":
         size = (await _run(path.stat)).st_size
         return web.Response(headers={**headers, "Content-Length": str(size)})
+    if _local_peer(request) and hdrs.RANGE not in request.headers:
+        return await _copy_out(request, path, headers)
     return web.FileResponse(path, headers=headers)
+
+
+def _local_peer(request: web.Request) -> bool:
+    """Whether the client runs on this machine (loopback or a unix socket)."""
+    if request.transport is None:
+        return False
+    peer = request.transport.get_extra_info("peername")
+    if not isinstance(peer, tuple):
+        return True  # a unix socket
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def _copy_out(request: web.Request, path: Path,
+                    headers: dict[str, str]) -> web.StreamResponse:
+    """Send a blob by reading and writing it, not with ``sendfile``: for a client on
+    this machine. Over loopback, ``sendfile`` hands the client's kernel the page-cache
+    pages themselves, which the client then copies out cold, on its own CPU: skopeo
+    pulling 120 MB from this server spent a fifth more system time and ran 5-10 %
+    slower than with the bytes copied here, into socket buffers still warm when it
+    reads them (its copy is the pull's bottleneck; this side has CPU to spare).
+    Remote clients, and ranges, still get ``sendfile``, where it saves a copy.
+    """
+    loop = asyncio.get_running_loop()
+    f = await _run(open, path, "rb")
+    try:
+        left = os.fstat(f.fileno()).st_size
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = left
+        await resp.prepare(request)
+        while left:
+            chunk = await loop.run_in_executor(None, f.read, min(_COPY_CHUNK, left))
+            if not chunk:
+                raise ConnectionResetError(f"{path.name} shrank while it was sent")
+            await resp.write(chunk)
+            left -= len(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        f.close()
 
 
 async def delete_blob(request: web.Request, name: str, m: dict[str, str]) -> web.Response:

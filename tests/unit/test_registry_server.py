@@ -296,3 +296,22 @@ def test_concurrent_chunks_for_one_upload_do_not_interleave(tmp_path):
         assert resp.status == 201
 
     run(Settings(tmp_path), t)
+
+
+def test_large_blob_to_a_local_client_is_sent_whole_with_its_headers(tmp_path):
+    """A client on loopback gets blobs copied through the socket (not sendfile): every
+    byte, in order, with the length and digest headers; ranges still work."""
+    data = bytes(range(256)) * 5000 + b"tail"  # 1.28 MB: several copy chunks, odd end
+
+    async def t(client: TestClient) -> None:
+        d = await push_blob(client, "big/blob", data)
+        resp = await client.get(f"/v2/big/blob/blobs/{d}")
+        assert resp.status == 200
+        assert int(resp.headers["Content-Length"]) == len(data)
+        assert resp.headers["Docker-Content-Digest"] == d
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        assert await resp.read() == data
+        resp = await client.get(f"/v2/big/blob/blobs/{d}", headers={"Range": "bytes=600000-"})
+        assert resp.status == 206 and await resp.read() == data[600000:]
+
+    run(Settings(tmp_path), t)
