@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 
@@ -91,28 +92,26 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if a.insecure_registry:
         cfg.insecure_registries = [*cfg.insecure_registries, *a.insecure_registry]
     for entry in cfg.insecure_registries:
-        if not _registry_entry_ok(entry):
+        try:
+            insecure_registry(entry)
+        except ValueError:
             raise SystemExit(f"engined: invalid insecure registry {entry!r}: "
-                             "give host[:port] or a CIDR network")
+                             "give host[:port] or a CIDR network") from None
     cfg.data_root = os.path.abspath(cfg.data_root)
     cfg.exec_root = os.path.abspath(cfg.exec_root)
     return cfg
 
 
-def _registry_entry_ok(entry: str) -> bool:
-    """``host[:port]`` (an ``http(s)://`` prefix tolerated, as dockerd does) or a CIDR
-    network."""
-    host = entry.split("://", 1)[-1]
-    if not host or any(c.isspace() for c in host) or host.count("/") > 1:
-        return False
+def insecure_registry(entry: str) -> str | ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One ``insecure-registries`` entry as dockerd reads it: a CIDR network, or a
+    ``host[:port]`` (an ``http://`` or ``https://`` prefix and a trailing ``/``
+    tolerated). ValueError when it is neither."""
+    host = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+    if not host or "://" in host or any(c.isspace() for c in host):
+        raise ValueError(f"invalid insecure registry {entry!r}")
     if "/" in host:
-        import ipaddress
-
-        try:
-            ipaddress.ip_network(host, strict=False)
-        except ValueError:
-            return False
-    return True
+        return ipaddress.ip_network(host, strict=False)
+    return host
 
 
 def dump(cfg: Config) -> str:

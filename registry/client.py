@@ -52,6 +52,7 @@ from typing import Any, BinaryIO
 
 import aiohttp
 import yarl
+from engine.core.config import insecure_registry
 from engine.core.store import reference
 from engine.core.store.compression import GZIP_LEVEL, GzipEncoder, detect
 from engine.core.store.content import ContentStore
@@ -164,16 +165,15 @@ class RegistryHosts:
         self.insecure: set[str] = set()
         self.insecure_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in insecure:
-            entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
-            if "/" in entry:
-                try:
-                    self.insecure_networks.append(ipaddress.ip_network(entry, strict=False))
-                    continue
-                except ValueError:
-                    raise InvalidArgument(f"insecure registry {entry!r} is not a valid "
-                                          "CIDR network") from None
-            if entry:
-                self.insecure.add(entry)
+            try:
+                parsed = insecure_registry(entry)
+            except ValueError:
+                raise InvalidArgument(f"insecure registry {entry!r} is neither host[:port] "
+                                      "nor a CIDR network") from None
+            if isinstance(parsed, str):
+                self.insecure.add(parsed)
+            else:
+                self.insecure_networks.append(parsed)
         self.certs_dir = Path(certs_dir)
         self.loopback_insecure = loopback_insecure
         self._schemes: dict[str, str] = {}

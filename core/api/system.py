@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from ..config import insecure_registry
 from .keys import API_VERSION, ENGINE_VERSION, MIN_API_VERSION
 from .util import encode, json_response, qfilters, svc
 
@@ -251,8 +252,11 @@ def registry_config(cfg) -> dict:
     Docker Hub's."""
     cidrs, hosts = ["127.0.0.0/8"], []
     for entry in getattr(cfg, "insecure_registries", None) or ():
-        host = entry.split("://", 1)[-1]
-        (cidrs if "/" in host else hosts).append(host)
+        parsed = insecure_registry(entry)  # checked when the config was read
+        if isinstance(parsed, str):
+            hosts.append(parsed)
+        else:
+            cidrs.append(str(parsed))
     index = {"docker.io": {"Name": "docker.io", "Mirrors": [], "Secure": True,
                            "Official": True}}
     for host in hosts:

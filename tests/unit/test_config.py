@@ -27,7 +27,8 @@ def test_config_file_keys_then_flags_on_top(tmp_path):
     assert cfg.log_driver == "local" and cfg.plugin_registry == "127.0.0.1:5000/p"
 
 
-@pytest.mark.parametrize("bad", ["", "has space:5000", "10.0.0.0/99", "a/b/c", "host/path"])
+@pytest.mark.parametrize("bad", ["", "has space:5000", "10.0.0.0/99", "a/b/c", "host/path",
+                                 "ftp://reg.example", "http://"])
 def test_a_malformed_insecure_registry_is_refused(bad):
     with pytest.raises(SystemExit, match="invalid insecure registry"):
         parse_args(["--insecure-registry", bad])
@@ -41,3 +42,17 @@ def test_info_registry_config_lists_what_is_insecure():
     assert rc["IndexConfigs"]["c.example"]["Secure"] is False
     assert rc["IndexConfigs"]["docker.io"]["Official"] is True
     assert registry_config(Config())["InsecureRegistryCIDRs"] == ["127.0.0.0/8"]
+
+
+def test_insecure_registries_read_alike_by_config_info_and_client(tmp_path):
+    """One reading of an entry for the config check, ``/info`` and the registry client:
+    a scheme and a trailing slash are tolerated by all three."""
+    from engine.registry.client import RegistryHosts
+
+    entries = ["http://mirror.example/", "10.3.0.0/16/", "reg.example:5000"]
+    cfg = parse_args([a for e in entries for a in ("--insecure-registry", e)])
+    rc = registry_config(cfg)
+    assert sorted(rc["IndexConfigs"]) == ["docker.io", "mirror.example", "reg.example:5000"]
+    assert rc["InsecureRegistryCIDRs"] == ["127.0.0.0/8", "10.3.0.0/16"]
+    hosts = RegistryHosts(cfg.insecure_registries, tmp_path, loopback_insecure=False)
+    assert hosts.is_insecure("mirror.example") and hosts.is_insecure("10.3.0.9:5000")
