@@ -4,40 +4,31 @@ become visible in order, only once verified; a failed pull leaves nothing behind
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import io
-import json
 import os
-import tarfile
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from conftest import needs_root
-from engine.core.store.content import ContentStore
 from engine.core.store.images import ImageStore
 from engine.core.store.layers import LayerStore
-from engine.registry import spec
-from engine.registry.client import RegistryClient, RegistryError, host_platform
+from engine.registry.client import RegistryClient, RegistryError
 from engine.registry.server import Settings, make_app
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+from test_registry_client import client_for as unit_client_for  # noqa: E402
+from test_registry_client import (  # noqa: E402
+    image_of,
+    layer_tar,
+    pushed_layers,
+    registry_app,
+    serving,
+)
+
 pytestmark = [pytest.mark.root, needs_root]
-
-
-def layer_tar(files: dict[str, bytes | None]) -> bytes:
-    """A layer tar; a None value makes an empty file (``.wh.`` names are whiteouts)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data or b""), 1_700_000_000
-            tf.addfile(info, io.BytesIO(data or b""))
-    return buf.getvalue()
 
 
 LAYERS = [
@@ -49,48 +40,11 @@ LAYERS = [
 
 
 def client_for(root: Path) -> RegistryClient:
-    content = ContentStore(root / "content")
-    layers = LayerStore(root / "layers", "overlay")
-    return RegistryClient(content, ImageStore(root / "images", content, layers),
-                          root / "registry", config_dir=root / "docker-config")
+    return unit_client_for(root, "overlay")
 
 
 def add_image(images: ImageStore, tag: str) -> None:
-    blobs, diff_ids = [], []
-    for files in LAYERS:
-        tar = layer_tar(files)
-        blobs.append((images.content.write(tar), spec.MT_DOCKER_LAYER))
-        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
-    os_name, arch, _ = host_platform()
-    config = {"architecture": arch, "os": os_name, "config": {"Cmd": ["sh"]},
-              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
-    images.tag(images.create(json.dumps(config).encode(), blobs).id, tag)
-
-
-@contextlib.asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
-
-
-def tampering(target: dict[str, Any]) -> Any:
-    """Serve blob ``target["digest"]`` with its last byte changed."""
-
-    @web.middleware
-    async def mw(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.method == "GET" and request.path.endswith(f"/blobs/{target.get('digest')}"):
-            data = bytearray(target["data"])
-            data[-1] ^= 0xFF
-            return web.Response(body=bytes(data))
-        return await handler(request)
-
-    return mw
+    image_of(images, tag, [layer_tar(files) for files in LAYERS])
 
 
 def leftovers(client: RegistryClient) -> list[str]:
@@ -162,17 +116,14 @@ def test_failed_pull_leaves_no_layer_and_no_scratch(tmp_path):
     """The top layer's blob is tampered with: the layers below, unpacked meanwhile,
     are dropped, committed or not, and no unpacked directory is left over."""
     a, b = client_for(tmp_path / "a"), client_for(tmp_path / "b")
-    settings = Settings(tmp_path / "reg")
-    target: dict[str, Any] = {}
-    app = make_app(settings)
-    app.middlewares.append(tampering(target))
+    settings, app, target = registry_app(tmp_path)
 
     async def go() -> None:
         async with serving(app) as reg:
             add_image(a.images, f"{reg}/app:v1")
             await a.push(f"{reg}/app:v1")
-            top = json.loads(settings.storage.get_manifest("app", "v1")[0])["layers"][-1]
-            target.update(digest=top["digest"], data=a.content.read(top["digest"]))
+            top = pushed_layers(settings)[-1]
+            target.update(digest=top["digest"], data=a.content.read(top["digest"]), tamper=True)
             with pytest.raises(RegistryError, match="failed verification"):
                 await b.pull(f"{reg}/app:v1")
             assert b.images.list() == [] and b.images.layers.list() == []

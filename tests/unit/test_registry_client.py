@@ -29,33 +29,33 @@ from engine.registry.server import Settings, make_app
 from engine.sdk.errors import NotFound
 
 
-def layer_tar(files: dict[str, bytes]) -> bytes:
+def layer_tar(files: dict[str, bytes | None]) -> bytes:
+    """A layer tar; a None value makes an empty file (``.wh.`` names are whiteouts)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1_700_000_000
-            tf.addfile(info, io.BytesIO(data))
+            info.size, info.mtime = len(data or b""), 1_700_000_000
+            tf.addfile(info, io.BytesIO(data or b""))
     return buf.getvalue()
 
 
-def stores(root: Path) -> tuple[ContentStore, ImageStore]:
+def stores(root: Path, driver: str = "vfs") -> tuple[ContentStore, ImageStore]:
     content = ContentStore(root / "content")
-    return content, ImageStore(root / "images", content, LayerStore(root / "layers", "vfs"))
+    return content, ImageStore(root / "images", content, LayerStore(root / "layers", driver))
 
 
-def client_for(root: Path, **kw: Any) -> RegistryClient:
-    content, images = stores(root)
+def client_for(root: Path, driver: str = "vfs", **kw: Any) -> RegistryClient:
+    content, images = stores(root, driver)
     kw.setdefault("config_dir", root / "docker-config")
     return RegistryClient(content, images, root / "registry", **kw)
 
 
-def add_image(images: ImageStore, tag: str, sizes: tuple[int, ...] = (3000, 200_000)) -> str:
-    """An image of uncompressed layers (as ``import`` and ``commit`` store them)."""
+def image_of(images: ImageStore, tag: str, tars: list[bytes]) -> str:
+    """Store ``tars`` as the uncompressed layers of an image for this platform, tagged
+    ``tag`` (as ``import`` and ``commit`` store layers); return its id."""
     blobs, diff_ids = [], []
-    for i, size in enumerate(sizes):
-        data = random.Random(i).randbytes(size)  # incompressible, like real layers
-        tar = layer_tar({f"layer{i}/data": data})
+    for tar in tars:
         blobs.append((images.content.write(tar), spec.MT_DOCKER_LAYER))
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
     os_name, arch, _ = host_platform()
@@ -65,6 +65,12 @@ def add_image(images: ImageStore, tag: str, sizes: tuple[int, ...] = (3000, 200_
     img = images.create(json.dumps(config).encode(), blobs)
     images.tag(img.id, tag)
     return img.id
+
+
+def add_image(images: ImageStore, tag: str, sizes: tuple[int, ...] = (3000, 200_000)) -> str:
+    """An image of layers of incompressible data (like real layers), one per size."""
+    return image_of(images, tag, [layer_tar({f"layer{i}/data": random.Random(i).randbytes(size)})
+                                  for i, size in enumerate(sizes)])
 
 
 @contextlib.asynccontextmanager
