@@ -22,9 +22,13 @@ This module has three parts:
   the socket to appear and hands driver classes for it to the plugin host.
 
 ``PropagatedMount`` is a host directory (``<plugin dir>/propagated-mount``) bound at
-that path: files the plugin writes there are seen by the host and by containers, but
-mounts it makes there are not propagated back (the built-in runtime gives the plugin
-an rprivate root, and pivot_root refuses a shared one).
+that path, as Docker does it: on the host the directory is a mount of its own, in a
+peer group of its own (bound onto itself, made private, then shared), and the plugin
+gets it with shared propagation (its root ``rshared``, see
+:func:`engine.core.runtime.rootfs.prepare`): files it writes there and mounts it
+makes there (a volume plugin mounting a remote filesystem per volume) are seen by the
+host and so by the containers that use its volumes. Stopping the plugin unmounts that
+directory and whatever is still mounted below it.
 
 The drivers themselves are the remote volume and network drivers (Docker's v1 plugin
 protocol over the plugin's socket), found through their entry points. A volume
@@ -587,10 +591,10 @@ def plugin_spec(p: ManagedPlugin, *, rootfs: str, socket_dir: str,
         mounts.append({"destination": m["Destination"], "type": mtype,
                        "source": m.get("Source") or mtype, "options": opts})
     if propagated is not None:
-        # a host directory bound in: what the plugin writes there the host sees; mounts
-        # it makes there stay in its namespace (the runtime makes its root rprivate)
+        # the host directory's shared mount bound in: what the plugin writes or mounts
+        # there, the host sees
         mounts.append({"destination": cfg["PropagatedMount"], "type": "bind",
-                       "source": propagated, "options": ["rbind", "rw"]})
+                       "source": propagated, "options": ["rbind", "rw", "rshared"]})
     env = [f"{e['Name']}={e['Value']}" for e in cfg["Env"] if e.get("Value") is not None]
     try:
         spec = spec_mod.build_spec(
@@ -603,6 +607,8 @@ def plugin_spec(p: ManagedPlugin, *, rootfs: str, socket_dir: str,
         raise InvalidArgument(f"plugin {p.name}: {e}") from None
     if cfg["Linux"]["AllowAllDevices"]:
         spec["linux"]["resources"]["devices"].append({"allow": True, "access": "rwm"})
+    if propagated is not None:
+        spec["linux"]["rootfsPropagation"] = "rshared"  # keeps the bind's peer group
     return spec
 
 
@@ -697,6 +703,7 @@ class ManagedRunner:
         prop = self.propagated_dir(p)
         if prop is not None:
             prop.mkdir(parents=True, exist_ok=True)
+            _share_mount(str(prop))
         spec = plugin_spec(p, rootfs=str(self.store.rootfs(p.id)), socket_dir=str(sock_dir),
                            propagated=str(prop) if prop is not None else None)
         spec_mod.write_bundle(str(sdir), spec)
@@ -768,6 +775,33 @@ class ManagedRunner:
     def _cleanup(self, p: ManagedPlugin) -> None:
         shutil.rmtree(self.state_dir(p), ignore_errors=True)
         shutil.rmtree(self.socket_dir(p), ignore_errors=True)
+        prop = self.propagated_dir(p)
+        if prop is not None:
+            _unmount_tree(str(prop))
+
+
+def _share_mount(path: str) -> None:
+    """Make ``path`` a mount of its own in a peer group of its own (bound onto itself,
+    private, then shared): what a plugin mounts below it reaches the host, and
+    nothing else shares it. A mount left by an earlier run is reused."""
+    from .runtime.rootfs import MS_BIND, MS_PRIVATE, MS_SHARED, mount, mount_point_of
+
+    if mount_point_of(path) != path:  # (os.path.ismount misses a bind on the same disk)
+        mount(path, path, None, MS_BIND)
+    mount(None, path, None, MS_PRIVATE)
+    mount(None, path, None, MS_SHARED)
+
+
+def _unmount_tree(path: str) -> None:
+    """Detach ``path`` and everything mounted below it; nothing when it is not a mount."""
+    from .runtime.rootfs import MNT_DETACH, mount_point_of, umount
+
+    while mount_point_of(path) == path:
+        try:
+            umount(path, MNT_DETACH)
+        except OSError as e:
+            log.warning("unmounting %s: %s", path, e)
+            return
 
 
 __all__ = [

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import stat
 import struct
 
@@ -467,6 +468,22 @@ def _mknod(path: str, mode: int, major: int, minor: int, uid: int, gid: int) -> 
         os.chown(path, uid, gid)
 
 
+def mount_point_of(path: str) -> str:
+    """The mount point of the mount that holds ``path`` (this namespace's
+    ``/proc/self/mountinfo``: the longest mount point that is ``path`` or above it)."""
+    best = "/"
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ", 5)
+            if len(fields) < 5:
+                continue
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if (path == point or path.startswith(point.rstrip("/") + "/")) \
+                    and len(point) > len(best):
+                best = point
+    return best
+
+
 def enter_root(root: str) -> None:
     """Make ``root`` (a mount point) this mount namespace's ``/`` and drop the old root.
 
@@ -527,6 +544,10 @@ def prepare(spec: dict, *, terminal: bool = False) -> tuple[int, int] | None:
     propagation = _PROPAGATION_OPTIONS.get(linux.get("rootfsPropagation") or "rprivate",
                                            MS_PRIVATE | MS_REC)
     mount(None, "/", None, propagation)
+    if propagation & MS_SHARED:
+        # pivot_root refuses a shared parent, and the root's own bind must not reach
+        # the host: the mount holding the rootfs (that one alone) is made private
+        mount(None, mount_point_of(root), None, MS_PRIVATE)
     mount(root, root, None, MS_BIND | MS_REC)
     cgroups_path = linux.get("cgroupsPath")
     for entry in spec.get("mounts") or ():

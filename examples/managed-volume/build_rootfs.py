@@ -1,6 +1,7 @@
 """Assemble the managed plugin's directory from this machine: ``config.json`` and a
 ``rootfs/`` with the host's Python (the binary, the shared libraries ``ldd`` lists and
-only the standard library modules the plugin imports: a few MB) and the plugin script.
+only the standard library modules the plugin imports, with their own libraries: a few
+MB) and the plugin script.
 
     python build_rootfs.py OUT_DIR          # then: engine plugin create NAME OUT_DIR
 
@@ -79,6 +80,9 @@ def build(out: str | os.PathLike[str], python: str = PYTHON,
     found = json.loads(probe.stdout)
     for f in found["files"]:
         _copy(f, rootfs)
+        if f.endswith(".so"):  # an extension module's own libraries (libffi for ctypes)
+            for lib in _libraries(f):
+                _copy(lib, rootfs)
     # the whole encodings package: codecs are looked up by name at run time
     enc = Path(found["prefix"], "lib", Path(python).name, "encodings")
     if enc.is_dir():

@@ -93,7 +93,21 @@ def docker(d: Daemon, *args: str, ok: bool | None = True) -> subprocess.Complete
     return _run(d, [DOCKER, *args], ok)
 
 
+def _mounts_below(path: Path) -> list[tuple[str, str]]:
+    """``(mount point, type)`` of the host's mounts strictly below ``path``."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].replace("\\040", " ")
+            fstype = fields[fields.index("-") + 1]
+            if point.startswith(str(path) + "/"):
+                out.append((point, fstype))
+    return out
+
+
 def _nothing_left(d: Daemon) -> None:
+    assert _mounts_below(Path(d.data_root)) == []
     managed = Path(d.data_root, "plugins", "managed")
     assert not managed.exists() or not any(managed.iterdir())
     assert not any(Path(d.exec_root, "pm").glob("*")) if Path(d.exec_root, "pm").exists() \
@@ -147,9 +161,27 @@ def test_managed_volume_plugin_through_the_registry(daemon, registry, managed_di
                   "cat", "/data/f").stdout == "hi\n"
     inspect = json.loads(docker(d, "volume", "inspect", "v1").stdout)[0]
     assert inspect["Driver"] == "managed-volume"
-    # the data lives in the plugin's own rootfs, under its VOLUME_ROOT
+    # the data lives under VOLUME_ROOT, in the plugin's PropagatedMount (/data): a host
+    # directory
     assert Path(inspect["Mountpoint"], "f").read_text() == "hi\n"
-    assert inspect["Mountpoint"].endswith("/rootfs/data/elsewhere/v1")
+    assert inspect["Mountpoint"].endswith("/propagated-mount/elsewhere/v1")
+    propagated = Path(inspect["Mountpoint"]).parents[1]
+
+    # a mount the plugin makes in its namespace reaches the host, and the containers
+    docker(d, "volume", "create", "-d", "managed-volume", "-o", "type=tmpfs", "-o", "size=8m",
+           "t1")
+    t1 = Path(json.loads(docker(d, "volume", "inspect", "t1").stdout)[0]["Mountpoint"])
+    assert _mounts_below(propagated) == [(str(t1), "tmpfs")]
+    df = docker(d, "run", "--rm", "-v", "t1:/data", "busybox", "sh", "-c",
+                "echo in-tmpfs > /data/g && df -k /data | tail -1").stdout.split()
+    assert df[0] == "tmpfs" and int(df[1]) == 8192
+    assert (t1 / "g").read_text() == "in-tmpfs\n"
+    docker(d, "volume", "rm", "t1")
+    assert _mounts_below(propagated) == [] and not t1.exists()
+    docker(d, "volume", "create", "-d", "managed-volume", "-o", "type=tmpfs", "t2")
+    t2 = Path(json.loads(docker(d, "volume", "inspect", "t2").stdout)[0]["Mountpoint"])
+    assert _mounts_below(propagated) == [(str(t2), "tmpfs")]
+    docker(d, "volume", "rm", "t2")
 
     refused = engine(d, "plugin", "disable", "managed-volume", ok=False)
     assert "in use" in refused.stderr and "v1" in refused.stderr

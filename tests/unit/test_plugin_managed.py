@@ -173,6 +173,9 @@ def test_the_spec_carries_exactly_the_plugins_privileges(tmp_path):
     assert mounts["/mnt/state"]["source"] == "/var/lib/docker/plugins/"
     assert "rbind" in mounts["/mnt/state"]["options"]
     assert mounts["/mnt/volumes"]["source"].endswith("/propagated-mount")
+    # shared both ways, so that the plugin's own mounts there reach the host
+    assert "rshared" in mounts["/mnt/volumes"]["options"]
+    assert spec["linux"]["rootfsPropagation"] == "rshared"
     assert spec["annotations"]["org.engine.plugin.name"] == "sshfs:latest"
     assert spec["linux"]["cgroupsPath"] == f"/engine-plugins/{p.id}"
 

@@ -2,13 +2,17 @@
 
 It listens on ``/run/docker/plugins/volume.sock`` (the daemon bind-mounts its own
 socket directory there) and answers Docker's ``VolumeDriver`` protocol. A volume is
-a directory under ``$VOLUME_ROOT`` (``/data/volumes``) in the plugin's own root
-filesystem; the mount points it answers are paths inside that root, which the daemon
-translates to host paths. Its state is the directory listing: nothing to lose on a
-restart.
+a directory under ``$VOLUME_ROOT`` (``/data/volumes``); ``/data`` is the plugin's
+``PropagatedMount``, a host directory, so the mount points it answers are host paths
+once the daemon translates them. A volume created with ``-o type=tmpfs`` is a tmpfs
+the plugin mounts there itself (it has ``CAP_SYS_ADMIN``): the mount reaches the host
+through the propagated mount, as a remote filesystem would for a real plugin, and is
+gone with the volume, or when the plugin stops. Its state is the directory listing:
+nothing to lose on a restart.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -36,8 +40,30 @@ def activate(_body: dict) -> dict:
     return {"Implements": ["VolumeDriver"]}
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_MNT_DETACH = 2
+
+
+def _mount_tmpfs(path: str, size: str) -> None:
+    data = f"size={size},mode=0755".encode()
+    if _libc.mount(b"tmpfs", path.encode(), b"tmpfs", 0, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
+
+
 def create(body: dict) -> dict:
-    os.makedirs(_path(body["Name"]), exist_ok=True)
+    path = _path(body["Name"])
+    opts = body.get("Opts") or {}
+    kind = opts.get("type", "dir")
+    if kind not in ("dir", "tmpfs"):
+        return {"Err": f"unknown volume type {kind!r} (dir or tmpfs)"}
+    os.makedirs(path, exist_ok=True)
+    if kind == "tmpfs" and not os.path.ismount(path):
+        try:
+            _mount_tmpfs(path, opts.get("size", "64m"))
+        except OSError as e:
+            os.rmdir(path)
+            return {"Err": str(e)}
     return {"Err": ""}
 
 
@@ -45,6 +71,8 @@ def remove(body: dict) -> dict:
     path = _path(body["Name"])
     if not os.path.isdir(path):
         return {"Err": f"no such volume: {body['Name']}"}
+    if os.path.ismount(path) and _libc.umount2(path.encode(), _MNT_DETACH) != 0:
+        return {"Err": f"unmount {path}: {os.strerror(ctypes.get_errno())}"}
     shutil.rmtree(path)
     return {"Err": ""}
 
