@@ -727,9 +727,10 @@ class ContainerService:
             if typ == "bind" and mp.get("_create") and not os.path.exists(name):
                 await drv.create(name, {"create_host_path": "true"}, {})
             if (typ == "volume" and (mp.pop("_copy", False) or mp.pop("_fresh", False))
-                    and not mp.get("_nocopy")
-                    and await self.run(_image_has_dir, rootfs, mp["Destination"])):
-                await self._seed_volume(drv, name, c.id, rootfs, mp["Destination"])
+                    and not mp.get("_nocopy")):
+                image_dir = await self.run(_image_dir, rootfs, mp["Destination"])
+                if image_dir is not None:
+                    await self._seed_volume(drv, name, c.id, image_dir)
             src = await drv.mount(name, c.id)
             undo.push_async_callback(drv.unmount, name, c.id)
             mp["Source"] = src
@@ -741,15 +742,15 @@ class ContainerService:
                         "options": opts})
         return oci
 
-    async def _seed_volume(self, drv, name: str, cid: str, rootfs: str, dest: str) -> None:
-        """Copy what the image has at ``dest`` into volume ``name`` if it is empty, as
-        Docker does: under a mount of its own, released at once (so a tmpfs volume,
-        mounted again for the container, starts empty, and a bind or disk volume
-        keeps the files)."""
+    async def _seed_volume(self, drv, name: str, cid: str, image_dir: str) -> None:
+        """Copy what the image has at the volume's path (``image_dir``, resolved in the
+        rootfs) into volume ``name`` if it is empty, as Docker does: under a mount of
+        its own, released at once (so a tmpfs volume, mounted again for the container,
+        starts empty, and a bind or disk volume keeps the files)."""
         seed_id = f"{cid}-copy"
         src = await drv.mount(name, seed_id)
         try:
-            await self.run(_copy_up, rootfs, dest, src)
+            await self.run(_copy_up, image_dir, src)
         finally:
             await drv.unmount(name, seed_id)
 
@@ -1634,25 +1635,22 @@ def _remove_dirs(*paths: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _image_has_dir(rootfs: str, dest: str) -> bool:
-    """Whether the image has a directory at ``dest`` (resolved inside ``rootfs``)."""
+def _image_dir(rootfs: str, dest: str) -> str | None:
+    """The image's directory at ``dest``, resolved inside ``rootfs``; None when the
+    image has none there."""
     from .runtime.rootfs import secure_join
 
     try:
-        return os.path.isdir(secure_join(rootfs, dest))
+        path = secure_join(rootfs, dest)
     except (OSError, ValueError):
-        return False
+        return None
+    return path if os.path.isdir(path) else None
 
 
-def _copy_up(rootfs: str, dest: str, volume_dir: str) -> None:
-    """Docker copies what the image has at a volume's path into a new empty volume."""
-    from .runtime.rootfs import secure_join
-
-    try:
-        src = secure_join(rootfs, dest)
-    except (OSError, ValueError):
-        return
-    if not os.path.isdir(src) or os.listdir(volume_dir):
+def _copy_up(src: str, volume_dir: str) -> None:
+    """Docker copies what the image has at a volume's path (``src``) into a new empty
+    volume."""
+    if os.listdir(volume_dir):
         return
     for entry in os.listdir(src):
         s = os.path.join(src, entry)
