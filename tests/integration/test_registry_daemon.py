@@ -91,13 +91,15 @@ def check_pull(d: Daemon, repo: str, digest: str, image_id: str) -> None:
 def test_pull_errors_before_and_inside_the_stream(fresh_daemon, tmp_path):
     tamper = {"on": False}
 
+    storage = Settings(tmp_path / "reg").storage
+
     @web.middleware
     async def corrupt(request, handler):
         """While ``tamper["on"]``, every blob comes back as zeros of the right length."""
-        resp = await handler(request)
         if tamper["on"] and request.method == "GET" and "/blobs/sha256:" in request.path:
-            return web.Response(body=bytes(resp._path.stat().st_size))
-        return resp
+            digest = request.path.rsplit("/", 1)[1]
+            return web.Response(body=bytes(storage.blob_path(digest).stat().st_size))
+        return await handler(request)
 
     reg = ThreadedRegistry(tmp_path / "reg", corrupt)
     d = fresh_daemon
@@ -273,6 +275,7 @@ def random_rootfs_tar(size: int) -> bytes:
 
 def test_pull_killed_midway_resumes_after_restart(fresh_daemon, tmp_path):
     slow = {"on": False, "ranges": []}
+    storage = Settings(tmp_path / "reg").storage
 
     @web.middleware
     async def throttle(request, handler):
@@ -282,8 +285,7 @@ def test_pull_killed_midway_resumes_after_restart(fresh_daemon, tmp_path):
         slow["ranges"].append(request.headers.get("Range"))
         if not slow["on"]:
             return await handler(request)
-        resp = await handler(request)
-        path = resp._path  # a FileResponse
+        path = storage.blob_path(request.path.rsplit("/", 1)[1])
         stream = web.StreamResponse(headers={"Content-Length": str(path.stat().st_size)})
         await stream.prepare(request)
         with open(path, "rb") as f:
