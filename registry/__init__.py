@@ -8,6 +8,8 @@
 * :mod:`.storage` — the server's content-addressed filesystem storage and its garbage
   collector (synchronous).
 * :mod:`.server` — ``engine registry serve``: the OCI distribution API v2 over aiohttp.
+* :mod:`.htpasswd` and :mod:`.token` — the server's access control: bcrypt basic auth and
+  per-repository rules, and the bearer tokens of its own token service.
 
 The server is not part of the daemon: it is a program of its own that the ``engine`` CLI
 starts with ``registry serve`` (see :func:`engine.registry.server.main`), and it imports

@@ -5,6 +5,13 @@ after ``/v2/`` is matched against the spec's endpoints here (repository names co
 slashes, so aiohttp's router cannot split them); handlers decode the request, call the
 storage in an executor and encode the answer. Errors are the spec's JSON documents.
 
+Access control: none, basic auth (``--htpasswd``, with ``--access`` rules per user and
+repository), or bearer tokens from the server's own token service (``--token``; see
+:mod:`engine.registry.token`), where the credentials and rules are checked once per
+token and each request against the token's grants. By default the challenge names this
+server's ``/token`` at the address the client used (its ``Host``), so the client only
+ever sends its credentials where it already connects; ``--token-realm`` sets another.
+
 Entry points: ``python -m engine.registry serve --addr 127.0.0.1:5000 --root DIR`` and
 :func:`main`, which the ``engine`` CLI calls for ``engine registry ...``.
 """
@@ -33,6 +40,7 @@ from aiohttp import hdrs, web
 from . import spec
 from .htpasswd import Access, Htpasswd
 from .storage import DistributionError, Storage, check_name
+from .token import Scope, TokenService, parse_scopes
 
 log = logging.getLogger("engine.registry")
 
@@ -63,12 +71,15 @@ class Settings:
         access: Access | None = None,
         read_only: bool = False,
         realm: str = "engine-registry",
+        tokens: TokenService | None = None,
     ) -> None:
         self.storage = Storage(root)
         self.htpasswd = htpasswd
         self.access = access or Access()
         self.read_only = read_only
         self.realm = realm
+        #: the token service: clients then bring bearer tokens from ``/token``
+        self.tokens = tokens
         # one writer per upload session at a time (concurrent PATCHes would interleave)
         self._upload_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = \
             weakref.WeakValueDictionary()
@@ -84,6 +95,9 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("registry-settings", Settings)
 #: The authenticated user of a request (None: anonymous). RequestKey came with aiohttp 3.12.
 USER: Any = (web.RequestKey("registry-user", object) if hasattr(web, "RequestKey")
              else "registry-user")
+#: With the token service: the grants of the request's token.
+GRANTS: Any = (web.RequestKey("registry-grants", object) if hasattr(web, "RequestKey")
+               else "registry-grants")
 
 
 async def _run(fn: Callable[..., T], *args: Any) -> T:
@@ -97,13 +111,14 @@ def _error(exc: DistributionError, headers: dict[str, str] | None = None) -> web
 # -- authentication ------------------------------------------------------------------
 
 
-async def _user(request: web.Request, settings: Settings) -> str | None:
-    """The authenticated user, None for anonymous; 401 for wrong credentials."""
+async def _basic_user(request: web.Request, settings: Settings) -> str | None:
+    """The user of the request's basic credentials, None without any; 401 for wrong
+    ones (or any, with no htpasswd file)."""
     header = request.headers.get("Authorization", "")
-    if settings.htpasswd is None or not header:
+    if not header:
         return None
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "basic":
+    if scheme.lower() == "basic" and settings.htpasswd is not None:
         try:
             user, sep, password = base64.b64decode(value.strip()).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
@@ -115,6 +130,39 @@ async def _user(request: web.Request, settings: Settings) -> str | None:
     raise DistributionError("UNAUTHORIZED", "authentication required")
 
 
+async def _user(request: web.Request, settings: Settings) -> str | None:
+    """The authenticated user, None for anonymous; 401 for wrong credentials. With the
+    token service, only its bearer tokens count (their grants go to ``GRANTS``)."""
+    if settings.tokens is not None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        grants = settings.tokens.verify(value)
+        request[GRANTS] = grants
+        return grants.subject
+    if settings.htpasswd is None:
+        return None
+    return await _basic_user(request, settings)
+
+
+def _challenge(request: web.Request, settings: Settings,
+               exc: DistributionError) -> dict[str, str]:
+    if settings.tokens is None:
+        return {"WWW-Authenticate": f'Basic realm="{settings.realm}"'}
+    realm = settings.tokens.realm or f"{request.scheme}://{request.host}/token"
+    value = f'Bearer realm="{realm}",service="{settings.tokens.service}"'
+    wanted = exc.detail if isinstance(exc.detail, list) else []
+    scopes = [f"repository:{d['Name']}:{d['Action']}" for d in wanted
+              if isinstance(d, dict) and d.get("Type") == "repository"]
+    if request.path.rstrip("/") == "/v2/_catalog":
+        scopes.append("registry:catalog:*")
+    if scopes:
+        value += f',scope="{" ".join(scopes)}"'
+        if request.get(GRANTS) is not None:
+            value += ',error="insufficient_scope"'
+    return {"WWW-Authenticate": value}
+
+
 def _needs(method: str) -> str:
     return "pull" if method in ("GET", "HEAD") else "push"
 
@@ -122,15 +170,20 @@ def _needs(method: str) -> str:
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    challenge = {"WWW-Authenticate": f'Basic realm="{settings.realm}"'}
     try:
-        user = await _user(request, settings)
-        request[USER] = user
-        if settings.htpasswd is not None and user is None and request.path.rstrip("/") == "/v2":
-            raise DistributionError("UNAUTHORIZED", "authentication required")
-        resp = await handler(request)
+        if request.path == "/token":
+            resp = await handler(request)
+        else:
+            user = await _user(request, settings)
+            request[USER] = user
+            if request.path.rstrip("/") == "/v2" and (
+                    settings.tokens is not None and request.get(GRANTS) is None
+                    or settings.tokens is None and settings.htpasswd is not None
+                    and user is None):
+                raise DistributionError("UNAUTHORIZED", "authentication required")
+            resp = await handler(request)
     except DistributionError as exc:
-        resp = _error(exc, challenge if exc.status == 401 else None)
+        resp = _error(exc, _challenge(request, settings, exc) if exc.status == 401 else None)
     except web.HTTPNotFound:
         resp = _error(DistributionError("UNSUPPORTED", "no such endpoint", status=404))
     except web.HTTPException as exc:
@@ -141,12 +194,23 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     return resp
 
 
-def _authorize(request: web.Request, action: str, name: str) -> None:
+def _may(request: web.Request, action: str, name: str) -> bool:
+    """Whether the request's user, or token, may ``action`` (pull or push) ``name``."""
     settings = request.app[SETTINGS]
-    user = request.get(USER)
-    if settings.access.allowed(user, action, name, auth_enabled=settings.htpasswd is not None):
+    if settings.tokens is not None:
+        grants = request.get(GRANTS)
+        return grants is not None and (
+            grants.allows("repository", name, action)
+            or request.method == "DELETE" and grants.allows("repository", name, "delete"))
+    return settings.access.allowed(request.get(USER), action, name,
+                                   auth_enabled=settings.htpasswd is not None)
+
+
+def _authorize(request: web.Request, action: str, name: str) -> None:
+    if _may(request, action, name):
         return
-    if user is None:
+    if request.get(USER) is None or request.app[SETTINGS].tokens is not None:
+        # (with tokens: the client asks the token service again, for this scope)
         raise DistributionError("UNAUTHORIZED", "authentication required",
                                 detail=[{"Type": "repository", "Name": name, "Action": action}])
     raise DistributionError("DENIED", f"requested access to {name} ({action}) is denied",
@@ -293,9 +357,7 @@ async def start_upload(request: web.Request, name: str, m: dict[str, str]) -> we
     mount, source = request.query.get("mount"), request.query.get("from")
     if mount and source:
         check_name(source)
-        settings = request.app[SETTINGS]
-        if settings.access.allowed(request.get(USER), "pull", source,
-                                   auth_enabled=settings.htpasswd is not None):
+        if _may(request, "pull", source):
             if await _run(storage.mount, name, mount, source):
                 return web.Response(status=201, headers={
                     "Location": f"/v2/{name}/blobs/{mount}", "Docker-Content-Digest": mount})
@@ -440,11 +502,16 @@ async def tags_list(request: web.Request, name: str, m: dict[str, str]) -> web.R
 
 async def catalog(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if settings.htpasswd is not None and request.get(USER) is None:
+    if settings.tokens is not None:
+        grants = request.get(GRANTS)
+        if grants is None or not grants.allows("registry", "catalog", "*"):
+            raise DistributionError("UNAUTHORIZED", "authentication required")
+    elif settings.htpasswd is not None and request.get(USER) is None:
         raise DistributionError("UNAUTHORIZED", "authentication required")
     repos = await _run(settings.storage.catalog)
     repos = [r for r in repos if settings.access.allowed(
-        request.get(USER), "pull", r, auth_enabled=settings.htpasswd is not None)]
+        request.get(USER), "pull", r,
+        auth_enabled=settings.htpasswd is not None or settings.tokens is not None)]
     page, headers = _page(request, repos, "/v2/_catalog")
     return web.json_response({"repositories": page}, headers=headers)
 
@@ -476,6 +543,46 @@ _HANDLERS: dict[tuple[str, str], Callable[..., Awaitable[web.StreamResponse]]] =
 }
 
 
+async def token(request: web.Request) -> web.Response:
+    """``GET /token?service=S&scope=repository:NAME:pull,push`` with basic credentials
+    (or none: anonymous), and the OAuth2 form (``POST``, ``grant_type=password``) that
+    containerd uses: a token granting what was asked and the access rules allow."""
+    settings = request.app[SETTINGS]
+    tokens = settings.tokens
+    if tokens is None:
+        raise web.HTTPNotFound()
+    if request.method == "POST":
+        form = await request.post()
+        if form.get("grant_type") != "password":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        user: str | None = str(form.get("username") or "")
+        password = str(form.get("password") or "")
+        if settings.htpasswd is None or not await _run(settings.htpasswd.check, user,
+                                                       password):
+            return web.json_response({"error": "invalid_grant"}, status=401)
+        scopes = parse_scopes([str(v) for v in form.getall("scope", [])])
+    else:
+        user = await _basic_user(request, settings)
+        scopes = parse_scopes(request.query.getall("scope", []))
+    service = request.query.get("service") if request.method == "GET" else None
+    if service and service != tokens.service:
+        return web.json_response({"error": "invalid_request",
+                                  "error_description": f"unknown service {service}"},
+                                 status=400)
+    granted = []
+    for sc in scopes:
+        if sc.type == "registry":
+            acts = sc.actions if sc.name == "catalog" and user is not None else ()
+        else:
+            asked = ("pull", "push", "delete") if "*" in sc.actions else sc.actions
+            acts = tuple(a for a in asked if settings.access.allowed(
+                user, "pull" if a == "pull" else "push", sc.name, auth_enabled=True))
+        if acts:
+            granted.append(Scope(sc.type, sc.name, acts))
+    body = tokens.issue(user, granted)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 def make_app(settings: Settings) -> web.Application:
     """The registry's aiohttp application."""
     app = web.Application(middlewares=[middleware], client_max_size=1 << 40)
@@ -483,6 +590,9 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/v2/", base)
     app.router.add_get("/v2", base)
     app.router.add_route("*", "/v2/{tail:.+}", dispatch)
+    if settings.tokens is not None:
+        app.router.add_route("GET", "/token", token)
+        app.router.add_route("POST", "/token", token)
     return app
 
 
@@ -498,6 +608,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--root", required=True, help="storage directory")
     serve.add_argument("--htpasswd", help="bcrypt htpasswd file: require basic auth")
     serve.add_argument("--access", help="JSON file of per-repository pull/push rules")
+    serve.add_argument("--token", action="store_true",
+                       help="bearer tokens from this server's /token (Docker's token flow): "
+                       "the credentials of --htpasswd and the rules of --access are checked "
+                       "there, each request against its token")
+    serve.add_argument("--token-realm", default="",
+                       help="the token URL announced to clients (default: this server's "
+                       "/token at the address the client used)")
+    serve.add_argument("--token-ttl", type=int, default=300, help="token lifetime, seconds")
+    serve.add_argument("--token-secret-file",
+                       help="the HMAC key (32 bytes or more), for registries sharing tokens "
+                       "(default: random per start)")
     serve.add_argument("--tls-cert", help="certificate (PEM) to serve HTTPS with")
     serve.add_argument("--tls-key", help="private key (PEM) of --tls-cert")
     serve.add_argument("--read-only", action="store_true", help="refuse every write")
@@ -566,7 +687,21 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("engine registry: --tls-cert and --tls-key go together")
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(args.tls_cert, args.tls_key)
-    settings = Settings(args.root, htpasswd=htpasswd, access=access, read_only=args.read_only)
+    tokens = None
+    if args.token:
+        if htpasswd is None and access is None:
+            raise SystemExit("engine registry: --token needs --htpasswd (and/or --access "
+                             "rules for anonymous users)")
+        if args.token_ttl <= 0:
+            raise SystemExit("engine registry: --token-ttl must be positive")
+        try:
+            secret = (TokenService.secret_from(args.token_secret_file)
+                      if args.token_secret_file else None)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"engine registry: {e}") from None
+        tokens = TokenService(ttl=args.token_ttl, secret=secret, realm=args.token_realm)
+    settings = Settings(args.root, htpasswd=htpasswd, access=access, read_only=args.read_only,
+                        tokens=tokens)
     host, port = _split_addr(args.addr)
     asyncio.run(serve(settings, host, port, tls))
     return 0

@@ -129,10 +129,13 @@ def test_pull_errors_before_and_inside_the_stream(fresh_daemon, tmp_path):
         reg.stop()
 
 
-def test_auth_checks_credentials_against_the_registry(fresh_daemon, tmp_path):
+@pytest.mark.parametrize("auth", [(), ("--token",)], ids=["basic", "token"])
+def test_auth_checks_credentials_against_the_registry(fresh_daemon, tmp_path, auth):
+    """Login, push and pull through the daemon (raw API and docker-py) against a
+    registry that wants basic credentials, or bearer tokens from its token service."""
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(f"bob:{bcrypt_hash('pw')}\n")
-    reg = engine_registry(tmp_path / "reg", "--htpasswd", str(htpasswd))
+    reg = engine_registry(tmp_path / "reg", "--htpasswd", str(htpasswd), *auth)
     try:
         ok = fresh_daemon.request("POST", "/auth", {"username": "bob", "password": "pw",
                                                     "serveraddress": reg.host})

@@ -303,6 +303,46 @@ def test_skopeo_with_htpasswd_on_engine_registry(tmp_path, started):
     assert json.loads(ok.stdout)["Name"] == f"{ours.host}/app"
 
 
+@needs_skopeo
+def test_token_service_serves_skopeo_and_the_engine_client(tmp_path, started):
+    """``engine registry serve --token``: skopeo (containers/image's token flow) and the
+    engine's client get bearer tokens from the server's /token with basic credentials,
+    push and pull through them, and are refused without credentials."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"bob:{bcrypt_hash('pw')}\n")
+    ours = engine_registry(tmp_path / "ours", "--htpasswd", str(htpasswd), "--token")
+    started.append(ours)
+    creds = Credentials("bob", "pw")
+    a = client_for(tmp_path / "a")
+    image_id = add_image(a.images, f"{ours.host}/team/app:v1", sizes=(1000, 200_000))
+    with pytest.raises(Unauthorized):
+        asyncio.run(a.push(f"{ours.host}/team/app:v1"))
+    asyncio.run(a.push(f"{ours.host}/team/app:v1", creds=creds))
+
+    def skopeo(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run([SKOPEO or "skopeo", "--insecure-policy", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert (p.returncode == 0) == ok, p.stderr
+        return p
+
+    out = tmp_path / "out"
+    refused = skopeo("copy", "--src-tls-verify=false", f"docker://{ours.host}/team/app:v1",
+                     f"dir:{out}", ok=False)
+    assert "unauthorized" in refused.stderr.lower() or "401" in refused.stderr
+    skopeo("copy", "--src-tls-verify=false", "--src-creds", "bob:pw",
+           f"docker://{ours.host}/team/app:v1", f"dir:{out}")
+    for blob in pushed_layers(a, image_id):
+        assert (out / blob.removeprefix("sha256:")).read_bytes() == a.content.read(blob)
+    # skopeo pushes through the token flow too (another repository: a cross-mount scope)
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", "bob:pw", f"dir:{out}",
+           f"docker://{ours.host}/copied/app:v2")
+    b = client_for(tmp_path / "b")
+    img = asyncio.run(b.pull(f"{ours.host}/copied/app:v2", creds=creds))
+    assert img.id == image_id
+    assert skopeo("inspect", "--tls-verify=false", f"docker://{ours.host}/copied/app:v2",
+                  ok=False).returncode != 0
+
+
 @needs_registry
 def test_client_certificate_from_certs_d(tmp_path, started, pki):
     ca, cert, key = pki / "ca.crt", pki / "server.crt", pki / "server.key"

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from engine.registry import spec
 from engine.registry.htpasswd import Access, Htpasswd, bcrypt_hash
 from engine.registry.server import Settings, main, make_app
+from engine.registry.token import TokenService
 
 API = "Docker-Distribution-API-Version"
 
@@ -245,6 +247,116 @@ def test_htpasswd_and_per_repository_access(tmp_path):
         assert (await resp.json())["repositories"] == ["bob/app", "public/app"]
 
     run(settings, t)
+
+
+def token_settings(tmp_path: Path, ttl: int = 300) -> Settings:
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt_hash('secret')}\nbob:{bcrypt_hash('hunter2')}\n")
+    access = tmp_path / "access.json"
+    access.write_text(json.dumps({"alice": {"pull": ["*"], "push": ["*"]},
+                                  "bob": {"pull": ["*"], "push": ["bob/*"]},
+                                  "anonymous": {"pull": ["public/*"]}}))
+    return Settings(tmp_path / "reg", htpasswd=Htpasswd(htpasswd), access=Access.load(access),
+                    tokens=TokenService(ttl=ttl))
+
+
+async def get_token(client: TestClient, *scopes: str, headers=None) -> dict[str, str]:
+    resp = await client.get("/token", params=[("service", "engine-registry"),
+                                              *[("scope", sc) for sc in scopes]],
+                            headers=headers)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["token"] == body["access_token"] and body["expires_in"] > 0
+    return {"Authorization": f"Bearer {body['token']}"}
+
+
+def test_token_service_grants_what_the_rules_allow(tmp_path):
+    """Docker's token flow: the challenge names the realm, service and scope; the token
+    grants the asked actions the access rules allow (less, not an error); every request
+    is checked against its token."""
+    async def t(client: TestClient) -> None:
+        resp = await client.get("/v2/")
+        challenge = resp.headers["WWW-Authenticate"]
+        assert resp.status == 401 and challenge.startswith("Bearer realm=\"http://")
+        assert '/token",service="engine-registry"' in challenge
+        # basic credentials are for the token service only
+        assert (await client.get("/v2/", headers=basic("alice", "secret"))).status == 401
+        assert (await client.get("/token", headers=basic("alice", "wrong"))).status == 401
+        alice = await get_token(client, "repository:team/app:pull,push",
+                                headers=basic("alice", "secret"))
+        assert (await client.get("/v2/", headers=alice)).status == 200
+        await push_image(client, "team/app", "v1", alice)
+        # the token is for team/app only: another repository asks for a new one
+        resp = await client.get("/v2/other/manifests/v1", headers=alice)
+        assert resp.status == 401
+        assert 'scope="repository:other:pull",error="insufficient_scope"' in \
+            resp.headers["WWW-Authenticate"]
+        # bob may pull team/app but not push it: his token grants pull alone
+        bob = await get_token(client, "repository:team/app:pull,push",
+                              headers=basic("bob", "hunter2"))
+        assert (await client.get("/v2/team/app/manifests/v1", headers=bob)).status == 200
+        resp = await client.post("/v2/team/app/blobs/uploads/", headers=bob)
+        assert resp.status == 401 and await errors(resp) == ["UNAUTHORIZED"]
+        # anonymous tokens carry what anonymous users may do
+        anon = await get_token(client, "repository:public/x:pull", "repository:team/app:pull")
+        assert (await client.get("/v2/team/app/manifests/v1", headers=anon)).status == 401
+        # a cross-repository mount needs pull on the source, in the same token
+        mount = "/v2/public/x/blobs/uploads/?mount={}&from=team/app"
+        layer = digest(b"layer of v1")
+        both = await get_token(client, "repository:public/x:pull,push",
+                               "repository:team/app:pull", headers=basic("alice", "secret"))
+        resp = await client.post(mount.format(layer), headers=both)
+        assert resp.status == 201 and resp.headers["Docker-Content-Digest"] == layer
+        # the catalog wants its own scope
+        resp = await client.get("/v2/_catalog", headers=alice)
+        assert resp.status == 401 and "registry:catalog:*" in resp.headers["WWW-Authenticate"]
+        cat = await get_token(client, "registry:catalog:*", headers=basic("alice", "secret"))
+        resp = await client.get("/v2/_catalog", headers=cat)
+        assert (await resp.json())["repositories"] == ["team/app"]  # (x has no manifest)
+        # forged, tampered or foreign tokens are refused
+        tampered = alice["Authorization"][:-2] + ("AA" if not alice["Authorization"].endswith(
+            "AA") else "BB")
+        for bad in ("Bearer nonsense", tampered,
+                    "Bearer " + TokenService().issue("alice", [])["token"]):
+            resp = await client.get("/v2/", headers={"Authorization": bad})
+            assert resp.status == 401 and await errors(resp) == ["UNAUTHORIZED"], bad
+        # the OAuth2 password grant (containerd's way) works too
+        resp = await client.post("/token", data={
+            "grant_type": "password", "username": "alice", "password": "secret",
+            "service": "engine-registry", "scope": "repository:team/app:pull"})
+        token = (await resp.json())["access_token"]
+        assert (await client.get("/v2/team/app/manifests/v1",
+                                 headers={"Authorization": f"Bearer {token}"})).status == 200
+        resp = await client.post("/token", data={"grant_type": "password",
+                                                 "username": "alice", "password": "no"})
+        assert resp.status == 401
+
+    run(token_settings(tmp_path), t)
+
+
+def test_expired_tokens_are_refused(tmp_path, monkeypatch):
+    settings = token_settings(tmp_path, ttl=60)
+
+    async def t(client: TestClient) -> None:
+        alice = await get_token(client, "repository:a:pull", headers=basic("alice", "secret"))
+        assert (await client.get("/v2/", headers=alice)).status == 200
+        later = time.time() + 61
+        monkeypatch.setattr("engine.registry.token.time.time", lambda: later)
+        resp = await client.get("/v2/", headers=alice)
+        assert resp.status == 401 and "expired" in (await resp.json())["errors"][0]["message"]
+
+    run(settings, t)
+
+
+def test_token_command_line_needs_users_or_rules(tmp_path):
+    with pytest.raises(SystemExit, match="--token needs"):
+        main(["serve", "--root", str(tmp_path), "--token"])
+    short = tmp_path / "secret"
+    short.write_bytes(b"too short")
+    (tmp_path / "htpasswd").write_text(f"alice:{bcrypt_hash('secret')}\n")
+    with pytest.raises(SystemExit, match="at least 32 bytes"):
+        main(["serve", "--root", str(tmp_path), "--htpasswd", str(tmp_path / "htpasswd"),
+              "--token", "--token-secret-file", str(short)])
 
 
 def test_read_only_mode_refuses_writes(tmp_path):
