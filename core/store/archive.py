@@ -148,6 +148,8 @@ class _LayerReader:
             size -= step
 
     def drain(self) -> None:
+        """Read (and hash) the rest: what follows the tar's end counts in the diff id."""
+        self._pos += len(self._piece) - self._at
         while self._next_piece():
             self._pos += len(self._piece)
         self._at = len(self._piece)
