@@ -126,14 +126,18 @@ def _defer_aiohttp_client() -> None:
     """Load the aiohttp package without running its ``__init__`` until it is needed.
 
     ``aiohttp/__init__.py`` imports the whole client (sessions, connector, cookie jar,
-    digest auth, form data...): 4 MB of the idle daemon, which serves the API with
-    ``aiohttp.web`` alone and uses the client only to pull, push or install a plugin.
+    digest auth, form data...): 4 MB imported on its own, 2 MB of the idle daemon's
+    RSS, which serves the API with ``aiohttp.web`` alone and uses the client only to
+    pull, push or install a plugin.
     So the package goes into ``sys.modules`` bare (its path, spec and version, which
     is all ``aiohttp.web`` and its submodules take from it), and the first lookup of
     any other name on it (``aiohttp.ClientSession``, ``from aiohttp import
     ClientTimeout``) runs the real ``__init__`` in that same module, once, under a lock,
     before answering. Nothing changes for code that uses aiohttp: it only pays later.
     Whatever does not look like the package we know is left to the normal import.
+    That late ``__init__`` runs with the CA store hidden too (see
+    :func:`_without_ca_store`): a process started by another thread in those few
+    milliseconds inherits the hidden location; none of the daemon's children uses TLS.
     """
     if "aiohttp" in sys.modules:
         return
