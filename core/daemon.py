@@ -135,9 +135,10 @@ def _defer_aiohttp_client() -> None:
     ClientTimeout``) runs the real ``__init__`` in that same module, once, under a lock,
     before answering. Nothing changes for code that uses aiohttp: it only pays later.
     Whatever does not look like the package we know is left to the normal import.
-    That late ``__init__`` runs with the CA store hidden too (see
-    :func:`_without_ca_store`): a process started by another thread in those few
-    milliseconds inherits the hidden location; none of the daemon's children uses TLS.
+    That late ``__init__`` runs with the environment as it is: hiding the CA store
+    then (as at start, see :func:`_without_ca_store`) would hide it from any process
+    another thread starts meanwhile. So the first pull pays for aiohttp's default
+    TLS contexts with the rest of the client (some 60 ms, once).
     """
     if "aiohttp" in sys.modules:
         return
@@ -167,8 +168,7 @@ def _defer_aiohttp_client() -> None:
         with lock:
             if pkg.__dict__.get("__getattr__") is __getattr__:
                 del pkg.__getattr__  # the real __init__ runs once, and may define its own
-                with _without_ca_store():
-                    spec.loader.exec_module(pkg)
+                spec.loader.exec_module(pkg)
         return getattr(pkg, name)
 
     pkg.__getattr__ = __getattr__
