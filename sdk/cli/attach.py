@@ -195,18 +195,31 @@ class TerminalSession:
         self.resize = resize if is_terminal(cli.out) else None
         self._saved: Any = None
         self._old_winch: Any = None
+        self._sending = False
+        self._again = False
 
     def _send_size(self, *_: Any) -> None:
+        """Send the terminal's size; a SIGWINCH that comes while a size is being sent
+        (its handler runs in the middle) makes it send once more afterwards, instead
+        of starting a second request on top of the first."""
         if self.resize is None:
             return
-        try:
-            size = os.get_terminal_size(self.cli.out.fileno())
-        except (OSError, ValueError, AttributeError):
+        if self._sending:
+            self._again = True
             return
+        self._sending = True
         try:
-            self.resize(size.lines, size.columns)
-        except Exception:  # noqa: BLE001 - a failed resize must not end the session
-            pass
+            while True:
+                self._again = False
+                try:
+                    size = os.get_terminal_size(self.cli.out.fileno())
+                    self.resize(size.lines, size.columns)
+                except Exception:  # noqa: BLE001 - a failed resize must not end the session
+                    return
+                if not self._again:
+                    return
+        finally:
+            self._sending = False
 
     def __enter__(self) -> TerminalSession:
         if self.raw:
@@ -217,8 +230,10 @@ class TerminalSession:
             self._saved = termios.tcgetattr(fd)
             tty.setraw(fd)
         if self.resize is not None:
-            self._send_size()
+            # follow SIGWINCH before the first size goes out: a resize right after it
+            # is not lost
             self._old_winch = signal.signal(signal.SIGWINCH, self._send_size)
+            self._send_size()
         return self
 
     def __exit__(self, *exc: object) -> None:
