@@ -219,15 +219,21 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def test_htpasswd_and_per_repository_access(tmp_path):
+def auth_settings(tmp_path: Path, tokens: TokenService | None = None) -> Settings:
+    """alice may pull and push anything, bob pull anything and push bob/*, anonymous
+    users pull public/*."""
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(f"alice:{bcrypt_hash('secret')}\nbob:{bcrypt_hash('hunter2')}\n")
     access = tmp_path / "access.json"
     access.write_text(json.dumps({"alice": {"pull": ["*"], "push": ["*"]},
                                   "bob": {"pull": ["*"], "push": ["bob/*"]},
                                   "anonymous": {"pull": ["public/*"]}}))
-    settings = Settings(tmp_path / "reg", htpasswd=Htpasswd(htpasswd),
-                        access=Access.load(access))
+    return Settings(tmp_path / "reg", htpasswd=Htpasswd(htpasswd), access=Access.load(access),
+                    tokens=tokens)
+
+
+def test_htpasswd_and_per_repository_access(tmp_path):
+    settings = auth_settings(tmp_path)
 
     async def t(client: TestClient) -> None:
         resp = await client.get("/v2/")
@@ -248,16 +254,6 @@ def test_htpasswd_and_per_repository_access(tmp_path):
 
     run(settings, t)
 
-
-def token_settings(tmp_path: Path, ttl: int = 300) -> Settings:
-    htpasswd = tmp_path / "htpasswd"
-    htpasswd.write_text(f"alice:{bcrypt_hash('secret')}\nbob:{bcrypt_hash('hunter2')}\n")
-    access = tmp_path / "access.json"
-    access.write_text(json.dumps({"alice": {"pull": ["*"], "push": ["*"]},
-                                  "bob": {"pull": ["*"], "push": ["bob/*"]},
-                                  "anonymous": {"pull": ["public/*"]}}))
-    return Settings(tmp_path / "reg", htpasswd=Htpasswd(htpasswd), access=Access.load(access),
-                    tokens=TokenService(ttl=ttl))
 
 
 async def get_token(client: TestClient, *scopes: str, headers=None) -> dict[str, str]:
@@ -331,11 +327,11 @@ def test_token_service_grants_what_the_rules_allow(tmp_path):
                                                  "username": "alice", "password": "no"})
         assert resp.status == 401
 
-    run(token_settings(tmp_path), t)
+    run(auth_settings(tmp_path, TokenService()), t)
 
 
 def test_expired_tokens_are_refused(tmp_path, monkeypatch):
-    settings = token_settings(tmp_path, ttl=60)
+    settings = auth_settings(tmp_path, TokenService(ttl=60))
 
     async def t(client: TestClient) -> None:
         alice = await get_token(client, "repository:a:pull", headers=basic("alice", "secret"))
