@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from engine.registry import spec
 from engine.sdk.errors import InvalidArgument, NotFound
 
 from .managed import CONFIG_MEDIA_TYPE as MANAGED_CONFIG_MEDIA_TYPE
@@ -48,7 +49,6 @@ _INDEXES = ("application/vnd.oci.image.index.v1+json",
             "application/vnd.docker.distribution.manifest.list.v2+json")
 _IMAGE_CONFIGS = ("application/vnd.docker.container.image.v1+json",
                   "application/vnd.oci.image.config.v1+json")
-_MANIFEST_LIMIT = 4 << 20
 _CONFIG_LIMIT = 4 << 20
 _READ = 1 << 20
 
@@ -135,18 +135,9 @@ def classify(ref: str, manifest: dict[str, Any], media_type: str) -> tuple[str, 
         raise InvalidArgument(f"{shown}: a plugin has exactly one layer, this one has "
                               f"{len(layers)}")
     layer = layers[0]
-    if not reference_digest_ok(str(layer.get("digest", ""))):
+    if not spec.valid_digest(str(layer.get("digest", ""))):
         raise InvalidArgument(f"{shown}: invalid layer digest {layer.get('digest')!r}")
     return kind, layer
-
-
-def reference_digest_ok(digest: str) -> bool:
-    return (digest.startswith("sha256:") and len(digest) == 71
-            and all(c in "0123456789abcdef" for c in digest[7:]))
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class PluginDistribution:
@@ -181,37 +172,22 @@ class PluginDistribution:
     async def fetch(self, ref: str, creds: Any = None) -> Artifact:
         """The manifest and config of the plugin ``ref`` (a full reference); the layer
         is not downloaded. Digests are verified."""
+        from engine.registry.client import fetch_manifest, fetch_small_blob
+
         async with self._connect(ref, creds, "pull") as (conn, r):
             target = r.digest or r.tag or reference.DEFAULT_TAG
-            accept = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, *_INDEXES))
             try:
-                resp = await conn.request("GET", f"/v2/{r.path}/manifests/{target}",
-                                          headers={"Accept": accept})
+                _, manifest, media_type, digest = await fetch_manifest(
+                    conn, r.path, target, error=InvalidArgument)
             except NotFound:
                 raise NotFound(f"plugin {reference.familiar(ref)} not found in its "
                                f"registry ({r.domain})") from None
-            async with resp:
-                data = await resp.content.read(_MANIFEST_LIMIT + 1)
-                content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-            if len(data) > _MANIFEST_LIMIT:
-                raise InvalidArgument(f"{ref}: manifest too large")
-            digest = _sha256(data)
-            if r.digest and r.digest != digest:
-                raise InvalidArgument(f"{ref}: manifest digest mismatch ({digest})")
-            try:
-                manifest = json.loads(data)
-            except ValueError:
-                raise InvalidArgument(f"{ref}: the manifest is not JSON") from None
-            media_type = str(manifest.get("mediaType") or content_type)
             kind, layer = classify(ref, manifest, media_type)
             cdesc = manifest["config"]
-            if not reference_digest_ok(str(cdesc.get("digest", ""))):
+            if not spec.valid_digest(str(cdesc.get("digest", ""))):
                 raise InvalidArgument(f"{ref}: invalid config digest")
-            resp = await conn.request("GET", f"/v2/{r.path}/blobs/{cdesc['digest']}")
-            async with resp:
-                raw = await resp.content.read(_CONFIG_LIMIT + 1)
-            if len(raw) > _CONFIG_LIMIT or _sha256(raw) != cdesc["digest"]:
-                raise InvalidArgument(f"{ref}: the plugin config does not match its digest")
+            raw = await fetch_small_blob(conn, r.path, cdesc["digest"], _CONFIG_LIMIT,
+                                         error=InvalidArgument)
             try:
                 config = json.loads(raw)
             except ValueError:
@@ -276,7 +252,7 @@ class PluginDistribution:
             resp.release()
             data = await loop.run_in_executor(None, layer_path.read_bytes)
             await self._upload(conn, r.path, layer_digest, data, progress, show=True)
-            config_digest = _sha256(config)
+            config_digest = spec.sha256(config)
             await self._upload(conn, r.path, config_digest, config, progress, show=False)
             layer = {"mediaType": layer_media_type, "size": layer_size,
                      "digest": layer_digest}
@@ -287,7 +263,7 @@ class PluginDistribution:
                                    "digest": config_digest},
                         "layers": [layer]}
             body = json.dumps(manifest, indent=2).encode()
-            digest = _sha256(body)
+            digest = spec.sha256(body)
             tag = r.tag or reference.DEFAULT_TAG
             resp = await conn.request("PUT", f"/v2/{r.path}/manifests/{tag}", data=body,
                                       headers={"Content-Type": manifest_media_type},

@@ -643,6 +643,57 @@ class _Tee:
         return data
 
 
+async def fetch_manifest(conn: _Conn, path: str, ref: str, *,
+                         error: type[EngineError] = RegistryError
+                         ) -> tuple[bytes, dict[str, Any], str, str]:
+    """Fetch a manifest (or index) of repository ``path`` by tag or digest; return
+    ``(bytes, document, media type, digest)``, its digest verified (against the digest
+    asked for, and the one the registry announces) and its size bounded. What the
+    registry sent that is wrong raises ``error``."""
+    accept = ", ".join(spec.MANIFEST_TYPES)
+    resp = await conn.request("GET", f"/v2/{path}/manifests/{ref}",
+                              headers={"Accept": accept})
+    async with resp:
+        if (resp.content_length or 0) > spec.MANIFEST_LIMIT:
+            raise error(f"manifest {ref} is larger than {spec.MANIFEST_LIMIT} bytes")
+        data = await resp.content.read(spec.MANIFEST_LIMIT + 1)
+        if len(data) > spec.MANIFEST_LIMIT:
+            raise error(f"manifest {ref} is larger than {spec.MANIFEST_LIMIT} bytes")
+        content_type = resp.headers.get("Content-Type", "")
+        header_digest = resp.headers.get("Docker-Content-Digest", "")
+    digest = spec.sha256(data)
+    if ref.startswith("sha256:") and digest != ref:
+        raise error(f"manifest digest mismatch: asked for {ref}, got {digest}")
+    if header_digest.startswith("sha256:") and header_digest != digest:
+        raise error(f"manifest digest mismatch: registry says {header_digest}, "
+                            f"content is {digest}")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise error(f"manifest {ref} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise error(f"manifest {ref} is not a JSON object")
+    if doc.get("schemaVersion") == 1:
+        raise InvalidArgument("Docker image manifests of schema 1 are not supported")
+    return data, doc, spec.media_type_of(doc, content_type), digest
+
+
+async def fetch_small_blob(conn: _Conn, path: str, digest: str,
+                           limit: int = spec.MANIFEST_LIMIT * 4, *,
+                           error: type[EngineError] = RegistryError) -> bytes:
+    """A small blob (a config) of repository ``path``, at most ``limit`` bytes,
+    verified; kept in memory. What the registry sent that is wrong raises ``error``."""
+    resp = await conn.request("GET", f"/v2/{path}/blobs/{digest}")
+    async with resp:
+        data = await resp.content.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"config blob {digest} is too large")
+    if spec.sha256(data) != digest:
+        raise error(f"config blob digest mismatch: expected {digest}, got "
+                            f"{spec.sha256(data)}")
+    return data
+
+
 class _Resolved:
     """A manifest fetched and verified: where it came from and what it lists."""
 
@@ -709,52 +760,22 @@ class RegistryClient:
 
     # -- manifests -----------------------------------------------------------------------
 
-    async def _manifest(self, conn: _Conn, path: str, ref: str) -> tuple[bytes, str, str]:
-        """Fetch a manifest; return ``(bytes, media type, digest)``, its digest verified."""
-        accept = ", ".join(spec.MANIFEST_TYPES)
-        resp = await conn.request("GET", f"/v2/{path}/manifests/{ref}",
-                                  headers={"Accept": accept})
-        async with resp:
-            if (resp.content_length or 0) > spec.MANIFEST_LIMIT:
-                raise RegistryError(f"manifest {ref} is larger than {spec.MANIFEST_LIMIT} bytes")
-            data = await resp.content.read(spec.MANIFEST_LIMIT + 1)
-            if len(data) > spec.MANIFEST_LIMIT:
-                raise RegistryError(f"manifest {ref} is larger than {spec.MANIFEST_LIMIT} bytes")
-            content_type = resp.headers.get("Content-Type", "")
-            header_digest = resp.headers.get("Docker-Content-Digest", "")
-        digest = spec.sha256(data)
-        if ref.startswith("sha256:") and digest != ref:
-            raise RegistryError(f"manifest digest mismatch: asked for {ref}, got {digest}")
-        if header_digest.startswith("sha256:") and header_digest != digest:
-            raise RegistryError(f"manifest digest mismatch: registry says {header_digest}, "
-                                f"content is {digest}")
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            raise RegistryError(f"manifest {ref} is not JSON") from None
-        if not isinstance(doc, dict):
-            raise RegistryError(f"manifest {ref} is not a JSON object")
-        if doc.get("schemaVersion") == 1:
-            raise InvalidArgument("Docker image manifests of schema 1 are not supported")
-        return data, spec.media_type_of(doc, content_type), digest
-
     async def _resolve(self, conn: _Conn, ref: reference.Reference,
                        want: tuple[str, str, str]) -> _Resolved:
         """The image manifest for ``ref`` on platform ``want`` (through an index)."""
         target = ref.digest or ref.tag or reference.DEFAULT_TAG
         try:
-            data, media_type, digest = await self._manifest(conn, ref.path, target)
+            _, doc, media_type, digest = await fetch_manifest(conn, ref.path, target)
         except NotFound:
             raise NotFound(f"manifest for {reference.familiar(str(ref.with_default_tag()))} "
                            "not found: manifest unknown") from None
-        doc = json.loads(data)
         if media_type in spec.INDEX_MANIFESTS:
             entry = select_platform(doc.get("manifests") or [], want)
             child = str(entry.get("digest", ""))
             if not spec.valid_digest(child):
                 raise RegistryError(f"manifest list entry with invalid digest {child!r}")
-            cdata, ctype, cdigest = await self._manifest(conn, ref.path, child)
-            return _Resolved(ref, cdigest, ctype, json.loads(cdata), index_digest=digest)
+            _, cdoc, ctype, cdigest = await fetch_manifest(conn, ref.path, child)
+            return _Resolved(ref, cdigest, ctype, cdoc, index_digest=digest)
         if media_type not in spec.IMAGE_MANIFESTS:
             raise InvalidArgument(f"{ref}: unsupported manifest type {media_type}")
         return _Resolved(ref, digest, media_type, doc)
@@ -813,7 +834,7 @@ class RegistryClient:
         for desc in [config, *layers]:
             if not spec.valid_digest(str(desc.get("digest", ""))):
                 raise RegistryError(f"manifest has an invalid digest {desc.get('digest')!r}")
-        config_bytes = await self._blob_bytes(conn, resolved.ref.path, config["digest"])
+        config_bytes = await fetch_small_blob(conn, resolved.ref.path, config["digest"])
         config_id = spec.sha256(config_bytes)
         if await self._run(self.images.exists, config_id):
             existing = await self._run(self.images.get, config_id)
@@ -995,18 +1016,6 @@ class RegistryClient:
             await progress({"status": "Extracting", "progressDetail": {},
                             "id": _short(digest)})
         await progress({"status": "Pull complete", "progressDetail": {}, "id": _short(digest)})
-
-    async def _blob_bytes(self, conn: _Conn, path: str, digest: str) -> bytes:
-        """A small blob (a config), verified; kept in memory."""
-        resp = await conn.request("GET", f"/v2/{path}/blobs/{digest}")
-        async with resp:
-            data = await resp.content.read(spec.MANIFEST_LIMIT * 4 + 1)
-        if len(data) > spec.MANIFEST_LIMIT * 4:
-            raise RegistryError(f"config blob {digest} is too large")
-        if spec.sha256(data) != digest:
-            raise RegistryError(f"config blob digest mismatch: expected {digest}, got "
-                                f"{spec.sha256(data)}")
-        return data
 
     async def _download(self, conn: _Conn, path: str, desc: dict[str, Any],
                         progress: Progress,
@@ -1400,8 +1409,8 @@ class RegistryClient:
         creds = await self._run(self._creds, r.domain, creds)
         async with self._session() as http:
             conn = _Conn(http, self.hosts, host, creds, [f"repository:{r.path}:pull"])
-            data, media_type, digest = await self._manifest(conn, r.path, r.digest or r.tag)
-            doc = json.loads(data)
+            data, doc, media_type, digest = await fetch_manifest(conn, r.path,
+                                                                 r.digest or r.tag)
             platforms = []
             if media_type in spec.INDEX_MANIFESTS:
                 for entry in doc.get("manifests") or []:
@@ -1409,7 +1418,7 @@ class RegistryClient:
                     if p:
                         platforms.append({k: v for k, v in p.items() if v})
             else:
-                cfg = json.loads(await self._blob_bytes(conn, r.path, doc["config"]["digest"]))
+                cfg = json.loads(await fetch_small_blob(conn, r.path, doc["config"]["digest"]))
                 platforms.append({k: cfg[k] for k in ("architecture", "os", "variant")
                                   if cfg.get(k)})
         return {"Descriptor": {"mediaType": media_type, "digest": digest, "size": len(data)},
