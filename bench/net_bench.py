@@ -43,7 +43,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -54,7 +53,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
@@ -597,12 +595,6 @@ class Setup:
     proxy_pid: int = 0
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def inspect(target: Target, kind: str, name: str) -> dict[str, Any]:
     out = target.own(kind, "inspect", name, timeout=60)
     return json.loads(out)[0]
@@ -627,7 +619,7 @@ def set_up(target: Target, tar: Path) -> Setup:
     target.own("network", "create", "--driver", "bridge", "--subnet", SUBNETS[target.name],
                NETWORK, timeout=60)
     net = inspect(target, "network", NETWORK)
-    setup = Setup(target, free_port("127.0.0.1"), free_port(VETH_HOST_IP))
+    setup = Setup(target, proc.free_port(), proc.free_port(VETH_HOST_IP))
     setup.bridge = (net.get("Options") or {}).get("com.docker.network.bridge.name") or (
         "br-" + net["Id"][:12])
     target.own("run", "-d", "--name", SERVER, "--network", NETWORK, IMAGE, "sh", "-c",
@@ -703,7 +695,7 @@ def measure_round(setups: Sequence[Setup], report: NetReport, args: argparse.Nam
                 for mid, values in step(setup).items():
                     report.add(mid, setup.target.name, *values)
             except (BenchError, OSError) as e:
-                log(f"{setup.target.name}: a measurement failed: {e}")
+                proc.log(f"{setup.target.name}: a measurement failed: {e}")
 
 
 def proxy_pid(setup: Setup) -> int:
@@ -763,7 +755,7 @@ def tear_down(setups: dict[str, Setup], targets: list[Target], state: HostState,
         try:
             target.cleanup()
         except Exception as e:  # noqa: BLE001 - clean up the others regardless
-            log(f"{target.name}: cleanup failed: {e}")
+            proc.log(f"{target.name}: cleanup failed: {e}")
         proc.kill_pids(p for p in proxies if proc.alive(p))
     if any(t.name == "docker" for t in targets):
         remove_docker_leftovers(state, docker_bridges)
@@ -773,14 +765,6 @@ def tear_down(setups: dict[str, Setup], targets: list[Target], state: HostState,
 
 
 # ---------------------------------------------------------------- main
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -850,8 +834,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = NetReport(workers=args.workers)
     host_files = [p for p in (Path("/etc/docker/key.json"),) if not p.exists()]
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in signals}
+    old_handlers = proc.interrupt_on_signals()
     base = Path(tempfile.mkdtemp(prefix="netbench", dir="/tmp"))
     state = HostState.capture()
     client = ClientNetns(os.urandom(3).hex())
@@ -880,29 +863,27 @@ def main(argv: list[str] | None = None) -> int:
         client.create()
         tar = busybox_tar(base / "busybox.tar")
         for target in targets:
-            log(f"{target.name}: starting, importing, creating {NETWORK}")
+            proc.log(f"{target.name}: starting, importing, creating {NETWORK}")
             try:
                 setups[target.name] = set_up(target, tar)
             except (BenchError, OSError) as e:
-                log(f"{target.name}: setup failed: {e}")
+                proc.log(f"{target.name}: setup failed: {e}")
                 report.mark_missing(target.name, "setup failed")
         ready = list(setups.values())
         for rep in range(args.repeat):
-            log(f"repetition {rep + 1}/{args.repeat} (load {proc.load_average():.1f})")
+            proc.log(f"repetition {rep + 1}/{args.repeat} (load {proc.load_average():.1f})")
             measure_round(ready if rep % 2 == 0 else ready[::-1], report, args, client.path,
                           loads)
     except KeyboardInterrupt:
         interrupted = True
-        log("interrupted: cleaning up")
+        proc.log("interrupted: cleaning up")
     finally:
-        for s in signals:
-            signal.signal(s, signal.SIG_IGN)
+        proc.ignore_signals()
         tear_down(setups, targets, state, client, host_files)
         proc.unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
         leftovers = state.differences()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        proc.restore_signals(old_handlers)
 
     print(f"\n{report.format_table()}\n")
     if loads:

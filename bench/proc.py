@@ -9,11 +9,49 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: what ends a run early, then cleans up (SIGINT too: a shell starts background jobs
+#: with it ignored, and Python keeps that)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_signals() -> dict[int, Any]:
+    """Make :data:`STOP_SIGNALS` raise KeyboardInterrupt; return their handlers."""
+    return {s: signal.signal(s, _raise_interrupt) for s in STOP_SIGNALS}
+
+
+def ignore_signals() -> None:
+    """While cleaning up: a second Ctrl-C must not leave daemons, mounts or
+    directories behind."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def restore_signals(handlers: dict[int, Any]) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _status_bytes(pid: int, field: str) -> int | None:

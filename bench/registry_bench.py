@@ -42,6 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "bench"
 
+from bench import proc  # noqa: E402
 from bench.targets import (  # noqa: E402
     DOCKER,
     REPO,
@@ -106,14 +107,8 @@ def image_archive(path: Path, tag: str, layers: list[bytes] | None = None) -> Pa
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_registry(kind: str, base: Path, venv_bin: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = proc.free_port()
     base.mkdir(parents=True, exist_ok=True)
     if kind == "reference":
         exe = shutil.which("docker-registry")
@@ -128,17 +123,17 @@ def start_registry(kind: str, base: Path, venv_bin: Path) -> tuple[subprocess.Po
         argv = [str(venv_bin / "python"), "-m", "engine.registry", "serve", "--addr",
                 f"127.0.0.1:{port}", "--root", str(base / "root")]
     log = open(base / "registry.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port
-        if proc.poll() is not None:
+                return server, port
+        if server.poll() is not None:
             break
         time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    server.kill()
+    server.wait()
     raise BenchError(f"registry did not start: {(base / 'registry.log').read_text()[-1000:]}")
 
 

@@ -19,19 +19,17 @@ import argparse
 import datetime
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import measure
-from bench.proc import load_average, unmount_under
+from bench.proc import (ignore_signals, interrupt_on_signals, load_average, log,
+                        restore_signals, unmount_under)
 from bench.stats import TARGETS, Report
 from bench.targets import (
     REPO,
@@ -90,14 +88,6 @@ def busybox_tar(path: Path) -> Path:
                 sys.path.remove(str(REPO / folder))
             return build(path)
     raise BenchError("no busybox image builder (scripts/busybox_rootfs.py, tests/conftest.py)")
-
-
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def prepare(target: Target, tar: Path, report: Report) -> bool:
@@ -186,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     # they were already there.
     host_files = [p for p in (Path("/dev/shm/libpod_lock"), Path("/etc/docker/key.json"))
                   if not p.exists()]
-    # SIGINT too: a shell starts background jobs with it ignored, and Python keeps that
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old_handlers = {s: signal.signal(s, _raise_interrupt) for s in signals}
+    old_handlers = interrupt_on_signals()
     base = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
     targets: list[Target] = []
     interrupted = False
@@ -206,12 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         log("interrupted: cleaning up")
     finally:
-        # a second Ctrl-C must not leave daemons, mounts or directories behind
-        for s in signals:
-            signal.signal(s, signal.SIG_IGN)
+        ignore_signals()
         clean_up(targets, base, host_files)
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        restore_signals(old_handlers)
 
     print(f"\n{report.format_table()}\n")
     if loads:
