@@ -8,7 +8,6 @@ loopback and to addresses of those networks.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import secrets
 import shutil
@@ -115,6 +114,22 @@ class Env:
         self.loop.close()
 
 
+def read_published(env: Env, port: int) -> bytes:
+    """What a client on 127.0.0.1:``port`` reads (up to 100 bytes), trying for 5 s. The
+    connection is made in the env's loop: the driver's proxy runs there too."""
+    async def fetch() -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        out = await asyncio.wait_for(r.read(100), 3)
+        w.close()
+        return out
+
+    data = b""
+    deadline = time.monotonic() + 5
+    while not data and time.monotonic() < deadline:
+        data = env.run(fetch())
+    return data
+
+
 @pytest.fixture
 def env(tmp_path):
     e = Env(tmp_path)
@@ -194,17 +209,7 @@ def test_published_port_over_loopback_and_rollback(env):
         host_port = int(info.ports["8080/tcp"][0]["HostPort"])
         assert info.ports == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(host_port)}]}
         assert iptables_lines(f"--dport {host_port}")
-        data = b""
-        deadline = time.monotonic() + 5
-        while not data and time.monotonic() < deadline:
-            # the proxy lives in this loop: let it run while a thread connects
-            async def fetch():
-                r, w = await asyncio.open_connection("127.0.0.1", host_port)
-                out = await asyncio.wait_for(r.read(100), 3)
-                w.close()
-                return out
-            data = env.run(fetch())
-        assert data == b"hi\n"
+        assert read_published(env, host_port) == b"hi\n"
         # a taken port fails cleanly: no veth, no rule, no address kept
         other = env.sandbox()
         eid2 = secrets.token_hex(32)
@@ -319,16 +324,7 @@ def test_without_route_localnet_the_proxy_serves_loopback(env, monkeypatch):
         rules = iptables_lines(f"--dport {port} ")
         assert rules and not any("ENGINE-LOCALHOST" in r for r in rules), rules
         assert len(env.drv.proxies[eid]) == 1
-        data = b""
-        deadline = time.monotonic() + 5
-        while not data and time.monotonic() < deadline:
-            async def fetch():
-                r, w = await asyncio.open_connection("127.0.0.1", port)
-                out = await asyncio.wait_for(r.read(100), 3)
-                w.close()
-                return out
-            data = env.run(fetch())
-        assert data == b"proxied\n"
+        assert read_published(env, port) == b"proxied\n"
         env.run(env.drv.leave(spec, eid, sb))
         assert iptables_lines(f"--dport {port} ") == []
     finally:

@@ -21,6 +21,7 @@ from engine.registry.server import Settings, make_app
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from test_registry_client import client_for as unit_client_for  # noqa: E402
 from test_registry_client import (  # noqa: E402
+    disturb,
     image_of,
     layer_tar,
     pushed_layers,
@@ -123,7 +124,7 @@ def test_failed_pull_leaves_no_layer_and_no_scratch(tmp_path):
             add_image(a.images, f"{reg}/app:v1")
             await a.push(f"{reg}/app:v1")
             top = pushed_layers(settings)[-1]
-            target.update(digest=top["digest"], data=a.content.read(top["digest"]), tamper=True)
+            disturb(target, a, top, tamper=True)
             with pytest.raises(RegistryError, match="failed verification"):
                 await b.pull(f"{reg}/app:v1")
             assert b.images.list() == [] and b.images.layers.list() == []

@@ -236,6 +236,13 @@ def registry_app(tmp_path: Path, middleware: Any = None,
     return settings, app, target
 
 
+def disturb(target: dict[str, Any], pusher: RegistryClient, layer: dict[str, Any],
+            **how: Any) -> None:
+    """Have :func:`blob_middleware` disturb GETs of ``layer``'s blob (``cut=N``,
+    ``tamper=True``; neither: only record their ranges), ``pusher`` holding its bytes."""
+    target.update(digest=layer["digest"], data=pusher.content.read(layer["digest"]), **how)
+
+
 def pushed_layers(settings: Settings, repo: str = "app", tag: str = "v1") -> list[dict]:
     """The layer descriptors of the manifest stored for ``repo:tag``."""
     return json.loads(settings.storage.get_manifest(repo, tag)[0])["layers"]
@@ -251,7 +258,7 @@ def test_interrupted_pull_resumes_with_a_range_request(tmp_path):
             await a.push(f"{reg}/app:v1")
             big = max(pushed_layers(settings),
                       key=lambda layer: layer["size"])
-            target.update(digest=big["digest"], data=a.content.read(big["digest"]), cut=1)
+            disturb(target, a, big, cut=1)
             with pytest.raises(RegistryError, match="interrupted"):
                 await b.pull(f"{reg}/app:v1")
             assert not b.images.exists(f"{reg}/app:v1")  # no tag without the image
@@ -280,8 +287,7 @@ def test_tampered_layer_is_rejected_and_nothing_is_stored(tmp_path):
             add_image(a.images, f"{reg}/app:v1", sizes=(5000,))
             await a.push(f"{reg}/app:v1")
             layer = pushed_layers(settings)[0]
-            target.update(digest=layer["digest"], data=a.content.read(layer["digest"]),
-                          tamper=True)
+            disturb(target, a, layer, tamper=True)
             with pytest.raises(RegistryError, match="failed verification"):
                 await b.pull(f"{reg}/app:v1")
             assert not b.content.has(layer["digest"])

@@ -21,7 +21,7 @@ from engine.core.store.compression import GZIP_PIECE, GzipEncoder, decompressed,
 from engine.registry.client import RegistryError
 from engine.registry.server import Settings, make_app
 from engine.sdk.errors import InvalidArgument
-from test_registry_client import (Recorder, add_image, client_for, pushed_layers,
+from test_registry_client import (Recorder, add_image, client_for, disturb, pushed_layers,
                                   registry_app, serving)
 
 RANDOM = random.Random(7).randbytes(3 * GZIP_PIECE + 12345)
@@ -310,7 +310,7 @@ def test_layer_is_unpacked_from_its_download_as_it_arrives(tmp_path, monkeypatch
             await a.push(f"{reg}/app:v1")
             sources.clear()
             bottom = pushed_layers(settings)[0]
-            target.update(digest=bottom["digest"], data=a.content.read(bottom["digest"]))
+            disturb(target, a, bottom)
             if tamper:
                 with pytest.raises(RegistryError, match="failed verification"):
                     await b.pull(f"{reg}/app:v1")
@@ -356,7 +356,7 @@ def test_transfers_leave_the_default_executor_to_the_rest_of_the_daemon(tmp_path
             add_image(a.images, f"{reg}/app:v1", sizes=(2 * GZIP_PIECE, 3000, 4000))
             await asyncio.wait_for(a.push(f"{reg}/app:v1"), 30)
             bottom = pushed_layers(settings)[0]
-            target.update(digest=bottom["digest"], data=a.content.read(bottom["digest"]))
+            disturb(target, a, bottom)
             img = await asyncio.wait_for(b.pull(f"{reg}/app:v1"), 30)
             assert len(img.layers) == 3
             assert stored_when_unpacked[0] is False
@@ -375,8 +375,7 @@ def test_failed_pull_drops_the_layers_it_unpacked(tmp_path):
             add_image(a.images, f"{reg}/app:v1", sizes=(1000, 2000, 3000))
             await a.push(f"{reg}/app:v1")
             top = pushed_layers(settings)[-1]
-            target.update(digest=top["digest"], data=a.content.read(top["digest"]),
-                          tamper=True)
+            disturb(target, a, top, tamper=True)
             with pytest.raises(RegistryError, match="failed verification"):
                 await b.pull(f"{reg}/app:v1")
             assert b.images.list() == []
@@ -398,7 +397,7 @@ def test_complete_partial_download_is_stored_without_a_request(tmp_path):
             add_image(a.images, f"{reg}/app:v1", sizes=(100_000,))
             await a.push(f"{reg}/app:v1")
             layer = pushed_layers(settings)[0]
-            target.update(digest=layer["digest"], data=a.content.read(layer["digest"]))
+            disturb(target, a, layer)
             partial = b.downloads / (layer["digest"][7:] + ".partial")
             partial.write_bytes(a.content.read(layer["digest"]))
             await b.pull(f"{reg}/app:v1")
