@@ -784,9 +784,11 @@ def _share_mount(path: str) -> None:
     """Make ``path`` a mount of its own in a peer group of its own (bound onto itself,
     private, then shared): what a plugin mounts below it reaches the host, and
     nothing else shares it. A mount left by an earlier run is reused."""
-    from .runtime.rootfs import MS_BIND, MS_PRIVATE, MS_SHARED, mount, mount_point_of
+    from engine.sdk.mounts import is_mount_point
 
-    if mount_point_of(path) != path:  # (os.path.ismount misses a bind on the same disk)
+    from .runtime.rootfs import MS_BIND, MS_PRIVATE, MS_SHARED, mount
+
+    if not is_mount_point(path):
         mount(path, path, None, MS_BIND)
     mount(None, path, None, MS_PRIVATE)
     mount(None, path, None, MS_SHARED)
@@ -794,9 +796,11 @@ def _share_mount(path: str) -> None:
 
 def _unmount_tree(path: str) -> None:
     """Detach ``path`` and everything mounted below it; nothing when it is not a mount."""
-    from .runtime.rootfs import MNT_DETACH, mount_point_of, umount
+    from engine.sdk.mounts import is_mount_point
 
-    while mount_point_of(path) == path:
+    from .runtime.rootfs import MNT_DETACH, umount
+
+    while is_mount_point(path):
         try:
             umount(path, MNT_DETACH)
         except OSError as e:

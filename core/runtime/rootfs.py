@@ -17,9 +17,10 @@ import ctypes
 import errno
 import fcntl
 import os
-import re
 import stat
 import struct
+
+from engine.sdk.mounts import mount_point_of
 
 # mount(2) flags
 MS_RDONLY = 0x1
@@ -466,22 +467,6 @@ def _mknod(path: str, mode: int, major: int, minor: int, uid: int, gid: int) -> 
     os.chmod(path, mode & 0o7777)
     if uid or gid:
         os.chown(path, uid, gid)
-
-
-def mount_point_of(path: str) -> str:
-    """The mount point of the mount that holds ``path`` (this namespace's
-    ``/proc/self/mountinfo``: the longest mount point that is ``path`` or above it)."""
-    best = "/"
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ", 5)
-            if len(fields) < 5:
-                continue
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-            if (path == point or path.startswith(point.rstrip("/") + "/")) \
-                    and len(point) > len(best):
-                best = point
-    return best
 
 
 def enter_root(root: str) -> None:

@@ -34,6 +34,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from engine.sdk.errors import DriverError, InvalidArgument
+from engine.sdk.mounts import is_mount_point
 
 #: the keys ``docker volume create -o`` accepts for the local driver
 VALID_KEYS = ("type", "device", "o", "size")
@@ -275,15 +276,7 @@ def _sys_umount(target: str, flags: int = 0) -> None:
 
 def is_mounted(path: str) -> bool:
     """Whether something is mounted on ``path`` (from this process's mountinfo)."""
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            point = line.split(" ", 5)[4]
-            if "\\" in point:
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
-            if point == target:
-                return True
-    return False
+    return is_mount_point(os.path.realpath(path))
 
 
 def _mask(text: str, options: str) -> str:
