@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from engine.core.store import reference
 from engine.registry import auth
-from engine.sdk.errors import EngineError, InvalidArgument, NotFound
+from engine.sdk.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.registry.client import RegistryClient
 
-from .util import body_json, encode, json_response, json_stream, svc
+from .util import ProgressStream, body_json, json_response, registry_creds, svc
 
 # One client per daemon (it shares downloads between concurrent pulls): keyed by the
 # services object, which lives as long as the application.
@@ -40,33 +40,6 @@ def registry_client(s: Any) -> RegistryClient:
     return entry[1]
 
 
-class _Stream:
-    """Progress lines, the response prepared lazily on the first one."""
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.resp: web.StreamResponse | None = None
-
-    async def __call__(self, msg: dict[str, Any]) -> None:
-        if self.resp is None:
-            self.resp = await json_stream(self.request)
-        await self.resp.write(encode(msg) + b"\n")
-
-    async def fail(self, exc: Exception) -> None:
-        message = exc.message if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-        await self({"errorDetail": {"message": message}, "error": message})
-
-    async def close(self) -> web.StreamResponse:
-        if self.resp is None:
-            self.resp = await json_stream(self.request)
-        await self.resp.write_eof()
-        return self.resp
-
-
-def _creds(request: web.Request) -> auth.Credentials | None:
-    return auth.decode_header(request.headers.get("X-Registry-Auth"))
-
-
 def pull_reference(image: str, tag: str) -> str:
     """``fromImage`` and ``tag`` as one reference (the tag may be a digest)."""
     if not image:
@@ -83,10 +56,10 @@ async def pull(request: web.Request) -> web.StreamResponse:
     """``POST /images/create?fromImage=NAME&tag=TAG[&platform=os/arch]``."""
     s = svc(request)
     ref = pull_reference(request.query.get("fromImage") or "", request.query.get("tag") or "")
-    stream = _Stream(request)
+    stream = ProgressStream(request)
     try:
         img = await registry_client(s).pull(ref, platform=request.query.get("platform") or "",
-                                            creds=_creds(request), progress=stream)
+                                            creds=registry_creds(request), progress=stream)
     except Exception as exc:
         if stream.resp is None:
             raise
@@ -126,8 +99,8 @@ async def push(request: web.Request) -> web.StreamResponse:
             raise NotFound(f"An image does not exist locally with the tag: "
                            f"{reference.familiar_name(r)}")
     client = registry_client(s)
-    stream = _Stream(request)
-    creds = _creds(request)
+    stream = ProgressStream(request)
+    creds = registry_creds(request)
     try:
         for ref in refs:
             await client.push(ref, creds=creds, progress=stream)
@@ -153,7 +126,7 @@ async def login(request: web.Request) -> web.Response:
 async def distribution(request: web.Request) -> web.Response:
     """``GET /distribution/{name}/json``: the registry's descriptor of an image."""
     s = svc(request)
-    info = await registry_client(s).distribution(request.match_info["name"], _creds(request))
+    info = await registry_client(s).distribution(request.match_info["name"], registry_creds(request))
     return json_response(info)
 
 

@@ -15,14 +15,10 @@ from typing import Any, Callable
 from aiohttp import web
 
 from engine.core.managed import ManagedPlugin
-from engine.registry import auth
-from engine.sdk.errors import EngineError, InvalidArgument
+from engine.sdk.errors import InvalidArgument
 
-from .util import encode, json_response, json_stream, qbool, qfilters, svc
-
-
-def _creds(request: web.Request) -> auth.Credentials | None:
-    return auth.decode_header(request.headers.get("X-Registry-Auth"))
+from .util import (ProgressStream, encode, json_response, json_stream, qbool, qfilters,
+                   registry_creds, svc)
 
 
 def _remote(request: web.Request) -> str:
@@ -102,14 +98,12 @@ async def disable(request: web.Request) -> web.Response:
 
 async def privileges(request: web.Request) -> web.Response:
     remote = _remote(request)
-    return json_response(await svc(request).plugins.privileges_of(remote, _creds(request)))
+    return json_response(await svc(request).plugins.privileges_of(remote, registry_creds(request)))
 
 
 async def _progress(request: web.Request, lines: list[dict],
                     headers: dict[str, str] | None = None) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "application/json", **(headers or {})})
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
+    resp = await json_stream(request, headers)
     for line in lines:
         await resp.write(encode(line) + b"\n")
     await resp.write_eof()
@@ -125,7 +119,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
     if alias == remote:
         alias = ""  # Docker's CLI sends the remote as the name when there is no alias
     names = await s.plugins.install(remote, alias, await _granted(request),
-                                    creds=_creds(request))
+                                    creds=registry_creds(request))
     for name in names:
         s.events.emit("plugin", "pull", name, {"name": name})
     return await _progress(request, [{"status": f"Installing {remote}"},
@@ -137,7 +131,7 @@ async def upgrade(request: web.Request) -> web.StreamResponse:
     s = svc(request)
     name = request.match_info["name"]
     remote = _remote(request)
-    await s.plugins.upgrade(name, remote, await _granted(request), creds=_creds(request))
+    await s.plugins.upgrade(name, remote, await _granted(request), creds=registry_creds(request))
     s.events.emit("plugin", "upgrade", name, {"name": name})
     return await _progress(request, [{"status": f"Upgraded plugin {name} from {remote}"}])
 
@@ -176,28 +170,16 @@ async def push(request: web.Request) -> web.StreamResponse:
     progress stream, as Docker writes them."""
     s = svc(request)
     name = request.match_info["name"]
-    resp: web.StreamResponse | None = None
-
-    async def progress(msg: dict) -> None:
-        nonlocal resp
-        if resp is None:
-            resp = await json_stream(request)
-        await resp.write(encode(msg) + b"\n")
-
+    stream = ProgressStream(request)
     try:
-        await s.plugins.push(name, _creds(request), progress)
+        await s.plugins.push(name, registry_creds(request), stream)
     except Exception as exc:
-        if resp is None:
+        if stream.resp is None:
             raise
-        message = exc.message if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
-        await resp.write(encode({"errorDetail": {"message": message}, "error": message})
-                         + b"\n")
+        await stream.fail(exc)
     else:
         s.events.emit("plugin", "push", name, {"name": name})
-    if resp is None:
-        resp = await json_stream(request)
-    await resp.write_eof()
-    return resp
+    return await stream.close()
 
 
 ROUTES = [

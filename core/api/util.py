@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from engine.sdk.errors import InvalidArgument
+from engine.registry import auth
+from engine.sdk.errors import EngineError, InvalidArgument
 
 from .keys import API_VERSION, SERVICES
 
@@ -161,11 +162,42 @@ async def splice(client: tuple, backend: tuple, *, stdin: bool,
             pass
 
 
-async def json_stream(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+async def json_stream(request: web.Request,
+                      headers: dict[str, str] | None = None) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "application/json", **(headers or {})})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
     return resp
+
+
+class ProgressStream:
+    """Docker's JSON progress lines (pull, push, plugin push), the response prepared
+    lazily on the first one: an error before it can still be a plain HTTP error."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.resp: web.StreamResponse | None = None
+
+    async def __call__(self, msg: dict) -> None:
+        if self.resp is None:
+            self.resp = await json_stream(self.request)
+        await self.resp.write(encode(msg) + b"\n")
+
+    async def fail(self, exc: Exception) -> None:
+        """End the stream with ``exc`` as Docker writes errors there."""
+        message = exc.message if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}"
+        await self({"errorDetail": {"message": message}, "error": message})
+
+    async def close(self) -> web.StreamResponse:
+        if self.resp is None:
+            self.resp = await json_stream(self.request)
+        await self.resp.write_eof()
+        return self.resp
+
+
+def registry_creds(request: web.Request) -> auth.Credentials | None:
+    """The registry credentials the client sent (``X-Registry-Auth``)."""
+    return auth.decode_header(request.headers.get("X-Registry-Auth"))
 
 
 def encode(obj) -> bytes:
