@@ -43,13 +43,10 @@ from .store import reference
 
 PY_CONFIG_MEDIA_TYPE = "application/vnd.engine.plugin.config.v1+json"
 WHEEL_MEDIA_TYPE = "application/vnd.engine.plugin.wheel.v1+zip"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-_INDEXES = ("application/vnd.oci.image.index.v1+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json")
-_IMAGE_CONFIGS = ("application/vnd.docker.container.image.v1+json",
-                  "application/vnd.oci.image.config.v1+json")
-_CONFIG_LIMIT = 4 << 20
+OCI_MANIFEST = spec.MT_OCI_MANIFEST
+DOCKER_MANIFEST = spec.MT_DOCKER_MANIFEST
+_IMAGE_CONFIGS = (spec.MT_DOCKER_CONFIG, spec.MT_OCI_CONFIG)
+_CONFIG_LIMIT = spec.MANIFEST_LIMIT
 _READ = 1 << 20
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
@@ -116,7 +113,7 @@ def classify(ref: str, manifest: dict[str, Any], media_type: str) -> tuple[str, 
     """``(kind, layer descriptor)`` of a manifest, or a clear refusal when it is not
     a plugin (an image, an index, or a plugin of an unknown shape)."""
     shown = reference.familiar(ref)
-    if media_type in _INDEXES:
+    if media_type in spec.INDEX_MANIFESTS:
         raise InvalidArgument(f"{shown} is not a plugin: it is a multi-platform image "
                               "index (plugins are a single manifest)")
     config_type = str((manifest.get("config") or {}).get("mediaType") or "")

@@ -57,7 +57,7 @@ from engine.core.store import reference
 from engine.core.store.compression import GZIP_LEVEL, GzipEncoder, detect
 from engine.core.store.content import ContentStore
 from engine.core.store.images import Image, ImageStore
-from engine.core.store.layers import Unpacked, chain_id
+from engine.core.store.layers import Unpacked, chain_ids
 from engine.sdk.errors import EngineError, Forbidden, InvalidArgument, NotFound
 
 from . import spec
@@ -530,10 +530,10 @@ class _Spool:
             data, self._buf = self._buf[:n], self._buf[n:]
         return data
 
-    def sync(self) -> None:
-        """Flush the partial file to disk (before it is moved into the content store)."""
+    def flush(self) -> None:
+        """Hand what is buffered to the partial file (before the content store adopts
+        it: adopting fsyncs it)."""
         self._out.flush()
-        os.fsync(self._out.fileno())
 
     def close(self) -> None:
         self.stopped = True
@@ -916,9 +916,7 @@ class RegistryClient:
                 await self._unpacked(desc["digest"], downloads,
                                      isinstance(source, _Follower), progress)
             return
-        chains: list[str] = []
-        for diff_id in diff_ids:
-            chains.append(chain_id(chains[-1] if chains else None, diff_id))
+        chains = chain_ids(diff_ids)
         slots = asyncio.Semaphore(UNPACKERS)
 
         async def alone(digest: str, diff_id: str, chain: str) -> tuple[Unpacked | None, bool]:
@@ -1136,7 +1134,7 @@ class RegistryClient:
                 total += len(chunk)
             if size and total != size:
                 raise InvalidArgument(f"short blob: expected {size} bytes, got {total}")
-            spool.sync()
+            spool.flush()
             self.content.adopt(spool.partial, digest, hashed="sha256:" + h.hexdigest())
         finally:
             spool.close()
@@ -1258,11 +1256,6 @@ class RegistryClient:
         if gz is not None and self.content.has(gz):
             return gz, self.content.size(gz), spec.MT_DOCKER_LAYER_GZIP
         return None
-
-    def _push_blob_of(self, digest: str) -> tuple[str, int, str]:
-        """Like :meth:`_known_blob`, compressing (and keeping) the blob when needed."""
-        known = self._known_blob(digest)
-        return known if known is not None else self._compress(digest, None)
 
     def _compress(self, digest: str, pipe: _Pipe | None) -> tuple[str, int, str]:
         """gzip a stored layer blob into the content store, handing each piece to

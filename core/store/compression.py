@@ -18,7 +18,6 @@ import bz2
 import collections
 import concurrent.futures
 import contextlib
-import gzip
 import io
 import lzma
 import os
@@ -254,7 +253,7 @@ def decompressed(src: Source) -> Iterator[BinaryIO]:
         try:
             yield out
         except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-            if isinstance(exc, (gzip.BadGzipFile, EOFError, lzma.LZMAError, zlib.error)):
+            if isinstance(exc, (EOFError, lzma.LZMAError, zlib.error)):
                 raise InvalidArgument(f"invalid {kind} stream: {exc}") from exc
             raise
         if proc is not None:

@@ -29,7 +29,7 @@ from engine.sdk.errors import Conflict, InvalidArgument, NotFound
 from . import reference
 from .content import ContentStore
 from .fsutil import atomic_write_json, is_hex_id, parse_digest, sha256_digest
-from .layers import LayerStore, chain_id
+from .layers import LayerStore, chain_ids
 
 InUse = Callable[[str], bool]
 
@@ -177,14 +177,11 @@ class ImageStore:
         new_chains: builtins.list[str] = []
         layers: builtins.list[ImageLayer] = []
         parent_chain: str | None = None
-        chains: builtins.list[str] = []
-        for diff_id in diff_ids:
-            chains.append(chain_id(chains[-1] if chains else None, diff_id))
+        chains = chain_ids(diff_ids)
         with self._lock:
             self._pending.update(chains)
         try:
-            for (blob, media_type), diff_id in zip(local, diff_ids, strict=True):
-                chain = chain_id(parent_chain, diff_id)
+            for (blob, media_type), diff_id, chain in zip(local, diff_ids, chains, strict=True):
                 existed = self.layers.exists(chain)
                 if not existed and not self.content.has(blob):
                     raise InvalidArgument(f"layer blob {blob} is missing")

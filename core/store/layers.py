@@ -163,6 +163,14 @@ def chain_id(parent: str | None, diff_id: str) -> str:
     return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """The chain id of each layer of a stack, bottom first."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        chains.append(chain_id(chains[-1] if chains else None, diff_id))
+    return chains
+
+
 # -- mount(2) through libc ------------------------------------------------------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

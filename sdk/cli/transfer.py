@@ -42,12 +42,11 @@ _BAR_MIN_COLUMNS = 110
 
 
 def human_size(n: float) -> str:
-    """Decimal size with 4 significant digits, as docker prints it: ``12.35MB``."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.4g}{unit}"
-        n /= 1000
-    return f"{n:.4g}TB"  # unreachable
+    """Decimal size with 4 significant digits, as docker's progress prints it:
+    ``12.35MB``."""
+    from ..format import human_size as sized
+
+    return sized(n, 4)
 
 
 def progress_text(detail: dict[str, Any], columns: int = _BAR_MIN_COLUMNS) -> str:

@@ -124,7 +124,7 @@ def registry_blob(storage: Path, digest: str) -> bytes:
 
 def pushed_layers(client: RegistryClient, image: str) -> list[str]:
     """Digests of the compressed blobs the client pushes for an image's layers."""
-    return [client._push_blob_of(layer.digest)[0] for layer in client.images.get(image).layers]
+    return [client._known_blob(layer.digest)[0] for layer in client.images.get(image).layers]
 
 
 @needs_registry
