@@ -75,7 +75,8 @@ async def build(cfg: Config) -> Services:
     content = ContentStore(os.path.join(root, "content"))
     layers = LayerStore(os.path.join(root, "layers"), cfg.storage_driver or "auto")
     images = ImageStore(os.path.join(root, "images"), content, layers)
-    plugins = PluginHost(root, cfg.exec_root, plugin_registry=cfg.plugin_registry)
+    plugins = PluginHost(root, cfg.exec_root, plugin_registry=cfg.plugin_registry,
+                         insecure_registries=cfg.insecure_registries)
     plugins.discover()
     await plugins.start_drivers()
     events = Events()

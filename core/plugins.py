@@ -274,7 +274,8 @@ class PluginHost:
 
     def __init__(self, data_root: str, exec_root: str, *, autoload: bool = True,
                  driver_options: dict[str, dict[str, str]] | None = None,
-                 plugin_registry: str = "") -> None:
+                 plugin_registry: str = "", insecure_registries: list[str] | None = None
+                 ) -> None:
         self.data_root = data_root
         self.exec_root = exec_root
         self.state_file = Path(data_root, "plugins", "state.json")
@@ -291,6 +292,8 @@ class PluginHost:
         self.wheels_dir = Path(data_root, "plugins", "wheels")  # kept for push
         #: where short plugin names resolve (``127.0.0.1:5000/plugins``; Docker Hub if empty)
         self.plugin_registry = plugin_registry
+        #: the daemon's ``insecure-registries``, which plugin transfers honour as pulls do
+        self.insecure_registries = list(insecure_registries or ())
         #: Docker managed plugins, by name (see :mod:`engine.core.managed`)
         self.managed: dict[str, ManagedPlugin] = {}
         self.managed_store = ManagedStore(data_root)
@@ -763,9 +766,11 @@ class PluginHost:
         """The registry transport for plugin artifacts (made on first use: it
         imports aiohttp's client side, which start-up does not need)."""
         if self._dist is None:
+            from engine.registry.client import RegistryHosts
+
             from .plugin_dist import PluginDistribution
 
-            self._dist = PluginDistribution()
+            self._dist = PluginDistribution(RegistryHosts(insecure=self.insecure_registries))
         return self._dist
 
     def _keep_wheel(self, key: str, wheel: Path) -> None:

@@ -131,3 +131,13 @@ def test_an_image_or_a_missing_name_is_refused(tmp_path, host):
             await runner.cleanup()
 
     asyncio.run(body())
+
+
+def test_plugin_transfers_honour_the_daemons_insecure_registries(tmp_path):
+    """Plugin installs and pushes reach a registry the daemon lists as insecure over
+    plain HTTP, as image pulls do (loopback stays insecure by default)."""
+    h = PluginHost(str(tmp_path / "data"), str(tmp_path / "run"), autoload=False,
+                   insecure_registries=["reg.example:5000", "10.9.0.0/16"])
+    hosts = h.distribution.hosts
+    assert hosts.is_insecure("reg.example:5000") and hosts.is_insecure("10.9.1.2:5000")
+    assert hosts.is_insecure("127.0.0.1:5000") and not hosts.is_insecure("other.example")
