@@ -391,18 +391,23 @@ class PluginHost:
             for name, cls in table.items():
                 self._instantiate(kind, name, cls, rec.name)
 
-    def _instantiate(self, kind: str, name: str, cls: type, owner: str):
-        """Make driver ``name`` of ``kind`` from its class, with its context, and
-        record which plugin owns it."""
+    def _driver_context(self, kind: str, name: str, state_name: str = "") -> DriverContext:
+        """The context of driver ``name`` of ``kind``, its state directory (named
+        ``state_name``, else after the driver) made."""
         ctx = DriverContext(
             name=name,
-            state_dir=str(Path(self.data_root, "drivers", kind, name)),
+            state_dir=str(Path(self.data_root, "drivers", kind, state_name or name)),
             options=self.driver_options.get(name, {}),
             data_root=self.data_root,
             exec_root=self.exec_root,
         )
         Path(ctx.state_dir).mkdir(parents=True, exist_ok=True)
-        drv = self.drivers[kind][name] = cls(ctx)
+        return ctx
+
+    def _instantiate(self, kind: str, name: str, cls: type, owner: str):
+        """Make driver ``name`` of ``kind`` from its class, with its context, and
+        record which plugin owns it."""
+        drv = self.drivers[kind][name] = cls(self._driver_context(kind, name))
         self._owner[(kind, name)] = owner
         return drv
 
@@ -600,9 +605,7 @@ class PluginHost:
         with tempfile.TemporaryDirectory(prefix="engine-plugin-") as tmp:
             info = self._source(remote, Path(tmp))
             assert info.manifest is not None
-            if not privileges_match(info.manifest.privileges, granted):
-                raise Forbidden(f"the privileges granted do not match what plugin {info.name} "
-                                "asks for: read them again with /plugins/privileges")
+            _require_grant(info.manifest.privileges, granted, info.name)
             installed = self._installed()
             key = normalize_name(info.name)
             if key in installed:
@@ -697,9 +700,7 @@ class PluginHost:
             assert info.manifest is not None
             if normalize_name(info.name) != normalize_name(rec.dist):
                 raise InvalidArgument(f"{remote} is {info.name}, not an upgrade of {rec.dist}")
-            if not privileges_match(info.manifest.privileges, granted):
-                raise Forbidden(f"the privileges granted do not match what plugin {info.name} "
-                                "asks for: read them again with /plugins/privileges")
+            _require_grant(info.manifest.privileges, granted, info.name)
             self.env.install(info.path, reinstall=True)
             self._keep_wheel(normalize_name(rec.dist), info.path)
         installed = self._installed()
@@ -837,10 +838,7 @@ class PluginHost:
             raise InvalidArgument(f"{reference_name(full)} is a managed plugin, not an "
                                   "engine plugin")
         manifest = Manifest.parse(json.dumps(art.config.get("manifest") or {}), full)
-        if not privileges_match(manifest.privileges, granted):
-            raise Forbidden(f"the privileges granted do not match what plugin "
-                            f"{reference_name(full)} asks for: read them again with "
-                            "/plugins/privileges")
+        _require_grant(manifest.privileges, granted, reference_name(full))
         wheel_name = str(art.config.get("wheel") or "")
         if not wheel_name.endswith(".whl") or "/" in wheel_name or wheel_name[0] == ".":
             raise InvalidArgument(f"{full}: the plugin config names no valid wheel file")
@@ -925,9 +923,7 @@ class PluginHost:
                             creds: Any, tmp: Path) -> str:
         cfg = managed_mod.parse_config(art.config, art.reference)
         managed_mod.driver_kinds(cfg)
-        if not privileges_match(managed_mod.privileges(cfg), granted):
-            raise Forbidden(f"the privileges granted do not match what plugin {name} asks "
-                            "for: read them again with /plugins/privileges")
+        _require_grant(managed_mod.privileges(cfg), granted, name)
         name = managed_mod.local_name(name)
         self._check_new_name(name)
         layer = tmp / "rootfs.tar.gz"
@@ -986,13 +982,7 @@ class PluginHost:
                     raise Conflict(f"{kind} driver {drv_name!r} is already provided by "
                                    f"plugin {owner}")
                 cls = self._remote_driver_class(kind, p)
-                ctx = DriverContext(name=drv_name,
-                                    state_dir=str(Path(self.data_root, "drivers", kind,
-                                                       f"managed-{p.id[:16]}")),
-                                    options=self.driver_options.get(drv_name, {}),
-                                    data_root=self.data_root, exec_root=self.exec_root)
-                Path(ctx.state_dir).mkdir(parents=True, exist_ok=True)
-                inst = cls(ctx)
+                inst = cls(self._driver_context(kind, drv_name, _managed_state(p)))
                 await inst.start()
                 self.drivers[kind][drv_name] = inst
                 self._owner[(kind, drv_name)] = p.name
@@ -1152,9 +1142,22 @@ class PluginHost:
         await loop.run_in_executor(None, self.managed_store.remove, p.id)
         for kind in ("volume", "network"):
             await loop.run_in_executor(None, shutil.rmtree,
-                                       Path(self.data_root, "drivers", kind,
-                                            f"managed-{p.id[:16]}"), True)
+                                       Path(self.data_root, "drivers", kind, _managed_state(p)),
+                                       True)
         self.managed.pop(p.name, None)
+
+
+def _managed_state(p: ManagedPlugin) -> str:
+    """The name of a managed plugin's drivers' state directories."""
+    return f"managed-{p.id[:16]}"
+
+
+def _require_grant(asked: Any, granted: Any, name: str) -> None:
+    """Refuse an install or upgrade whose granted privileges are not the ones the
+    plugin asks for (as Docker does)."""
+    if not privileges_match(asked, granted):
+        raise Forbidden(f"the privileges granted do not match what plugin {name} asks for: "
+                        "read them again with /plugins/privileges")
 
 
 async def _quiet(_msg: dict) -> None:
