@@ -666,7 +666,7 @@ async def fetch_manifest(conn: _Conn, path: str, ref: str, *,
         raise error(f"manifest digest mismatch: asked for {ref}, got {digest}")
     if header_digest.startswith("sha256:") and header_digest != digest:
         raise error(f"manifest digest mismatch: registry says {header_digest}, "
-                            f"content is {digest}")
+                    f"content is {digest}")
     try:
         doc = json.loads(data)
     except ValueError:
@@ -690,7 +690,7 @@ async def fetch_small_blob(conn: _Conn, path: str, digest: str,
         raise error(f"config blob {digest} is too large")
     if spec.sha256(data) != digest:
         raise error(f"config blob digest mismatch: expected {digest}, got "
-                            f"{spec.sha256(data)}")
+                    f"{spec.sha256(data)}")
     return data
 
 
